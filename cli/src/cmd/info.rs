@@ -1,0 +1,107 @@
+//! `shardpack info DATASET`: what the manifest says.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde_json::json;
+use shardpack::Dataset;
+
+use crate::util::human_bytes;
+
+/// Summarize a dataset: format version, samples, shards, fields with counts, sizes and
+/// compression, classes.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The dataset directory.
+    pub dataset: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `info`.
+pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
+    // Opening validates every shard's header, footer and index against the manifest.
+    let ds = Dataset::open(&a.dataset)?;
+    let m = ds.manifest();
+    let shard_bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    if a.json {
+        let v = json!({
+            "format_version": m.format_version,
+            "samples": m.samples,
+            "records": m.records,
+            "shards": m.shards.len(),
+            "bytes": shard_bytes,
+            "fields": m.fields,
+            "labels": m.labels,
+            "classes": m.classes,
+            "skipped": m.skipped.len(),
+            "options": m.options,
+        });
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "dataset:        {}", a.dataset.display())?;
+    writeln!(out, "format version: {}", m.format_version)?;
+    writeln!(out, "samples:        {}", m.samples)?;
+    writeln!(out, "records:        {}", m.records)?;
+    writeln!(
+        out,
+        "shards:         {} ({} total)",
+        m.shards.len(),
+        human_bytes(shard_bytes)
+    )?;
+    writeln!(out, "fields:")?;
+    writeln!(
+        out,
+        "  {:<14} {:>10} {:>12} {:>12} {:>7}  compression",
+        "name", "records", "raw", "stored", "ratio"
+    )?;
+    for f in &m.fields {
+        let comp = match f.compression.as_str() {
+            "none" => "none".to_string(),
+            "zstd-dict" => format!("zstd-dict:{} ({} dict)", f.level, human_bytes(f.dict_bytes)),
+            c => format!("{c}:{}", f.level),
+        };
+        writeln!(
+            out,
+            "  {:<14} {:>10} {:>12} {:>12} {:>7.3}  {}",
+            format!("{:?}", f.name.display()),
+            f.records,
+            human_bytes(f.raw_bytes),
+            human_bytes(f.stored_bytes),
+            if f.raw_bytes == 0 {
+                1.0
+            } else {
+                f.stored_bytes as f64 / f.raw_bytes as f64
+            },
+            comp
+        )?;
+    }
+    writeln!(out, "labels:         {}", m.labels)?;
+    if !m.classes.is_empty() {
+        let shown: Vec<String> = m.classes.iter().take(10).map(|c| c.display()).collect();
+        let more = if m.classes.len() > 10 {
+            format!(", ... ({} more)", m.classes.len() - 10)
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "classes:        {} ({}{more})",
+            m.classes.len(),
+            shown.join(", ")
+        )?;
+    }
+    if !m.skipped.is_empty() {
+        writeln!(
+            out,
+            "skipped inputs: {} (listed in manifest.json)",
+            m.skipped.len()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

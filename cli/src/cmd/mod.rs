@@ -1,0 +1,8 @@
+//! One module per subcommand, each with its `Args` and a `run` that writes to `impl Write`.
+
+pub mod cat;
+pub mod extract;
+pub mod info;
+pub mod ls;
+pub mod pack;
+pub mod verify;

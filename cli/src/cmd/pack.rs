@@ -1,0 +1,261 @@
+//! `shardpack pack SRC OUT`: compile a folder tree into a dataset.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shardpack::codec::Policy;
+use shardpack::compile::{pack, KeyMode, LabelMode, PackOptions, PackSummary, Progress};
+use shardpack::writer::WriterOptions;
+
+use crate::util::{human_bytes, parse_size};
+
+/// Pack a folder tree (images, texts, any files) into shards.
+///
+/// Files in one folder that share a name up to the first dot form one sample: `0001.jpg` and
+/// `0001.json` become sample `<folder>/0001` with fields `jpg` and `json`. With ImageFolder
+/// labels (the default) the first folder level is the class. Samples are shuffled with a fixed
+/// seed so a class-sorted tree does not give class-sorted shards. The output is byte-identical
+/// for the same tree and options, whatever the thread count.
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The folder tree to pack (only read, never modified).
+    pub src: PathBuf,
+    /// The dataset directory to create (must be new or empty, or hold a dataset with --force).
+    pub out: PathBuf,
+    /// Target shard file size, e.g. 512MiB, 1GiB, 2GB.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    pub shard_size: u64,
+    /// Close a shard after this many samples.
+    #[arg(long, value_name = "N")]
+    pub max_samples_per_shard: Option<u64>,
+    /// Compression for all fields: auto (trial per field: raw for JPEG/PNG-like data, zstd or a
+    /// trained zstd dictionary for text), none, zstd[:LEVEL], zstd-dict[:LEVEL].
+    #[arg(long, default_value = "auto", value_name = "POLICY")]
+    pub compress: Policy,
+    /// Per-field compression, e.g. --field-compress json=zstd-dict --field-compress jpg=none.
+    #[arg(long, value_name = "EXT=POLICY", value_parser = parse_field_policy)]
+    pub field_compress: Vec<(String, Policy)>,
+    /// Record alignment in bytes: a power of two from 8 to 1048576 (e.g. 4096 for O_DIRECT
+    /// reads of single records).
+    #[arg(long, default_value_t = 8, value_parser = parse_size)]
+    pub align: u64,
+    /// Seed of the pack-time shuffle of sample order.
+    #[arg(long, value_name = "S", conflicts_with = "no_shuffle")]
+    pub shuffle_seed: Option<u64>,
+    /// Keep the sorted walk order (class-sorted trees give class-sorted shards).
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Compression threads (default: one per core). Output does not depend on it.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Concurrent file reads (default: 16, at least --threads).
+    #[arg(long, value_name = "N")]
+    pub io_threads: Option<usize>,
+    /// How labels are derived: imagefolder (first folder level = class) or none.
+    #[arg(long, default_value = "imagefolder", value_parser = ["imagefolder", "none"])]
+    pub labels: String,
+    /// Where a file name splits into key and field.
+    #[arg(long, default_value = "first-dot", value_parser = ["first-dot", "last-dot"])]
+    pub key: String,
+    /// Follow symbolic links (loops are detected); by default links are skipped and listed.
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    /// Leave out unreadable files instead of failing; each is listed in the manifest and
+    /// the summary.
+    #[arg(long)]
+    pub skip_errors: bool,
+    /// Replace a dataset already in OUT.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the summary as one JSON object (for CI).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_field_policy(s: &str) -> Result<(String, Policy), String> {
+    let (ext, pol) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not EXT=POLICY (e.g. txt=zstd-dict)"))?;
+    let ext = ext.trim_start_matches('.');
+    Ok((ext.to_string(), pol.parse()?))
+}
+
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Progress for Bar {
+    fn walking(&self, files: u64) {
+        self.bar.set_message(format!("scanning: {files} files"));
+    }
+    fn start(&self, files: u64, bytes: u64) {
+        self.bar.set_length(bytes);
+        self.bar.set_position(0);
+        self.bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template"),
+        );
+        self.bar.set_message(format!("0/{files} files"));
+        self.bar.set_length(bytes);
+        FILES_TOTAL.store(files, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn advance(&self, files: u64, bytes: u64) {
+        let done = FILES_DONE.fetch_add(files, std::sync::atomic::Ordering::Relaxed) + files;
+        self.bar.inc(bytes);
+        if done % 256 < files || done == FILES_TOTAL.load(std::sync::atomic::Ordering::Relaxed) {
+            let secs = self.bar.elapsed().as_secs_f64().max(1e-3);
+            self.bar.set_message(format!(
+                "{done}/{} files, {:.0} files/s",
+                FILES_TOTAL.load(std::sync::atomic::Ordering::Relaxed),
+                done as f64 / secs
+            ));
+        }
+    }
+    fn note(&self, msg: &str) {
+        self.bar.suspend(|| eprintln!("shardpack: {msg}"));
+    }
+}
+
+static FILES_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static FILES_TOTAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Runs `pack`.
+pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
+    let mut field_compress = BTreeMap::new();
+    for (ext, pol) in &a.field_compress {
+        if field_compress
+            .insert(ext.as_bytes().to_vec(), *pol)
+            .is_some()
+        {
+            bail!("--field-compress names field {ext:?} twice");
+        }
+    }
+    let opts = PackOptions {
+        writer: WriterOptions {
+            shard_size: a.shard_size,
+            max_samples_per_shard: a.max_samples_per_shard,
+            record_align: a.align,
+        },
+        compress: a.compress,
+        field_compress,
+        shuffle_seed: if a.no_shuffle {
+            None
+        } else {
+            Some(
+                a.shuffle_seed
+                    .unwrap_or(shardpack::compile::DEFAULT_SHUFFLE_SEED),
+            )
+        },
+        threads: a.threads.unwrap_or(0),
+        io_threads: a.io_threads.unwrap_or(0),
+        labels: if a.labels == "none" {
+            LabelMode::None
+        } else {
+            LabelMode::ImageFolder
+        },
+        key: if a.key == "last-dot" {
+            KeyMode::LastDot
+        } else {
+            KeyMode::FirstDot
+        },
+        follow_symlinks: a.follow_symlinks,
+        skip_errors: a.skip_errors,
+        force: a.force,
+        ..PackOptions::default()
+    };
+    if a.threads == Some(0) || a.io_threads == Some(0) {
+        bail!("--threads and --io-threads must be at least 1");
+    }
+
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if show {
+            ProgressDrawTarget::stderr_with_hz(10)
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let progress = Bar { bar };
+    let summary = pack(&a.src, &a.out, &opts, &progress).with_context(|| {
+        format!(
+            "packing {} into {} failed",
+            a.src.display(),
+            a.out.display()
+        )
+    });
+    progress.bar.finish_and_clear();
+    let summary = summary?;
+    if a.json {
+        serde_json::to_writer_pretty(&mut *out, &summary)?;
+        writeln!(out)?;
+    } else {
+        print_summary(&summary, out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(s: &PackSummary, out: &mut impl Write) -> Result<()> {
+    writeln!(
+        out,
+        "packed {} samples ({} files, {}) into {} shard{} ({}, {:.3}x) in {:.2} s: {:.0} files/s, {:.1} MB/s",
+        s.samples,
+        s.files,
+        human_bytes(s.input_bytes),
+        s.shards,
+        if s.shards == 1 { "" } else { "s" },
+        human_bytes(s.output_bytes),
+        s.ratio,
+        s.seconds,
+        s.files_per_s,
+        s.mb_per_s
+    )?;
+    for f in &s.fields {
+        let level = if f.compression == "none" {
+            String::new()
+        } else {
+            format!(":{}", f.level)
+        };
+        writeln!(
+            out,
+            "  field {:<12} {:>10} records  {:>10} -> {:>10}  {}{}",
+            format!("{:?}", f.name),
+            f.records,
+            human_bytes(f.raw_bytes),
+            human_bytes(f.stored_bytes),
+            f.compression,
+            level
+        )?;
+    }
+    if s.classes > 0 {
+        writeln!(out, "  classes: {}", s.classes)?;
+    }
+    if !s.skipped.is_empty() {
+        writeln!(
+            out,
+            "  skipped {} inputs (listed in manifest.json):",
+            s.skipped.len()
+        )?;
+        for k in s.skipped.iter().take(20) {
+            writeln!(out, "    {}: {}", k.path, k.reason)?;
+        }
+        if s.skipped.len() > 20 {
+            writeln!(out, "    ... and {} more", s.skipped.len() - 20)?;
+        }
+    }
+    writeln!(out, "  dataset: {}", s.out.display())?;
+    Ok(())
+}

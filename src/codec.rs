@@ -1,0 +1,286 @@
+//! Record encoding and decoding: raw, zstd, and zstd with a trained dictionary.
+//!
+//! The compression unit is the record: every compressed record is one zstd frame, so random
+//! access touches exactly one record.
+
+use std::fmt;
+use std::str::FromStr;
+
+use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
+
+use crate::format::Codec;
+
+/// The zstd level used when a policy names none.
+pub const DEFAULT_LEVEL: i32 = 3;
+
+/// Largest output a single zstd frame can produce from `stored_len` input bytes, used to bound
+/// allocations driven by a length read from a file (a zstd block of at most 128 KiB costs at
+/// least 4 bytes).
+pub fn max_decoded_len(stored_len: u64) -> u64 {
+    stored_len
+        .saturating_mul(32 * 1024)
+        .saturating_add(128 * 1024)
+}
+
+/// How a field's records are compressed, as the user asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Decide per field by trial compression of a sample of its records.
+    Auto,
+    /// Store raw.
+    None,
+    /// zstd at a level.
+    Zstd(i32),
+    /// zstd with a dictionary trained at pack time, at a level.
+    ZstdDict(i32),
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Policy, String> {
+        let level = |l: Option<&str>| -> Result<i32, String> {
+            match l {
+                None => Ok(DEFAULT_LEVEL),
+                Some(l) => {
+                    let v: i32 = l
+                        .parse()
+                        .map_err(|_| format!("zstd level {l:?} is not a number"))?;
+                    let range = zstd_safe::min_c_level()..=zstd_safe::max_c_level();
+                    if v == 0 || !range.contains(&v) {
+                        return Err(format!(
+                            "zstd level {v} is out of range ({}..=-1 or 1..={})",
+                            range.start(),
+                            range.end()
+                        ));
+                    }
+                    Ok(v)
+                }
+            }
+        };
+        let (name, lvl) = match s.split_once(':') {
+            Some((n, l)) => (n, Some(l)),
+            None => (s, None),
+        };
+        match (name, lvl) {
+            ("auto", None) => Ok(Policy::Auto),
+            ("none" | "raw", None) => Ok(Policy::None),
+            ("zstd", l) => Ok(Policy::Zstd(level(l)?)),
+            ("zstd-dict", l) => Ok(Policy::ZstdDict(level(l)?)),
+            _ => Err(format!(
+                "unknown compression policy {s:?}: use auto, none, zstd[:LEVEL] or zstd-dict[:LEVEL]"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Policy::Auto => f.write_str("auto"),
+            Policy::None => f.write_str("none"),
+            Policy::Zstd(l) => write!(f, "zstd:{l}"),
+            Policy::ZstdDict(l) => write!(f, "zstd-dict:{l}"),
+        }
+    }
+}
+
+/// A field's resolved encoding: codec, level and (for zstd-dict) the prepared dictionary.
+pub struct FieldEncoder {
+    codec: Codec,
+    level: i32,
+    cdict: Option<CDict<'static>>,
+}
+
+impl fmt::Debug for FieldEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FieldEncoder")
+            .field("codec", &self.codec)
+            .field("level", &self.level)
+            .field("dict", &self.cdict.is_some())
+            .finish()
+    }
+}
+
+impl FieldEncoder {
+    /// An encoder for `codec` at `level`; `dict` is required for [`Codec::ZstdDict`].
+    pub fn new(codec: Codec, level: i32, dict: Option<&[u8]>) -> Result<FieldEncoder, String> {
+        let cdict = match (codec, dict) {
+            (Codec::ZstdDict, Some(d)) => {
+                Some(CDict::try_create(d, level).ok_or("zstd could not load the dictionary")?)
+            }
+            (Codec::ZstdDict, None) => return Err("zstd-dict needs a dictionary".into()),
+            _ => None,
+        };
+        Ok(FieldEncoder {
+            codec,
+            level,
+            cdict,
+        })
+    }
+
+    /// The field's codec.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Encodes `raw` into `out` (cleared first) and returns the codec of the stored bytes:
+    /// [`Codec::Raw`] (with `out` left empty, meaning "store `raw` itself") when the field is raw
+    /// or compression would not make the record smaller.
+    pub fn encode(&self, cctx: &mut CCtx<'_>, raw: &[u8], out: &mut Vec<u8>) -> Codec {
+        out.clear();
+        if self.codec == Codec::Raw || raw.is_empty() {
+            return Codec::Raw;
+        }
+        out.reserve(zstd_safe::compress_bound(raw.len()));
+        let res = match &self.cdict {
+            Some(d) => cctx.compress_using_cdict(out, raw, d),
+            None => cctx.compress(out, raw, self.level),
+        };
+        match res {
+            Ok(n) if n < raw.len() => self.codec,
+            _ => {
+                out.clear();
+                Codec::Raw
+            }
+        }
+    }
+}
+
+/// A dictionary prepared for decoding.
+pub struct DecodeDict(DDict<'static>);
+
+impl fmt::Debug for DecodeDict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DecodeDict")
+    }
+}
+
+impl DecodeDict {
+    /// Prepares `dict`; `None` if zstd rejects it.
+    pub fn new(dict: &[u8]) -> Option<DecodeDict> {
+        DDict::try_create(dict).map(DecodeDict)
+    }
+}
+
+/// Decodes a compressed record into `out` (cleared first), checking that it yields exactly
+/// `raw_len` bytes. `dict` must be given for [`Codec::ZstdDict`].
+pub fn decode_into(
+    dctx: &mut DCtx<'_>,
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u64,
+    dict: Option<&DecodeDict>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    out.clear();
+    if raw_len > max_decoded_len(stored.len() as u64) {
+        return Err(format!(
+            "claims {raw_len} decoded bytes from {} stored bytes, more than zstd can produce",
+            stored.len()
+        ));
+    }
+    let n = usize::try_from(raw_len).map_err(|_| "record too large for this platform")?;
+    match codec {
+        Codec::Raw => {
+            out.extend_from_slice(stored);
+        }
+        Codec::Zstd | Codec::ZstdDict => {
+            // One byte of slack lets us notice a frame that decodes to more than raw_len.
+            out.reserve_exact(n + 1);
+            let res = match (codec, dict) {
+                (Codec::ZstdDict, Some(d)) => dctx.decompress_using_ddict(out, stored, &d.0),
+                (Codec::ZstdDict, None) => return Err("dictionary missing".into()),
+                _ => dctx.decompress(out, stored),
+            };
+            res.map_err(|code| format!("zstd: {}", zstd_safe::get_error_name(code)))?;
+        }
+    }
+    if out.len() as u64 != raw_len {
+        return Err(format!(
+            "decoded to {} bytes, the index says {raw_len}",
+            out.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh compression context.
+pub fn new_cctx() -> CCtx<'static> {
+    CCtx::create()
+}
+
+/// A fresh decompression context.
+pub fn new_dctx() -> DCtx<'static> {
+    DCtx::create()
+}
+
+/// Trains a zstd dictionary of at most `max_size` bytes on `samples`. `None` when zstd cannot
+/// train one (too few or too small samples).
+pub fn train_dictionary(samples: &[&[u8]], max_size: usize) -> Option<Vec<u8>> {
+    let total: usize = samples.iter().map(|s| s.len()).sum();
+    let mut data = Vec::with_capacity(total);
+    let mut sizes = Vec::with_capacity(samples.len());
+    for s in samples {
+        data.extend_from_slice(s);
+        sizes.push(s.len());
+    }
+    let mut dict = Vec::with_capacity(max_size);
+    zstd_safe::train_from_buffer(&mut dict, &data, &sizes).ok()?;
+    Some(dict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse() {
+        assert_eq!("auto".parse::<Policy>(), Ok(Policy::Auto));
+        assert_eq!("none".parse::<Policy>(), Ok(Policy::None));
+        assert_eq!("zstd".parse::<Policy>(), Ok(Policy::Zstd(3)));
+        assert_eq!("zstd:19".parse::<Policy>(), Ok(Policy::Zstd(19)));
+        assert_eq!("zstd-dict:5".parse::<Policy>(), Ok(Policy::ZstdDict(5)));
+        assert!("zstd:0".parse::<Policy>().is_err());
+        assert!("zstd:99".parse::<Policy>().is_err());
+        assert!("gzip".parse::<Policy>().is_err());
+        assert!("auto:3".parse::<Policy>().is_err());
+    }
+
+    #[test]
+    fn zstd_round_trip_and_raw_fallback() {
+        let enc = FieldEncoder::new(Codec::Zstd, 3, None).unwrap();
+        let mut cctx = new_cctx();
+        let mut dctx = new_dctx();
+        let text = b"hello hello hello hello hello hello hello hello".repeat(10);
+        let mut out = Vec::new();
+        assert_eq!(enc.encode(&mut cctx, &text, &mut out), Codec::Zstd);
+        assert!(out.len() < text.len());
+        let mut back = Vec::new();
+        decode_into(
+            &mut dctx,
+            Codec::Zstd,
+            &out,
+            text.len() as u64,
+            None,
+            &mut back,
+        )
+        .unwrap();
+        assert_eq!(back, text);
+        // Wrong raw length is caught.
+        assert!(decode_into(&mut dctx, Codec::Zstd, &out, 5, None, &mut back).is_err());
+        // Incompressible input is stored raw.
+        let noise: Vec<u8> = (0..64u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        assert_eq!(enc.encode(&mut cctx, &noise, &mut out), Codec::Raw);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn absurd_raw_len_is_rejected_before_allocating() {
+        let mut dctx = new_dctx();
+        let mut out = Vec::new();
+        let e = decode_into(&mut dctx, Codec::Zstd, b"xx", u64::MAX, None, &mut out).unwrap_err();
+        assert!(e.contains("more than zstd can produce"), "{e}");
+    }
+}

@@ -1,0 +1,1117 @@
+//! The compiler: walk a folder tree, group files into samples, choose each field's compression,
+//! read and compress on many threads, and commit records in order through the writer.
+//!
+//! Grouping follows the WebDataset convention: in one folder, `000123.jpg` and `000123.json`
+//! form the sample with key `<folder>/000123` and fields `jpg` and `json`. With ImageFolder
+//! labels, the first folder level under the root is the class; sorted class names give label
+//! ids.
+//!
+//! Memory is bounded: besides one small entry per file (its relative path and size), at most
+//! a few windows of [`PackOptions::window_bytes`] file contents are in memory at once, however
+//! many files the tree holds.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use zstd::zstd_safe::CCtx;
+
+use crate::codec::{new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL};
+use crate::error::{Error, Result};
+use crate::format::Codec;
+use crate::manifest::{Name, Skipped, MANIFEST_FILE};
+use crate::rng::SplitMix64;
+use crate::writer::{DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, WriterOptions};
+
+/// The shuffle seed used when none is given.
+pub const DEFAULT_SHUFFLE_SEED: u64 = 0x5348_5244_5041_434B; // "SHRDPACK"
+
+/// How sample labels are derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelMode {
+    /// The first folder level under the root is the class.
+    ImageFolder,
+    /// No labels.
+    None,
+}
+
+/// Where a file name splits into key and field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMode {
+    /// Key up to the first dot (`a.tar.gz` -> key `a`, field `tar.gz`).
+    FirstDot,
+    /// Key up to the last dot (`a.tar.gz` -> key `a.tar`, field `gz`).
+    LastDot,
+}
+
+/// Everything `pack` needs to know.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// Shard size, sample count and alignment.
+    pub writer: WriterOptions,
+    /// Compression for fields without an override.
+    pub compress: Policy,
+    /// Per-field overrides: field name (file suffix) to policy.
+    pub field_compress: BTreeMap<Vec<u8>, Policy>,
+    /// Seed of the pack-time shuffle; `None` keeps the sorted walk order.
+    pub shuffle_seed: Option<u64>,
+    /// Compression threads (0: one per core).
+    pub threads: usize,
+    /// Concurrent file reads (0: 16, at least `threads`).
+    pub io_threads: usize,
+    /// Label derivation.
+    pub labels: LabelMode,
+    /// Key derivation.
+    pub key: KeyMode,
+    /// Follow symbolic links (loops are detected and reported).
+    pub follow_symlinks: bool,
+    /// Skip unreadable inputs (listed in the manifest and summary) instead of failing.
+    pub skip_errors: bool,
+    /// Replace an existing dataset in the output directory.
+    pub force: bool,
+    /// File bytes read ahead per window; about three windows are in memory at once.
+    pub window_bytes: u64,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            writer: WriterOptions::default(),
+            compress: Policy::Auto,
+            field_compress: BTreeMap::new(),
+            shuffle_seed: Some(DEFAULT_SHUFFLE_SEED),
+            threads: 0,
+            io_threads: 0,
+            labels: LabelMode::ImageFolder,
+            key: KeyMode::FirstDot,
+            follow_symlinks: false,
+            skip_errors: false,
+            force: false,
+            window_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Progress reports from `pack`. All methods have empty defaults.
+pub trait Progress: Sync {
+    /// The walk has found `files` files so far.
+    fn walking(&self, _files: u64) {}
+    /// Packing starts: this many files and bytes will be read.
+    fn start(&self, _files: u64, _bytes: u64) {}
+    /// `files` more files with `bytes` more bytes are committed.
+    fn advance(&self, _files: u64, _bytes: u64) {}
+    /// A note for the user (a chosen compression, a fallback).
+    fn note(&self, _msg: &str) {}
+}
+
+/// A [`Progress`] that reports nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What one field became.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldSummary {
+    /// Field name (lossy UTF-8).
+    pub name: String,
+    /// The compression chosen (`none`, `zstd`, `zstd-dict`).
+    pub compression: String,
+    /// zstd level (0 for none).
+    pub level: i32,
+    /// Records.
+    pub records: u64,
+    /// Input bytes.
+    pub raw_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// Dictionary size per shard.
+    pub dict_bytes: u64,
+}
+
+/// A skipped input in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedSummary {
+    /// Path relative to the source (lossy UTF-8).
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of a pack.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackSummary {
+    /// The dataset directory.
+    pub out: PathBuf,
+    /// Samples written.
+    pub samples: u64,
+    /// Shards written.
+    pub shards: u64,
+    /// Input files packed.
+    pub files: u64,
+    /// Input bytes packed.
+    pub input_bytes: u64,
+    /// Bytes of all shard files plus the manifest.
+    pub output_bytes: u64,
+    /// `output_bytes / input_bytes`.
+    pub ratio: f64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Input files per second.
+    pub files_per_s: f64,
+    /// Input MB (10^6 bytes) per second.
+    pub mb_per_s: f64,
+    /// Number of classes (ImageFolder labels).
+    pub classes: u64,
+    /// The fields.
+    pub fields: Vec<FieldSummary>,
+    /// Inputs left out.
+    pub skipped: Vec<SkippedSummary>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths as bytes
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(unix)]
+fn os_to_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    s.as_bytes().to_vec()
+}
+
+#[cfg(not(unix))]
+fn os_to_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
+    s.to_string_lossy().into_owned().into_bytes()
+}
+
+/// The path `root/rel` where `rel` is `/`-separated raw bytes.
+#[cfg(unix)]
+pub fn join_bytes(root: &Path, rel: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    root.join(std::ffi::OsStr::from_bytes(rel))
+}
+
+/// The path `root/rel` where `rel` is `/`-separated raw bytes.
+#[cfg(not(unix))]
+pub fn join_bytes(root: &Path, rel: &[u8]) -> PathBuf {
+    root.join(String::from_utf8_lossy(rel).as_ref())
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The walk
+// ---------------------------------------------------------------------------------------------
+
+/// One input file: its relative path lives in the arena at `path`; `key_end` and
+/// `field_start` split it into key and field.
+#[derive(Debug, Clone, Copy)]
+struct FileEnt {
+    path_off: u64,
+    path_len: u32,
+    key_len: u32,
+    field_start: u32,
+    size: u64,
+}
+
+struct Tree {
+    arena: Vec<u8>,
+    files: Vec<FileEnt>,
+    skipped: Vec<Skipped>,
+}
+
+impl Tree {
+    fn path(&self, f: &FileEnt) -> &[u8] {
+        &self.arena[f.path_off as usize..f.path_off as usize + f.path_len as usize]
+    }
+    fn key(&self, f: &FileEnt) -> &[u8] {
+        &self.path(f)[..f.key_len as usize]
+    }
+    fn field(&self, f: &FileEnt) -> &[u8] {
+        &self.path(f)[f.field_start as usize..]
+    }
+}
+
+/// Splits a file name into (key part length, field start) per the key mode. A name without a
+/// dot, or whose suffix would be empty (`a.`), is all key with the empty field, which keeps the
+/// name -> (key, field) mapping one-to-one so every tree round-trips.
+fn split_name(name: &[u8], mode: KeyMode) -> (usize, usize) {
+    let dot = match mode {
+        KeyMode::FirstDot => name.iter().position(|&c| c == b'.'),
+        KeyMode::LastDot => name.iter().rposition(|&c| c == b'.'),
+    };
+    match dot {
+        Some(d) if d + 1 < name.len() => (d, d + 1),
+        _ => (name.len(), name.len()),
+    }
+}
+
+fn walk(src: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<Tree> {
+    let mut tree = Tree {
+        arena: Vec::new(),
+        files: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let walker = walkdir::WalkDir::new(src)
+        .min_depth(1)
+        .follow_links(opts.follow_symlinks)
+        .sort_by(|a, b| a.file_name().cmp(b.file_name()));
+    let rel_of = |p: &Path| -> Vec<u8> {
+        let rel = p.strip_prefix(src).unwrap_or(p);
+        let mut out = Vec::new();
+        for (i, c) in rel.components().enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            out.extend_from_slice(&os_to_bytes(c.as_os_str()));
+        }
+        out
+    };
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let path = e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| src.into());
+                let reason = if let Some(anc) = e.loop_ancestor() {
+                    format!(
+                        "symbolic link loop: it leads back to {}; remove the link or pack \
+                         without --follow-symlinks",
+                        anc.display()
+                    )
+                } else {
+                    let io = e
+                        .io_error()
+                        .map(|io| io.to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    format!("cannot read: {io}; fix the permissions or pass --skip-errors")
+                };
+                if opts.skip_errors {
+                    tree.skipped.push(Skipped {
+                        path: Name(rel_of(&path)),
+                        reason,
+                    });
+                    continue;
+                }
+                return Err(Error::input(path, reason));
+            }
+        };
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            continue;
+        }
+        let rel = rel_of(entry.path());
+        if ft.is_symlink() {
+            tree.skipped.push(Skipped {
+                path: Name(rel),
+                reason: "symbolic link not followed (use --follow-symlinks to follow links)".into(),
+            });
+            continue;
+        }
+        if !ft.is_file() {
+            tree.skipped.push(Skipped {
+                path: Name(rel),
+                reason: "not a regular file".into(),
+            });
+            continue;
+        }
+        let size = match entry.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                let reason = format!("cannot stat: {e}");
+                if opts.skip_errors {
+                    tree.skipped.push(Skipped {
+                        path: Name(rel),
+                        reason,
+                    });
+                    continue;
+                }
+                return Err(Error::input(entry.path(), reason));
+            }
+        };
+        if rel.len() > u32::MAX as usize {
+            return Err(Error::input(entry.path(), "path too long"));
+        }
+        let name_start = rel.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
+        let (k, f) = split_name(&rel[name_start..], opts.key);
+        tree.files.push(FileEnt {
+            path_off: tree.arena.len() as u64,
+            path_len: rel.len() as u32,
+            key_len: (name_start + k) as u32,
+            field_start: (name_start + f) as u32,
+            size,
+        });
+        tree.arena.extend_from_slice(&rel);
+        if tree.files.len() % 4096 == 0 {
+            progress.walking(tree.files.len() as u64);
+        }
+    }
+    progress.walking(tree.files.len() as u64);
+    tree.arena.shrink_to_fit();
+    tree.files.shrink_to_fit();
+    Ok(tree)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Samples, labels and fields
+// ---------------------------------------------------------------------------------------------
+
+/// A sample: files `first..first + count` of the (key, field)-sorted file list.
+#[derive(Debug, Clone, Copy)]
+struct SampleRef {
+    first: u32,
+    count: u32,
+    label: u32,
+}
+
+struct Plan {
+    samples: Vec<SampleRef>,
+    /// Field id of each file (same order as `tree.files`).
+    file_field: Vec<u32>,
+    fields: Vec<Vec<u8>>,
+    classes: Vec<Vec<u8>>,
+}
+
+fn plan(src: &Path, tree: &mut Tree, opts: &PackOptions) -> Result<Plan> {
+    if tree.files.len() > u32::MAX as usize {
+        return Err(Error::input(
+            src,
+            "more than 4 billion files; split the tree",
+        ));
+    }
+    let mut files = std::mem::take(&mut tree.files);
+    files.sort_unstable_by(|a, b| {
+        tree.key(a)
+            .cmp(tree.key(b))
+            .then_with(|| tree.field(a).cmp(tree.field(b)))
+    });
+    // Same key and field twice cannot come from one directory listing (the mapping is
+    // one-to-one), but a buggy filesystem or a future key rule could; never overwrite.
+    for w in files.windows(2) {
+        if tree.key(&w[0]) == tree.key(&w[1]) && tree.field(&w[0]) == tree.field(&w[1]) {
+            return Err(Error::input(
+                join_bytes(src, tree.path(&w[1])),
+                format!(
+                    "maps to the same key and field as {}; rename one of them",
+                    lossy(tree.path(&w[0]))
+                ),
+            ));
+        }
+    }
+    tree.files = files;
+
+    let mut fields: Vec<Vec<u8>> = tree.files.iter().map(|f| tree.field(f).to_vec()).collect();
+    fields.sort_unstable();
+    fields.dedup();
+    let classes: Vec<Vec<u8>> = if opts.labels == LabelMode::ImageFolder {
+        let mut c: Vec<Vec<u8>> = tree
+            .files
+            .iter()
+            .filter_map(|f| {
+                let p = tree.path(f);
+                p.iter().position(|&c| c == b'/').map(|i| p[..i].to_vec())
+            })
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    } else {
+        Vec::new()
+    };
+    let file_field: Vec<u32> = tree
+        .files
+        .iter()
+        .map(|f| {
+            fields
+                .binary_search_by(|x| x.as_slice().cmp(tree.field(f)))
+                .unwrap() as u32
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut i = 0usize;
+    while i < tree.files.len() {
+        let key = tree.key(&tree.files[i]);
+        let mut j = i + 1;
+        while j < tree.files.len() && tree.key(&tree.files[j]) == key {
+            j += 1;
+        }
+        let path = tree.path(&tree.files[i]);
+        let label = match path.iter().position(|&c| c == b'/') {
+            Some(p) if opts.labels == LabelMode::ImageFolder => classes
+                .binary_search_by(|c| c.as_slice().cmp(&path[..p]))
+                .map_or(crate::format::NO_LABEL, |x| x as u32),
+            _ => crate::format::NO_LABEL,
+        };
+        samples.push(SampleRef {
+            first: i as u32,
+            count: (j - i) as u32,
+            label,
+        });
+        i = j;
+    }
+    Ok(Plan {
+        samples,
+        file_field,
+        fields,
+        classes,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compression choice
+// ---------------------------------------------------------------------------------------------
+
+const TRIAL_FILES: usize = 1024;
+const TRIAL_BYTES: u64 = 16 << 20;
+const DICT_MAX: usize = 112 * 1024;
+
+/// Reads a deterministic, evenly spread sample of a field's files.
+fn trial_inputs(src: &Path, tree: &Tree, plan: &Plan, field: u32) -> Vec<Vec<u8>> {
+    let idx: Vec<usize> = (0..tree.files.len())
+        .filter(|&i| plan.file_field[i] == field)
+        .collect();
+    let step = idx.len().div_ceil(TRIAL_FILES).max(1);
+    let mut picked = Vec::new();
+    let mut total = 0u64;
+    for &i in idx.iter().step_by(step) {
+        if total >= TRIAL_BYTES {
+            break;
+        }
+        total += tree.files[i].size.min(TRIAL_BYTES);
+        picked.push(i);
+    }
+    picked
+        .par_iter()
+        .filter_map(|&i| {
+            let f = &tree.files[i];
+            let mut buf = Vec::new();
+            File::open(join_bytes(src, tree.path(f)))
+                .ok()?
+                .take(TRIAL_BYTES)
+                .read_to_end(&mut buf)
+                .ok()?;
+            Some(buf)
+        })
+        .collect()
+}
+
+fn compressed_sizes(inputs: &[&[u8]], enc: &FieldEncoder, cctx: &mut CCtx<'_>) -> u64 {
+    let mut out = Vec::new();
+    inputs
+        .iter()
+        .map(|raw| match enc.encode(cctx, raw, &mut out) {
+            Codec::Raw => raw.len() as u64,
+            _ => out.len() as u64,
+        })
+        .sum()
+}
+
+/// Resolves a field's policy into a spec, trial-compressing where the policy asks.
+fn choose(
+    name: &[u8],
+    policy: Policy,
+    inputs: &[Vec<u8>],
+    field_bytes: u64,
+    shard_size: u64,
+    notes: &mut Vec<String>,
+) -> FieldSpec {
+    let mut spec = FieldSpec::raw(name);
+    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let train = |samples: &[&[u8]]| {
+        let total: usize = samples.iter().map(|s| s.len()).sum();
+        train_dictionary(samples, DICT_MAX.min((total / 8).max(1024)))
+    };
+    match policy {
+        Policy::None => {}
+        Policy::Zstd(level) => {
+            spec.codec = Codec::Zstd;
+            spec.level = level;
+        }
+        Policy::ZstdDict(level) => {
+            spec.level = level;
+            match train(&refs) {
+                Some(d) => {
+                    spec.codec = Codec::ZstdDict;
+                    spec.dict = Some(d);
+                }
+                None => {
+                    spec.codec = Codec::Zstd;
+                    notes.push(format!(
+                        "field {:?}: too little data to train a dictionary; using zstd:{level}",
+                        lossy(name)
+                    ));
+                }
+            }
+        }
+        Policy::Auto => {
+            let raw: u64 = refs.iter().map(|r| r.len() as u64).sum();
+            if raw == 0 {
+                return spec;
+            }
+            let mut cctx = new_cctx();
+            let plain = FieldEncoder::new(Codec::Zstd, DEFAULT_LEVEL, None).expect("zstd");
+            let z = compressed_sizes(&refs, &plain, &mut cctx);
+            let plain_ratio = z as f64 / raw as f64;
+            // A dictionary: train on half the trial, measure on the other half, and keep it
+            // when it beats plain zstd by 3% and its saving outweighs one copy per shard.
+            let mean = raw / refs.len() as u64;
+            let mut dict_choice = None;
+            if refs.len() >= 16 && mean <= 256 * 1024 {
+                let train_set: Vec<&[u8]> = refs.iter().copied().step_by(2).collect();
+                let test_set: Vec<&[u8]> = refs.iter().copied().skip(1).step_by(2).collect();
+                let trial = train(&train_set).and_then(|d| {
+                    let enc = FieldEncoder::new(Codec::ZstdDict, DEFAULT_LEVEL, Some(&d)).ok()?;
+                    Some((d, enc))
+                });
+                if let Some((d, with)) = trial {
+                    let test_raw: u64 = test_set.iter().map(|r| r.len() as u64).sum();
+                    let zp = compressed_sizes(&test_set, &plain, &mut cctx);
+                    let zd = compressed_sizes(&test_set, &with, &mut cctx);
+                    let saved_per_byte = (zp as f64 - zd as f64) / test_raw.max(1) as f64;
+                    let shards = field_bytes.div_ceil(shard_size).max(1);
+                    let cost = (d.len() as u64 * shards) as f64;
+                    if zd as f64 <= 0.97 * zp as f64 && saved_per_byte * field_bytes as f64 > cost {
+                        dict_choice = Some((zd as f64 / test_raw.max(1) as f64, zp, zd));
+                    }
+                }
+            }
+            if let Some((ratio, zp, zd)) = dict_choice.filter(|(r, _, _)| *r < 0.9) {
+                if let Some(full) = train(&refs) {
+                    notes.push(format!(
+                        "field {:?}: zstd:{DEFAULT_LEVEL} with a {} KiB dictionary (trial: {:.1}% \
+                         of raw size, {:.1}% smaller than plain zstd)",
+                        lossy(name),
+                        full.len().div_ceil(1024),
+                        100.0 * ratio,
+                        100.0 * (1.0 - zd as f64 / zp as f64)
+                    ));
+                    spec.codec = Codec::ZstdDict;
+                    spec.level = DEFAULT_LEVEL;
+                    spec.dict = Some(full);
+                    return spec;
+                }
+            }
+            if plain_ratio < 0.9 {
+                notes.push(format!(
+                    "field {:?}: zstd:{DEFAULT_LEVEL} (trial of {} files: {:.1}% of raw size)",
+                    lossy(name),
+                    refs.len(),
+                    100.0 * plain_ratio
+                ));
+                spec.codec = Codec::Zstd;
+                spec.level = DEFAULT_LEVEL;
+            } else {
+                notes.push(format!(
+                    "field {:?}: stored raw (zstd saves {:.1}% on a trial of {} files)",
+                    lossy(name),
+                    100.0 * (1.0 - plain_ratio).max(0.0),
+                    refs.len()
+                ));
+            }
+        }
+    }
+    spec
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output directory
+// ---------------------------------------------------------------------------------------------
+
+fn is_our_file(name: &str) -> bool {
+    name == MANIFEST_FILE
+        || name == format!("{MANIFEST_FILE}.tmp")
+        || (name.starts_with("shard-") && (name.ends_with(".spk") || name.ends_with(".spk.tmp")))
+}
+
+/// Prepares OUT: creates it, or checks it is empty, or (with `force`) removes a previous
+/// dataset from it (manifest first, so it never looks complete). Returns whether it was created.
+fn prepare_out(src: &Path, out: &Path, force: bool) -> Result<bool> {
+    let src_c = fs::canonicalize(src).map_err(|e| Error::io(src, "resolve", e))?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(pc) = fs::canonicalize(parent) {
+            let out_c = pc.join(out.file_name().unwrap_or_default());
+            if out_c.starts_with(&src_c) {
+                return Err(Error::input(
+                    out,
+                    format!(
+                        "the output is inside the source tree {}; choose an output outside it",
+                        src.display()
+                    ),
+                ));
+            }
+        }
+    }
+    match fs::read_dir(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(out).map_err(|e| Error::io(out, "create directory", e))?;
+            Ok(true)
+        }
+        Err(e) => {
+            if out.exists() && !out.is_dir() {
+                return Err(Error::input(
+                    out,
+                    "exists and is not a directory; choose another output path",
+                ));
+            }
+            Err(Error::io(out, "read directory", e))
+        }
+        Ok(rd) => {
+            let names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if names.is_empty() {
+                return Ok(false);
+            }
+            if !force {
+                return Err(Error::input(
+                    out,
+                    format!(
+                        "exists and is not empty ({} entries); pass --force to replace a previous \
+                         dataset there, or choose an empty or new directory",
+                        names.len()
+                    ),
+                ));
+            }
+            if let Some(foreign) = names.iter().find(|n| !is_our_file(n)) {
+                return Err(Error::input(
+                    out,
+                    format!(
+                        "holds {foreign:?}, which is not a shardpack file; --force only replaces \
+                         a dataset, so move other files away first"
+                    ),
+                ));
+            }
+            // The manifest goes first: from here on the directory is not a dataset.
+            let m = out.join(MANIFEST_FILE);
+            if m.exists() {
+                fs::remove_file(&m).map_err(|e| Error::io(&m, "remove", e))?;
+            }
+            for n in names {
+                let p = out.join(n);
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&p, "remove", e)),
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pack
+// ---------------------------------------------------------------------------------------------
+
+struct ReadFile {
+    file: u32,
+    data: std::result::Result<Vec<u8>, String>,
+}
+
+struct Window {
+    samples: Vec<u32>,
+    files: Vec<ReadFile>,
+}
+
+fn read_one(path: &Path, expected: u64) -> std::result::Result<Vec<u8>, String> {
+    let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let cap = usize::try_from(expected).map_err(|_| "file too large for this platform")?;
+    let mut buf = Vec::with_capacity(cap.saturating_add(1));
+    f.read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if buf.len() as u64 != expected {
+        return Err(format!(
+            "changed size while being read ({expected} bytes when the tree was scanned, {} when \
+             read); make sure nothing writes to the source while packing",
+            buf.len()
+        ));
+    }
+    Ok(buf)
+}
+
+fn pool(threads: usize, name: &'static str) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("shardpack-{name}-{i}"))
+        .build()
+        .map_err(|e| Error::Options(format!("cannot start {threads} threads: {e}")))
+}
+
+fn policy_options(opts: &PackOptions) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("shard_size".into(), json!(opts.writer.shard_size));
+    m.insert(
+        "max_samples_per_shard".into(),
+        json!(opts.writer.max_samples_per_shard),
+    );
+    m.insert("align".into(), json!(opts.writer.record_align));
+    m.insert("compress".into(), json!(opts.compress.to_string()));
+    let fc: Map<String, Value> = opts
+        .field_compress
+        .iter()
+        .map(|(k, v)| (lossy(k), json!(v.to_string())))
+        .collect();
+    m.insert("field_compress".into(), Value::Object(fc));
+    m.insert("shuffle_seed".into(), json!(opts.shuffle_seed));
+    m.insert(
+        "labels".into(),
+        json!(match opts.labels {
+            LabelMode::ImageFolder => "imagefolder",
+            LabelMode::None => "none",
+        }),
+    );
+    m.insert(
+        "key".into(),
+        json!(match opts.key {
+            KeyMode::FirstDot => "first-dot",
+            KeyMode::LastDot => "last-dot",
+        }),
+    );
+    m.insert("follow_symlinks".into(), json!(opts.follow_symlinks));
+    m.insert("skip_errors".into(), json!(opts.skip_errors));
+    m
+}
+
+/// Packs the tree at `src` into a dataset at `out`. On error, everything this call wrote is
+/// removed (and `out` too if this call created it); `src` is only ever read.
+pub fn pack(
+    src: &Path,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &dyn Progress,
+) -> Result<PackSummary> {
+    let started = Instant::now();
+    opts.writer.validate()?;
+    if opts.window_bytes == 0 {
+        return Err(Error::Options("window size must be above 0".into()));
+    }
+    match fs::metadata(src) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::input(src, "source does not exist; check the path"))
+        }
+        Err(e) => return Err(Error::io(src, "read", e)),
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::input(
+                src,
+                "source is not a directory; pack takes a folder tree",
+            ))
+        }
+        Ok(_) => {}
+    }
+    let created = prepare_out(src, out, opts.force)?;
+    let result = pack_into(src, out, opts, progress, started);
+    if result.is_err() && created {
+        let _ = fs::remove_dir(out);
+    }
+    result
+}
+
+fn pack_into(
+    src: &Path,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &dyn Progress,
+    started: Instant,
+) -> Result<PackSummary> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if opts.threads == 0 {
+        cores
+    } else {
+        opts.threads
+    };
+    let io_threads = if opts.io_threads == 0 {
+        16.max(threads)
+    } else {
+        opts.io_threads
+    };
+    let cpu = pool(threads, "compress")?;
+    let io = pool(io_threads, "read")?;
+
+    let mut tree = walk(src, opts, progress)?;
+    if tree.files.is_empty() {
+        let detail = if tree.skipped.is_empty() {
+            "source holds no files; nothing to pack".to_string()
+        } else {
+            format!(
+                "source holds no packable files ({} skipped, e.g. {}: {})",
+                tree.skipped.len(),
+                tree.skipped[0].path.display(),
+                tree.skipped[0].reason
+            )
+        };
+        return Err(Error::input(src, detail));
+    }
+    let plan = plan(src, &mut tree, opts)?;
+
+    // Per-field policy and trial.
+    let mut field_bytes = vec![0u64; plan.fields.len()];
+    for (i, f) in tree.files.iter().enumerate() {
+        field_bytes[plan.file_field[i] as usize] += f.size;
+    }
+    let mut notes = Vec::new();
+    let mut specs = Vec::with_capacity(plan.fields.len());
+    for (fi, name) in plan.fields.iter().enumerate() {
+        let policy = *opts.field_compress.get(name).unwrap_or(&opts.compress);
+        let inputs = match policy {
+            Policy::Auto | Policy::ZstdDict(_) => {
+                io.install(|| trial_inputs(src, &tree, &plan, fi as u32))
+            }
+            _ => Vec::new(),
+        };
+        specs.push(choose(
+            name,
+            policy,
+            &inputs,
+            field_bytes[fi],
+            opts.writer.shard_size,
+            &mut notes,
+        ));
+    }
+    for n in &notes {
+        progress.note(n);
+    }
+
+    // Sample order.
+    let mut order: Vec<u32> = (0..plan.samples.len() as u32).collect();
+    if let Some(seed) = opts.shuffle_seed {
+        SplitMix64::new(seed).shuffle(&mut order);
+    }
+
+    // Encoders for the worker threads (the writer keeps its own for `append`).
+    let encoders = specs
+        .iter()
+        .map(|s| FieldEncoder::new(s.codec, s.level, s.dict.as_deref()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::Options)?;
+    let mut writer = DatasetWriter::create(out, specs, opts.writer.clone())?;
+    let total_bytes: u64 = tree.files.iter().map(|f| f.size).sum();
+    progress.start(tree.files.len() as u64, total_bytes);
+
+    let mut skipped = std::mem::take(&mut tree.skipped);
+    let mut packed_files = 0u64;
+    let mut packed_bytes = 0u64;
+
+    // Windows of samples, each read in parallel on the I/O pool by a producer thread while the
+    // consumer compresses the previous one and commits it in order.
+    let windows = {
+        let mut w = Vec::new();
+        let mut start = 0usize;
+        let (mut bytes, mut count) = (0u64, 0usize);
+        for (pos, &s) in order.iter().enumerate() {
+            let sr = plan.samples[s as usize];
+            for f in sr.first..sr.first + sr.count {
+                bytes += tree.files[f as usize].size;
+            }
+            count += 1;
+            if bytes >= opts.window_bytes || count >= 8192 {
+                w.push(start..pos + 1);
+                start = pos + 1;
+                bytes = 0;
+                count = 0;
+            }
+        }
+        if start < order.len() {
+            w.push(start..order.len());
+        }
+        w
+    };
+
+    let result: Result<()> = std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Window>(1);
+        let tree = &tree;
+        let plan = &plan;
+        let order = &order;
+        let io = &io;
+        let windows = &windows;
+        let encoders = &encoders;
+        scope.spawn(move || {
+            for range in windows {
+                let samples: Vec<u32> = order[range.clone()].to_vec();
+                let file_ids: Vec<u32> = samples
+                    .iter()
+                    .flat_map(|&s| {
+                        let sr = plan.samples[s as usize];
+                        sr.first..sr.first + sr.count
+                    })
+                    .collect();
+                let files = io.install(|| {
+                    file_ids
+                        .par_iter()
+                        .map(|&fid| {
+                            let f = &tree.files[fid as usize];
+                            ReadFile {
+                                file: fid,
+                                data: read_one(&join_bytes(src, tree.path(f)), f.size),
+                            }
+                        })
+                        .collect()
+                });
+                if tx.send(Window { samples, files }).is_err() {
+                    return; // the consumer stopped (an error); stop reading
+                }
+            }
+        });
+
+        for window in rx {
+            // Compress every file of the window on the CPU pool.
+            let encoded: Vec<(Codec, Vec<u8>)> = cpu.install(|| {
+                window
+                    .files
+                    .par_iter()
+                    .map_init(new_cctx, |cctx, rf| match &rf.data {
+                        Ok(raw) => {
+                            let enc = &encoders[plan.file_field[rf.file as usize] as usize];
+                            let mut out = Vec::new();
+                            let codec = enc.encode(cctx, raw, &mut out);
+                            (codec, out)
+                        }
+                        Err(_) => (Codec::Raw, Vec::new()),
+                    })
+                    .collect()
+            });
+            // Commit in order.
+            let mut at = 0usize;
+            for &s in &window.samples {
+                let sr = plan.samples[s as usize];
+                let mut recs = Vec::with_capacity(sr.count as usize);
+                let (mut nfiles, mut nbytes) = (0u64, 0u64);
+                for _ in 0..sr.count {
+                    let rf = &window.files[at];
+                    let (codec, buf) = &encoded[at];
+                    at += 1;
+                    let fe = &tree.files[rf.file as usize];
+                    match &rf.data {
+                        Ok(raw) => {
+                            recs.push(EncodedRecord {
+                                field: plan.file_field[rf.file as usize],
+                                codec: *codec,
+                                stored: if *codec == Codec::Raw { raw } else { buf },
+                                raw_len: raw.len() as u64,
+                            });
+                            nfiles += 1;
+                            nbytes += raw.len() as u64;
+                        }
+                        Err(reason) if opts.skip_errors => {
+                            skipped.push(Skipped {
+                                path: Name(tree.path(fe).to_vec()),
+                                reason: reason.clone(),
+                            });
+                        }
+                        Err(reason) => {
+                            return Err(Error::input(
+                                join_bytes(src, tree.path(fe)),
+                                format!("{reason} (pass --skip-errors to leave it out)"),
+                            ));
+                        }
+                    }
+                }
+                if !recs.is_empty() {
+                    let key = tree.key(&tree.files[sr.first as usize]);
+                    let label = (sr.label != crate::format::NO_LABEL).then_some(sr.label);
+                    writer.append_encoded(key, label, &recs)?;
+                }
+                packed_files += nfiles;
+                packed_bytes += nbytes;
+                progress.advance(sr.count as u64, nbytes);
+            }
+        }
+        Ok(())
+    });
+    result?;
+    if writer.samples() == 0 {
+        return Err(Error::input(
+            src,
+            "every input file was skipped; nothing to pack",
+        ));
+    }
+
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    let info = DatasetInfo {
+        imagefolder_labels: opts.labels == LabelMode::ImageFolder,
+        classes: plan.classes.iter().map(|c| Name(c.clone())).collect(),
+        options: policy_options(opts),
+        skipped: skipped.clone(),
+    };
+    let manifest = writer.finish(info)?;
+    let output_bytes = manifest.shards.iter().map(|s| s.bytes).sum::<u64>()
+        + fs::metadata(out.join(MANIFEST_FILE)).map_or(0, |m| m.len());
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(PackSummary {
+        out: out.to_path_buf(),
+        samples: manifest.samples,
+        shards: manifest.shards.len() as u64,
+        files: packed_files,
+        input_bytes: packed_bytes,
+        output_bytes,
+        ratio: if packed_bytes == 0 {
+            0.0
+        } else {
+            output_bytes as f64 / packed_bytes as f64
+        },
+        seconds,
+        files_per_s: packed_files as f64 / seconds.max(1e-9),
+        mb_per_s: packed_bytes as f64 / 1e6 / seconds.max(1e-9),
+        classes: manifest.classes.len() as u64,
+        fields: manifest
+            .fields
+            .iter()
+            .map(|f| FieldSummary {
+                name: f.name.display(),
+                compression: f.compression.clone(),
+                level: f.level,
+                records: f.records,
+                raw_bytes: f.raw_bytes,
+                stored_bytes: f.stored_bytes,
+                dict_bytes: f.dict_bytes,
+            })
+            .collect(),
+        skipped: skipped
+            .iter()
+            .map(|s| SkippedSummary {
+                path: s.path.display(),
+                reason: s.reason.clone(),
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_one_to_one() {
+        let f = |n: &str, m| {
+            let (k, s) = split_name(n.as_bytes(), m);
+            (n[..k].to_string(), n[s..].to_string())
+        };
+        assert_eq!(
+            f("000123.jpg", KeyMode::FirstDot),
+            ("000123".into(), "jpg".into())
+        );
+        assert_eq!(
+            f("a.tar.gz", KeyMode::FirstDot),
+            ("a".into(), "tar.gz".into())
+        );
+        assert_eq!(
+            f("a.tar.gz", KeyMode::LastDot),
+            ("a.tar".into(), "gz".into())
+        );
+        assert_eq!(f("README", KeyMode::FirstDot), ("README".into(), "".into()));
+        assert_eq!(f("a.", KeyMode::FirstDot), ("a.".into(), "".into()));
+        assert_eq!(
+            f(".bashrc", KeyMode::FirstDot),
+            ("".into(), "bashrc".into())
+        );
+    }
+}

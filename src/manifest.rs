@@ -1,0 +1,301 @@
+//! The dataset manifest (`manifest.json`), as specified in `format-spec/manifest.md`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::format::Version;
+
+/// File name of the manifest inside a dataset directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The value of the manifest's `format` key.
+pub const FORMAT_NAME: &str = "shardpack";
+
+/// File name of shard `i`.
+pub fn shard_file_name(i: u64) -> String {
+    format!("shard-{i:06}.spk")
+}
+
+/// Raw bytes that serialize as a JSON string when they are UTF-8 and as `{"hex": "..."}`
+/// otherwise, so non-UTF-8 file names survive the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Name(pub Vec<u8>);
+
+impl Name {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Lossy UTF-8 for display.
+    pub fn display(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl From<&[u8]> for Name {
+    fn from(b: &[u8]) -> Name {
+        Name(b.to_vec())
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name(s.as_bytes().to_vec())
+    }
+}
+
+/// Lowercase hex of `b`.
+pub fn to_hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("hex", &to_hex(&self.0))?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Name, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Hex { hex: String },
+        }
+        match Repr::deserialize(d)? {
+            Repr::Text(t) => Ok(Name(t.into_bytes())),
+            Repr::Hex { hex } => from_hex(&hex)
+                .map(Name)
+                .ok_or_else(|| D::Error::custom("\"hex\" is not an even-length hex string")),
+        }
+    }
+}
+
+/// A 64-bit checksum written as 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hash64(pub u64);
+
+impl Serialize for Hash64 {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:016x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Hash64, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() != 16 {
+            return Err(D::Error::custom("a checksum is 16 hex digits"));
+        }
+        u64::from_str_radix(&s, 16)
+            .map(Hash64)
+            .map_err(|_| D::Error::custom("a checksum is 16 hex digits"))
+    }
+}
+
+/// One shard as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardMeta {
+    /// File name inside the dataset directory.
+    pub file: String,
+    /// Samples in the shard.
+    pub samples: u64,
+    /// Records in the shard.
+    pub records: u64,
+    /// Global id of the shard's first sample.
+    pub first_sample: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// xxh3-64 of the whole file.
+    pub xxh3: Hash64,
+    /// The footer's index checksum.
+    pub index_xxh3: Hash64,
+}
+
+/// One field as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMeta {
+    /// Field name (the file suffix).
+    pub name: Name,
+    /// `none`, `zstd` or `zstd-dict`.
+    pub compression: String,
+    /// zstd level (0 for none).
+    pub level: i32,
+    /// Number of records of this field.
+    pub records: u64,
+    /// Bytes before encoding.
+    pub raw_bytes: u64,
+    /// Bytes as stored.
+    pub stored_bytes: u64,
+    /// Size of the field's dictionary in each shard (0 if none).
+    pub dict_bytes: u64,
+}
+
+/// An input path left out of the dataset, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Skipped {
+    /// Path relative to the source root.
+    pub path: Name,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+/// The dataset manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always `"shardpack"`.
+    pub format: String,
+    /// Format version of every shard.
+    pub format_version: u32,
+    /// Total samples.
+    pub samples: u64,
+    /// Total records.
+    pub records: u64,
+    /// The shards in order.
+    pub shards: Vec<ShardMeta>,
+    /// The fields, sorted by name bytes.
+    pub fields: Vec<FieldMeta>,
+    /// `"imagefolder"` or `"none"`.
+    pub labels: String,
+    /// Class names; class `i` has label `i`.
+    pub classes: Vec<Name>,
+    /// Build options, for provenance (readers ignore unknown keys).
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Inputs left out.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Manifest {
+    /// Serializes the manifest as pretty JSON with a trailing newline (deterministic).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses and validates a manifest read from `path`.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::manifest(path, format!("not a valid shardpack manifest: {e}")))?;
+        m.validate(path)?;
+        Ok(m)
+    }
+
+    /// Checks the manifest's internal consistency.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |d: String| Err(Error::manifest(path, d));
+        if self.format != FORMAT_NAME {
+            return bad(format!(
+                "\"format\" is {:?}, expected {FORMAT_NAME:?}",
+                self.format
+            ));
+        }
+        if Version::from_u32(self.format_version).is_none() {
+            return bad(format!(
+                "format version {} is not supported by this reader (it reads versions {}..={}); \
+                 upgrade shardpack",
+                self.format_version,
+                Version::SUPPORTED.0,
+                Version::SUPPORTED.1
+            ));
+        }
+        let mut next = 0u64;
+        let mut records = 0u64;
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.file != shard_file_name(i as u64) {
+                return bad(format!(
+                    "shard {i} is named {:?}, expected {:?}",
+                    s.file,
+                    shard_file_name(i as u64)
+                ));
+            }
+            if s.first_sample != next {
+                return bad(format!(
+                    "shard {i} starts at sample {}, expected {next}",
+                    s.first_sample
+                ));
+            }
+            next = next
+                .checked_add(s.samples)
+                .ok_or_else(|| Error::manifest(path, "sample counts overflow"))?;
+            records = records
+                .checked_add(s.records)
+                .ok_or_else(|| Error::manifest(path, "record counts overflow"))?;
+        }
+        if next != self.samples || records != self.records {
+            return bad(format!(
+                "the shards hold {next} samples and {records} records, the manifest says {} and {}",
+                self.samples, self.records
+            ));
+        }
+        if !matches!(self.labels.as_str(), "imagefolder" | "none") {
+            return bad(format!("unknown labels mode {:?}", self.labels));
+        }
+        Ok(())
+    }
+
+    /// The class name of `label`, if known.
+    pub fn class_name(&self, label: u32) -> Option<&Name> {
+        self.classes.get(label as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_utf8_and_not() {
+        for bytes in [b"jpg".to_vec(), vec![0xff, 0xfe, b'a'], vec![]] {
+            let n = Name(bytes.clone());
+            let j = serde_json::to_string(&n).unwrap();
+            let back: Name = serde_json::from_str(&j).unwrap();
+            assert_eq!(back.0, bytes, "{j}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Name(vec![0xff])).unwrap(),
+            r#"{"hex":"ff"}"#
+        );
+        assert!(serde_json::from_str::<Name>(r#"{"hex":"f"}"#).is_err());
+    }
+
+    #[test]
+    fn hash_is_16_hex_digits() {
+        assert_eq!(
+            serde_json::to_string(&Hash64(0xab)).unwrap(),
+            "\"00000000000000ab\""
+        );
+        assert!(serde_json::from_str::<Hash64>("\"ab\"").is_err());
+    }
+}

@@ -1,0 +1,655 @@
+//! The writer: samples in, shard files and a manifest out.
+//!
+//! Records arrive already encoded (see [`crate::codec::FieldEncoder`]) so callers can compress
+//! on many threads and commit in order on one. Shards are written under a temporary name,
+//! synced, then renamed; the manifest is written last the same way, so a directory without
+//! `manifest.json` is never mistaken for a dataset.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use crate::codec::{new_cctx, FieldEncoder, DEFAULT_LEVEL};
+use crate::error::{Error, Result};
+use crate::format::{
+    align_up, key_hash, record_checksum, Codec, FieldEntry, Footer, Header, IndexHeader,
+    KeyHashEntry, RecordEntry, SampleEntry, Version, MAX_RECORD_ALIGN, MIN_RECORD_ALIGN, NO_LABEL,
+    REGION_ALIGN,
+};
+use crate::manifest::{
+    shard_file_name, FieldMeta, Hash64, Manifest, Name, ShardMeta, Skipped, FORMAT_NAME,
+    MANIFEST_FILE,
+};
+
+/// Default shard size target: 1 GiB.
+pub const DEFAULT_SHARD_SIZE: u64 = 1 << 30;
+
+/// A field of the dataset: its name and how its records are encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// Name bytes (the file suffix, e.g. `jpg`; may be empty).
+    pub name: Vec<u8>,
+    /// The codec chosen for the field.
+    pub codec: Codec,
+    /// zstd level (ignored for raw).
+    pub level: i32,
+    /// The trained dictionary, required for [`Codec::ZstdDict`].
+    pub dict: Option<Vec<u8>>,
+}
+
+impl FieldSpec {
+    /// A field stored raw.
+    pub fn raw(name: impl Into<Vec<u8>>) -> FieldSpec {
+        FieldSpec {
+            name: name.into(),
+            codec: Codec::Raw,
+            level: 0,
+            dict: None,
+        }
+    }
+
+    /// A field compressed with zstd at the default level.
+    pub fn zstd(name: impl Into<Vec<u8>>) -> FieldSpec {
+        FieldSpec {
+            name: name.into(),
+            codec: Codec::Zstd,
+            level: DEFAULT_LEVEL,
+            dict: None,
+        }
+    }
+}
+
+/// Where shards are cut and how records are aligned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Target shard file size in bytes; a shard is closed before a sample would take it past
+    /// this (a sample larger than the target gets a shard of its own).
+    pub shard_size: u64,
+    /// Close a shard after this many samples.
+    pub max_samples_per_shard: Option<u64>,
+    /// Record alignment: a power of two in 8..=1 MiB.
+    pub record_align: u64,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            shard_size: DEFAULT_SHARD_SIZE,
+            max_samples_per_shard: None,
+            record_align: MIN_RECORD_ALIGN,
+        }
+    }
+}
+
+impl WriterOptions {
+    /// Checks the option values.
+    pub fn validate(&self) -> Result<()> {
+        let a = self.record_align;
+        if !a.is_power_of_two() || !(MIN_RECORD_ALIGN..=MAX_RECORD_ALIGN).contains(&a) {
+            return Err(Error::Options(format!(
+                "alignment {a} must be a power of two between {MIN_RECORD_ALIGN} and {MAX_RECORD_ALIGN}"
+            )));
+        }
+        if self.shard_size == 0 {
+            return Err(Error::Options("shard size must be above 0".into()));
+        }
+        if self.max_samples_per_shard == Some(0) {
+            return Err(Error::Options(
+                "max samples per shard must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One encoded record ready to be written.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedRecord<'a> {
+    /// Field index (position in the writer's field list).
+    pub field: u32,
+    /// How `stored` decodes.
+    pub codec: Codec,
+    /// The bytes to store.
+    pub stored: &'a [u8],
+    /// Length after decoding.
+    pub raw_len: u64,
+}
+
+/// What the manifest says beyond what the writer knows.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetInfo {
+    /// `true` for ImageFolder labels (`classes` names them).
+    pub imagefolder_labels: bool,
+    /// Class names; class `i` has label `i`.
+    pub classes: Vec<Name>,
+    /// Build options for provenance.
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Inputs left out.
+    pub skipped: Vec<Skipped>,
+}
+
+struct FieldState {
+    spec: FieldSpec,
+    encoder: FieldEncoder,
+    records: u64,
+    raw_bytes: u64,
+    stored_bytes: u64,
+}
+
+struct OpenShard {
+    file: BufWriter<File>,
+    tmp_path: PathBuf,
+    hasher: Xxh3,
+    pos: u64,
+    samples: Vec<u8>,
+    records: Vec<u8>,
+    keys: Vec<u8>,
+    key_hashes: Vec<KeyHashEntry>,
+    sample_count: u64,
+    record_count: u64,
+}
+
+/// Writes a dataset directory. See the module docs.
+///
+/// If the writer is dropped without [`DatasetWriter::finish`] (an error, a panic), the files it
+/// wrote are removed.
+pub struct DatasetWriter {
+    dir: PathBuf,
+    opts: WriterOptions,
+    fields: Vec<FieldState>,
+    names: Vec<u8>,
+    shard: Option<OpenShard>,
+    shards: Vec<ShardMeta>,
+    written: Vec<PathBuf>,
+    samples: u64,
+    records: u64,
+    finished: bool,
+    scratch: Vec<u8>,
+    cctx: Option<zstd::zstd_safe::CCtx<'static>>,
+}
+
+impl std::fmt::Debug for DatasetWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetWriter")
+            .field("dir", &self.dir)
+            .field("samples", &self.samples)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+const ZEROS: [u8; 4096] = [0; 4096];
+
+impl DatasetWriter {
+    /// Starts a dataset in `dir`, which must exist and hold no dataset. `fields` are the
+    /// dataset's fields; their order is their index in records. Field names must be unique and
+    /// sorted by bytes (the order every shard's field table keeps).
+    pub fn create(dir: &Path, fields: Vec<FieldSpec>, opts: WriterOptions) -> Result<Self> {
+        opts.validate()?;
+        if !dir.is_dir() {
+            return Err(Error::input(dir, "output directory does not exist"));
+        }
+        if dir.join(MANIFEST_FILE).exists() {
+            return Err(Error::input(
+                dir,
+                "already holds a dataset (manifest.json exists); remove it or write elsewhere",
+            ));
+        }
+        for w in fields.windows(2) {
+            if w[0].name >= w[1].name {
+                return Err(Error::Options(format!(
+                    "field names must be unique and sorted: {:?} then {:?}",
+                    String::from_utf8_lossy(&w[0].name),
+                    String::from_utf8_lossy(&w[1].name)
+                )));
+            }
+        }
+        if fields.len() > u32::MAX as usize {
+            return Err(Error::Options("too many fields".into()));
+        }
+        let mut names = Vec::new();
+        let mut states = Vec::with_capacity(fields.len());
+        for spec in fields {
+            names.extend_from_slice(&spec.name);
+            let encoder =
+                FieldEncoder::new(spec.codec, spec.level, spec.dict.as_deref()).map_err(|e| {
+                    Error::Options(format!(
+                        "field {:?}: {e}",
+                        String::from_utf8_lossy(&spec.name)
+                    ))
+                })?;
+            states.push(FieldState {
+                spec,
+                encoder,
+                records: 0,
+                raw_bytes: 0,
+                stored_bytes: 0,
+            });
+        }
+        Ok(DatasetWriter {
+            dir: dir.to_path_buf(),
+            opts,
+            fields: states,
+            names,
+            shard: None,
+            shards: Vec::new(),
+            written: Vec::new(),
+            samples: 0,
+            records: 0,
+            finished: false,
+            scratch: Vec::new(),
+            cctx: None,
+        })
+    }
+
+    /// The encoder of field `i`, for callers that encode on their own threads.
+    pub fn encoder(&self, i: u32) -> &FieldEncoder {
+        &self.fields[i as usize].encoder
+    }
+
+    /// The encoders of all fields, in field order.
+    pub fn encoders(&self) -> Vec<&FieldEncoder> {
+        self.fields.iter().map(|f| &f.encoder).collect()
+    }
+
+    /// Samples appended so far.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Encodes and appends one sample: `fields` are `(field index, raw bytes)`, sorted by field
+    /// index without repeats.
+    pub fn append(
+        &mut self,
+        key: &[u8],
+        label: Option<u32>,
+        fields: &[(u32, &[u8])],
+    ) -> Result<()> {
+        let mut cctx = self.cctx.take().unwrap_or_else(new_cctx);
+        let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(fields.len());
+        let mut codecs = Vec::with_capacity(fields.len());
+        for &(f, raw) in fields {
+            let enc = self
+                .fields
+                .get(f as usize)
+                .ok_or_else(|| Error::Options(format!("field index {f} does not exist")))?;
+            let mut out = std::mem::take(&mut self.scratch);
+            let codec = enc.encoder.encode(&mut cctx, raw, &mut out);
+            codecs.push(codec);
+            bufs.push(out);
+        }
+        self.cctx = Some(cctx);
+        let recs: Vec<EncodedRecord<'_>> = fields
+            .iter()
+            .zip(&bufs)
+            .zip(&codecs)
+            .map(|((&(f, raw), buf), &codec)| EncodedRecord {
+                field: f,
+                codec,
+                stored: if codec == Codec::Raw { raw } else { buf },
+                raw_len: raw.len() as u64,
+            })
+            .collect();
+        self.append_encoded(key, label, &recs)
+    }
+
+    /// Appends one sample whose records are already encoded, sorted by field without repeats.
+    pub fn append_encoded(
+        &mut self,
+        key: &[u8],
+        label: Option<u32>,
+        records: &[EncodedRecord<'_>],
+    ) -> Result<()> {
+        let key_path = || PathBuf::from(String::from_utf8_lossy(key).into_owned());
+        for w in records.windows(2) {
+            if w[0].field >= w[1].field {
+                return Err(Error::input(
+                    key_path(),
+                    format!(
+                        "sample has field {:?} twice or out of order: two inputs map to the same \
+                         key and field",
+                        String::from_utf8_lossy(&self.fields[w[1].field as usize].spec.name)
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.field as usize >= self.fields.len())
+        {
+            return Err(Error::Options(format!(
+                "field index {} does not exist",
+                r.field
+            )));
+        }
+        if label == Some(NO_LABEL) {
+            return Err(Error::Options(format!("label {NO_LABEL} is reserved")));
+        }
+        if records.len() > u32::MAX as usize {
+            return Err(Error::input(key_path(), "too many records in one sample"));
+        }
+        let align = self.opts.record_align;
+        let mut need = 0u64;
+        for r in records {
+            need = need.saturating_add(align_up(r.stored.len() as u64, align).unwrap_or(u64::MAX));
+        }
+        let index_need = (SampleEntry::SIZE + KeyHashEntry::SIZE + key.len()) as u64
+            + (records.len() * RecordEntry::SIZE) as u64;
+        if let Some(s) = &self.shard {
+            let projected = s.pos
+                + need
+                + (s.samples.len() + s.records.len() + s.keys.len()) as u64
+                + s.key_hashes.len() as u64 * KeyHashEntry::SIZE as u64
+                + index_need;
+            let full = self
+                .opts
+                .max_samples_per_shard
+                .is_some_and(|m| s.sample_count >= m);
+            if full || projected > self.opts.shard_size {
+                self.finish_shard()?;
+            }
+        }
+        if self.shard.is_none() {
+            self.open_shard()?;
+        }
+        let s = self.shard.as_mut().expect("shard open");
+        let first_record = s.record_count;
+        for r in records {
+            let pad = align_up(s.pos, align).expect("offset fits") - s.pos;
+            write_zeros(s, pad)?;
+            let offset = s.pos;
+            write_bytes(s, r.stored)?;
+            RecordEntry {
+                offset,
+                stored_len: r.stored.len() as u64,
+                raw_len: r.raw_len,
+                checksum: record_checksum(r.stored),
+                field: r.field,
+                codec: r.codec.as_u32(),
+            }
+            .encode_into(&mut s.records);
+            let f = &mut self.fields[r.field as usize];
+            f.records += 1;
+            f.raw_bytes += r.raw_len;
+            f.stored_bytes += r.stored.len() as u64;
+        }
+        SampleEntry {
+            key_offset: s.keys.len() as u64,
+            key_len: key.len() as u64,
+            first_record,
+            record_count: records.len() as u32,
+            label: label.unwrap_or(NO_LABEL),
+        }
+        .encode_into(&mut s.samples);
+        s.keys.extend_from_slice(key);
+        s.key_hashes.push(KeyHashEntry {
+            hash: key_hash(key),
+            sample: s.sample_count,
+        });
+        s.sample_count += 1;
+        s.record_count += records.len() as u64;
+        self.samples += 1;
+        self.records += records.len() as u64;
+        Ok(())
+    }
+
+    fn open_shard(&mut self) -> Result<()> {
+        let i = self.shards.len() as u64;
+        let tmp_path = self.dir.join(format!("{}.tmp", shard_file_name(i)));
+        let file = File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, "create", e))?;
+        self.written.push(tmp_path.clone());
+        let mut s = OpenShard {
+            file: BufWriter::with_capacity(1 << 20, file),
+            tmp_path,
+            hasher: Xxh3::new(),
+            pos: 0,
+            samples: Vec::new(),
+            records: Vec::new(),
+            keys: Vec::new(),
+            key_hashes: Vec::new(),
+            sample_count: 0,
+            record_count: 0,
+        };
+        let header = Header {
+            version: Version::CURRENT,
+            shard_index: i,
+            record_align: self.opts.record_align,
+            data_offset: REGION_ALIGN,
+        };
+        write_bytes(&mut s, &header.encode())?;
+        write_zeros(&mut s, REGION_ALIGN - Header::SIZE as u64)?;
+        self.shard = Some(s);
+        Ok(())
+    }
+
+    fn finish_shard(&mut self) -> Result<()> {
+        let Some(mut s) = self.shard.take() else {
+            return Ok(());
+        };
+        let shard_index = self.shards.len() as u64;
+        let first_sample = self.samples - s.sample_count;
+        // Duplicate keys would make lookups ambiguous.
+        s.key_hashes.sort_unstable();
+        for w in s.key_hashes.windows(2) {
+            if w[0].hash == w[1].hash {
+                let k0 = sample_key(&s, w[0].sample);
+                if k0 == sample_key(&s, w[1].sample) {
+                    return Err(Error::input(
+                        PathBuf::from(String::from_utf8_lossy(k0).into_owned()),
+                        "two samples have the same key; keys must be unique",
+                    ));
+                }
+            }
+        }
+        let data_len = s.pos - REGION_ALIGN;
+
+        // Dictionary region.
+        let dict_offset = align_up(s.pos, REGION_ALIGN).expect("fits");
+        pad_to(&mut s, dict_offset)?;
+        let mut entries = Vec::with_capacity(self.fields.len() * FieldEntry::SIZE);
+        let mut name_offset = 0u64;
+        for f in &self.fields {
+            let (mut d_off, mut d_len, mut d_sum) = (0, 0, 0);
+            if let Some(d) = &f.spec.dict {
+                let at = align_up(s.pos, 8).expect("fits");
+                pad_to(&mut s, at)?;
+                write_bytes(&mut s, d)?;
+                (d_off, d_len, d_sum) = (at, d.len() as u64, xxh3_64(d));
+            }
+            FieldEntry {
+                name_offset,
+                name_len: f.spec.name.len() as u64,
+                codec: f.spec.codec,
+                level: if f.spec.codec == Codec::Raw {
+                    0
+                } else {
+                    f.spec.level
+                },
+                dict_offset: d_off,
+                dict_len: d_len,
+                dict_checksum: d_sum,
+            }
+            .encode_into(&mut entries);
+            name_offset += f.spec.name.len() as u64;
+        }
+        let dict_len = s.pos - dict_offset;
+
+        // Index region.
+        let index_offset = align_up(s.pos, REGION_ALIGN).expect("fits");
+        pad_to(&mut s, index_offset)?;
+        let ih = IndexHeader {
+            sample_count: s.sample_count,
+            record_count: s.record_count,
+            field_count: self.fields.len() as u64,
+            key_bytes_len: s.keys.len() as u64,
+            name_bytes_len: self.names.len() as u64,
+            first_sample,
+        };
+        let layout = ih.layout().expect("index sizes fit");
+        let mut index = Vec::with_capacity(layout.end as usize);
+        index.extend_from_slice(&ih.encode());
+        index.extend_from_slice(&entries);
+        index.extend_from_slice(&s.samples);
+        index.extend_from_slice(&s.records);
+        for kh in &s.key_hashes {
+            kh.encode_into(&mut index);
+        }
+        index.extend_from_slice(&s.keys);
+        index.resize(layout.names as usize, 0);
+        index.extend_from_slice(&self.names);
+        index.resize(layout.end as usize, 0);
+        let index_checksum = xxh3_64(&index);
+        write_bytes(&mut s, &index)?;
+        let footer = Footer {
+            data_offset: REGION_ALIGN,
+            data_len,
+            dict_offset,
+            dict_len,
+            index_offset,
+            index_len: index.len() as u64,
+            index_checksum,
+            sample_count: s.sample_count,
+            record_count: s.record_count,
+            version: Version::CURRENT,
+        };
+        write_bytes(&mut s, &footer.encode())?;
+
+        let path = s.tmp_path.clone();
+        let file = s
+            .file
+            .into_inner()
+            .map_err(|e| Error::io(&path, "write", e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&path, "sync", e))?;
+        drop(file);
+        let name = shard_file_name(shard_index);
+        let final_path = self.dir.join(&name);
+        fs::rename(&path, &final_path).map_err(|e| Error::io(&final_path, "rename into", e))?;
+        if let Some(w) = self.written.iter_mut().find(|p| **p == path) {
+            *w = final_path;
+        }
+        self.shards.push(ShardMeta {
+            file: name,
+            samples: s.sample_count,
+            records: s.record_count,
+            first_sample,
+            bytes: s.pos,
+            xxh3: Hash64(s.hasher.digest()),
+            index_xxh3: Hash64(index_checksum),
+        });
+        Ok(())
+    }
+
+    /// Closes the last shard and writes the manifest (atomically, last). Returns the manifest.
+    pub fn finish(mut self, info: DatasetInfo) -> Result<Manifest> {
+        self.finish_shard()?;
+        let manifest = Manifest {
+            format: FORMAT_NAME.to_string(),
+            format_version: Version::CURRENT.as_u32(),
+            samples: self.samples,
+            records: self.records,
+            shards: self.shards.clone(),
+            fields: self
+                .fields
+                .iter()
+                .map(|f| FieldMeta {
+                    name: Name(f.spec.name.clone()),
+                    compression: f.spec.codec.name().to_string(),
+                    level: if f.spec.codec == Codec::Raw {
+                        0
+                    } else {
+                        f.spec.level
+                    },
+                    records: f.records,
+                    raw_bytes: f.raw_bytes,
+                    stored_bytes: f.stored_bytes,
+                    dict_bytes: f.spec.dict.as_ref().map_or(0, |d| d.len() as u64),
+                })
+                .collect(),
+            labels: if info.imagefolder_labels {
+                "imagefolder"
+            } else {
+                "none"
+            }
+            .to_string(),
+            classes: info.classes,
+            options: info.options,
+            skipped: info.skipped,
+        };
+        let tmp = self.dir.join(format!("{MANIFEST_FILE}.tmp"));
+        let dst = self.dir.join(MANIFEST_FILE);
+        self.written.push(tmp.clone());
+        write_synced(&tmp, &manifest.to_json())?;
+        sync_dir(&self.dir)?;
+        fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, "rename into", e))?;
+        sync_dir(&self.dir)?;
+        self.finished = true;
+        Ok(manifest)
+    }
+
+    /// Removes every file this writer created. Called on drop unless `finish` succeeded.
+    pub fn abort(mut self) {
+        self.cleanup();
+    }
+
+    fn cleanup(&mut self) {
+        self.shard = None;
+        for p in self.written.drain(..) {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for DatasetWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cleanup();
+        }
+    }
+}
+
+fn sample_key(s: &OpenShard, i: u64) -> &[u8] {
+    let at = i as usize * SampleEntry::SIZE;
+    let e = SampleEntry::decode(&s.samples[at..at + SampleEntry::SIZE]);
+    &s.keys[e.key_offset as usize..(e.key_offset + e.key_len) as usize]
+}
+
+fn write_bytes(s: &mut OpenShard, b: &[u8]) -> Result<()> {
+    s.file
+        .write_all(b)
+        .map_err(|e| Error::io(&s.tmp_path, "write", e))?;
+    s.hasher.update(b);
+    s.pos += b.len() as u64;
+    Ok(())
+}
+
+fn write_zeros(s: &mut OpenShard, mut n: u64) -> Result<()> {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        write_bytes(s, &ZEROS[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+fn pad_to(s: &mut OpenShard, target: u64) -> Result<()> {
+    let n = target - s.pos;
+    write_zeros(s, n)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io(path, "create", e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(path, "write", e))?;
+    f.sync_all().map_err(|e| Error::io(path, "sync", e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let d = File::open(dir).map_err(|e| Error::io(dir, "open", e))?;
+        d.sync_all().map_err(|e| Error::io(dir, "sync", e))?;
+    }
+    Ok(())
+}
