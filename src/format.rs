@@ -1002,11 +1002,24 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                         },
                     ));
                 }
+                if f.dict_offset % 8 != 0 {
+                    return Err(invalid(
+                        "index/fields",
+                        base + at as u64,
+                        format!("field {i} dictionary is not 8-aligned"),
+                    ));
+                }
             } else if f.codec == Codec::ZstdDict {
                 return Err(invalid(
                     "index/fields",
                     base + at as u64,
                     format!("field {i} uses zstd-dict but has no dictionary"),
+                ));
+            } else if f.dict_offset != 0 || f.dict_checksum != 0 {
+                return Err(invalid(
+                    "index/fields",
+                    base + at as u64,
+                    format!("field {i} has no dictionary but non-zero dictionary fields"),
                 ));
             }
             fields.push(f);
@@ -1073,10 +1086,19 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
     }
 
     /// The sample entry `i` with its bounds checked (key inside the key table, records inside
-    /// the record table). Panics if `i >= sample_count`; callers check first.
+    /// the record table). An error if `i >= sample_count`.
     #[inline]
     pub fn sample(&self, i: u64) -> Result<SampleEntry, FormatError> {
-        assert!(i < self.index.sample_count);
+        if i >= self.index.sample_count {
+            return Err(invalid(
+                "index/samples",
+                self.footer.index_offset,
+                format!(
+                    "sample {i} asked for, the shard has {}",
+                    self.index.sample_count
+                ),
+            ));
+        }
         let at = self.index_abs(self.layout.samples + i * SampleEntry::SIZE as u64);
         let e = SampleEntry::decode(&self.bytes()[at..at + SampleEntry::SIZE]);
         let key_ok = e
@@ -1105,10 +1127,19 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
     }
 
     /// Record entry `r` with its bounds checked: stored bytes inside the data region and
-    /// aligned, field id and codec known. Panics if `r >= record_count`.
+    /// aligned, field id and codec known. An error if `r >= record_count`.
     #[inline]
     pub fn record(&self, r: u64) -> Result<RecordEntry, FormatError> {
-        assert!(r < self.index.record_count);
+        if r >= self.index.record_count {
+            return Err(invalid(
+                "index/records",
+                self.footer.index_offset,
+                format!(
+                    "record {r} asked for, the shard has {}",
+                    self.index.record_count
+                ),
+            ));
+        }
         let at = self.index_abs(self.layout.records + r * RecordEntry::SIZE as u64);
         let e = RecordEntry::decode(&self.bytes()[at..at + RecordEntry::SIZE]);
         let data_end = self.footer.data_offset + self.footer.data_len;
@@ -1179,6 +1210,78 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
     /// The file range of a (checked) record's stored bytes.
     pub fn stored_range(e: &RecordEntry) -> Range<u64> {
         e.offset..e.offset + e.stored_len
+    }
+
+    /// Checks the index tables as a whole, in O(samples + records): samples cover the record
+    /// table in order without gaps, each sample's fields are strictly increasing, and the
+    /// key-hash table is sorted, matches every key and names each sample exactly once. Open
+    /// does not do this (it would be per-sample work); `verify` does.
+    pub fn check_structure(&self) -> Result<(), FormatError> {
+        let n = self.index.sample_count;
+        let mut next_record = 0u64;
+        for i in 0..n {
+            let e = self.sample(i)?;
+            if e.first_record != next_record {
+                return Err(invalid(
+                    "index/samples",
+                    self.index_abs(self.layout.samples + i * SampleEntry::SIZE as u64) as u64,
+                    format!(
+                        "sample {i} starts at record {}, expected {next_record}",
+                        e.first_record
+                    ),
+                ));
+            }
+            let mut last_field = None;
+            for r in e.first_record..e.first_record + e.record_count as u64 {
+                let rec = self.record(r)?;
+                if last_field.is_some_and(|l| rec.field <= l) {
+                    return Err(invalid(
+                        "index/records",
+                        self.index_abs(self.layout.records + r * RecordEntry::SIZE as u64) as u64,
+                        format!("record {r}: fields of sample {i} are not strictly increasing"),
+                    ));
+                }
+                last_field = Some(rec.field);
+            }
+            next_record += e.record_count as u64;
+        }
+        if next_record != self.index.record_count {
+            return Err(invalid(
+                "index/samples",
+                self.index_abs(self.layout.samples) as u64,
+                format!(
+                    "samples cover {next_record} records, the table has {}",
+                    self.index.record_count
+                ),
+            ));
+        }
+        let base = self.index_abs(self.layout.key_hashes);
+        let mut seen = vec![false; n as usize];
+        let mut prev: Option<KeyHashEntry> = None;
+        for i in 0..n as usize {
+            let at = base + i * KeyHashEntry::SIZE;
+            let e = KeyHashEntry::decode(&self.bytes()[at..at + KeyHashEntry::SIZE]);
+            let bad = |msg: String| Err(invalid("index/key-hashes", at as u64, msg));
+            if prev.is_some_and(|p| p >= e) {
+                return bad(format!("entry {i} is out of order"));
+            }
+            if e.sample >= n || seen[e.sample as usize] {
+                return bad(format!(
+                    "entry {i} names sample {} twice or out of range",
+                    e.sample
+                ));
+            }
+            seen[e.sample as usize] = true;
+            let s = self.sample(e.sample)?;
+            if key_hash(self.key(&s)) != e.hash {
+                return bad(format!(
+                    "entry {i} hash does not match the key of sample {}",
+                    e.sample
+                ));
+            }
+            prev = Some(e);
+        }
+        Ok(())
     }
 
     /// Finds the sample whose key is `key`, by binary search in the key-hash table.

@@ -9,6 +9,8 @@
 //! - [`writer`]: samples in, shards and a manifest out, atomically.
 //! - [`reader`]: [`Dataset::open`], [`Dataset::get`], [`Dataset::get_by_key`],
 //!   [`Dataset::verify`].
+//! - [`loader`]: [`Loader`], shuffled, partitioned, resumable epochs with large sequential
+//!   reads on background threads; [`quality`] scores an order's shuffle.
 //! - [`compile`] (feature `compile`, on by default): walks a folder tree and packs it.
 //!
 //! A data loader that only reads can depend on `shardpack` with `default-features = false`:
@@ -41,12 +43,15 @@ pub mod codec;
 pub mod compile;
 pub mod error;
 pub mod format;
+pub mod loader;
 pub mod manifest;
+pub mod quality;
 pub mod reader;
 pub mod rng;
-mod sys;
+pub mod sys;
 pub mod writer;
 
 pub use error::{Error, Result};
+pub use loader::{Loader, LoaderOptions, LoaderState};
 pub use manifest::Manifest;
 pub use reader::{verify_dir, Dataset, Field, Sample, VerifyReport};

@@ -80,6 +80,11 @@ impl Shard {
         self.len() == 0
     }
 
+    /// The prepared decoding dictionary of field `field`, if it has one.
+    pub fn dict(&self, field: u32) -> Option<&DecodeDict> {
+        self.dicts.get(field as usize).and_then(Option::as_ref)
+    }
+
     fn corrupt(&self, e: crate::format::FormatError) -> Error {
         Error::corrupt(&self.path, e)
     }
@@ -420,6 +425,11 @@ impl<'a> Field<'a> {
         self.rec.offset
     }
 
+    /// The xxh3-64 checksum of the stored bytes, as the index records it.
+    pub fn checksum(&self) -> u64 {
+        self.rec.checksum
+    }
+
     fn bad(&self, detail: String) -> Error {
         Error::BadRecord {
             path: self.sample.shard.path.clone(),
@@ -462,7 +472,7 @@ impl<'a> Field<'a> {
     }
 
     fn decode_unchecked(&self, out: &mut Vec<u8>) -> Result<()> {
-        let dict = self.sample.shard.dicts[self.rec.field as usize].as_ref();
+        let dict = self.sample.shard.dict(self.rec.field);
         DCTX.with(|d| {
             decode_into(
                 &mut d.borrow_mut(),
@@ -561,6 +571,15 @@ fn verify_shard(shard: &Shard, meta: &ShardMeta, report: &mut VerifyReport) {
                 meta.bytes,
                 meta.xxh3.0
             ),
+        });
+    }
+    if let Err(e) = shard.bytes.check_structure() {
+        report.problems.push(Problem {
+            shard: name.clone(),
+            sample: None,
+            key: None,
+            field: None,
+            detail: shard.corrupt(e).to_string(),
         });
     }
     let mut buf = Vec::new();

@@ -1,15 +1,20 @@
-//! The crate's only `unsafe` code: memory-mapping shard files.
+//! Operating-system specifics: memory maps, direct I/O, page-cache eviction. All of the crate's
+//! `unsafe` code is in this module.
 
 use std::fs::File;
+use std::io;
 use std::path::Path;
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
+/// Alignment of direct-I/O buffers, offsets and lengths.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Maps `file` (opened from `path`) read-only.
 ///
-/// # Safety (for callers of the safe wrapper)
+/// # Hazards
 ///
 /// A memory map's contents can change under the program if another process writes the file.
 /// shardpack never writes a shard after it has been renamed into place, and datasets are
@@ -29,6 +34,126 @@ pub(crate) fn map_file(file: &File, path: &Path) -> Result<Mmap> {
     Ok(map)
 }
 
+/// Opens `path` for reading, bypassing the page cache (`O_DIRECT`) when `direct` is set.
+/// Returns the file and whether direct I/O is in effect: filesystems that refuse `O_DIRECT`
+/// (tmpfs, some FUSE and network filesystems) get a buffered file instead.
+pub fn open_read(path: &Path, direct: bool) -> io::Result<(File, bool)> {
+    #[cfg(target_os = "linux")]
+    if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => return Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = direct;
+    Ok((File::open(path)?, false))
+}
+
+/// A reusable byte buffer whose usable part starts at a [`DIRECT_ALIGN`]-aligned address, as
+/// `O_DIRECT` reads require. Built on a `Vec` with slack, so it needs no `unsafe`.
+#[derive(Debug, Default)]
+pub struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// An empty buffer.
+    pub fn new() -> AlignedBuf {
+        AlignedBuf::default()
+    }
+
+    /// Makes the buffer `len` bytes long (contents unspecified), reusing the allocation when
+    /// it is large enough. Returns the aligned slice.
+    pub fn resize(&mut self, len: usize) -> &mut [u8] {
+        if self.vec.len() < len + DIRECT_ALIGN {
+            self.vec = vec![0; len + DIRECT_ALIGN];
+        }
+        self.start = self.vec.as_ptr().align_offset(DIRECT_ALIGN);
+        self.len = len;
+        &mut self.vec[self.start..self.start + len]
+    }
+
+    /// The current contents.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+}
+
+/// Reads `buf.len()` bytes at `offset`, looping over short reads; returns how many bytes were
+/// read (less than asked only at end of file). With direct I/O the offset, the length and the
+/// buffer address must be multiples of [`DIRECT_ALIGN`].
+pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = read_at(file, &mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        match file.read_at(buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::windows::fs::FileExt;
+    file.seek_read(buf, offset)
+}
+
+/// Asks the kernel to drop `path`'s pages from the page cache (`posix_fadvise` with
+/// `POSIX_FADV_DONTNEED`), so the next read comes from the device. Dirty pages are written
+/// first. Returns an error where the platform cannot do it.
+pub fn evict_from_cache(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        file.sync_all().or_else(|e| {
+            // Read-only files on some filesystems refuse fsync; nothing is dirty then.
+            if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EBADF)
+            {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is valid
+        // for the duration of the call because `file` is alive.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        drop(file);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "page-cache eviction is only implemented on Linux",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +169,30 @@ mod tests {
         let f = File::open(&p).unwrap();
         let m = map_file(&f, &p).unwrap();
         assert_eq!(&m[..], b"hello shard");
+    }
+
+    #[test]
+    fn aligned_buffer_is_aligned_and_reused() {
+        let mut b = AlignedBuf::new();
+        let p = b.resize(10_000).as_ptr();
+        assert_eq!(p as usize % DIRECT_ALIGN, 0);
+        assert_eq!(b.as_slice().len(), 10_000);
+        let q = b.resize(5_000).as_ptr();
+        assert_eq!(p, q, "a smaller size reuses the allocation");
+        assert_eq!(q as usize % DIRECT_ALIGN, 0);
+    }
+
+    #[test]
+    fn direct_read_or_fallback_reads_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..3 * DIRECT_ALIGN + 100).map(|i| i as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let (f, _direct) = open_read(&p, true).unwrap();
+        let mut b = AlignedBuf::new();
+        let n = read_full_at(&f, b.resize(4 * DIRECT_ALIGN), 0).unwrap();
+        assert_eq!(n, data.len());
+        assert_eq!(&b.as_slice()[..n], &data[..]);
+        evict_from_cache(&p).unwrap();
     }
 }

@@ -1,0 +1,906 @@
+//! The Loader: shuffled, partitioned, resumable epochs served with large sequential reads.
+//!
+//! An epoch's order is a pure function of `(seed, epoch, rank, world_size)` (and the dataset
+//! and chunking options):
+//!
+//! 1. Each shard's samples are cut into **chunks** of consecutive samples covering about
+//!    [`LoaderOptions::chunk_bytes`] of stored data.
+//! 2. The chunk list is shuffled with a generator seeded by `(seed, epoch)`; concatenated, the
+//!    chunks give the epoch's global sequence of `N` samples.
+//! 3. Rank `r` of `W` takes positions `r*n .. (r+1)*n` of that sequence, `n = ceil(N / W)`.
+//!    Positions past `N` wrap around to the start: the last ranks are **padded by repeating**
+//!    the first samples of the sequence, so every rank gets exactly `n` samples, ranks are
+//!    disjoint before padding and their union is the dataset.
+//! 4. The rank's pieces of chunks are grouped into **windows** of
+//!    [`LoaderOptions::window_chunks`] pieces; the samples of a window are shuffled in memory
+//!    with a generator seeded by `(seed, epoch, rank, window)`.
+//!
+//! Each piece of a chunk is read with one large read (aligned, `O_DIRECT` when asked) by a
+//! background thread, which also checks every record's checksum and decompresses it; the
+//! consumer only takes ready samples. At most [`LoaderOptions::prefetch_bytes`] of decoded
+//! samples are held ahead of the consumer (plus one chunk buffer per I/O thread).
+//!
+//! [`LoaderState`] records `(seed, epoch, samples_consumed)` (with rank and world size); a
+//! loader built from it continues with exactly the samples that would have come next, without
+//! reading or replaying the skipped ones.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
+//! use shardpack::loader::{Loader, LoaderOptions};
+//! # fn main() -> shardpack::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let mut w = DatasetWriter::create(dir.path(), vec![FieldSpec::raw("bin")], WriterOptions::default())?;
+//! # for i in 0..100u32 { w.append(format!("{i:03}").as_bytes(), Some(i % 4), &[(0, &i.to_le_bytes())])?; }
+//! # w.finish(DatasetInfo::default())?;
+//! let ds = Arc::new(shardpack::Dataset::open(dir.path())?);
+//! let opts = LoaderOptions { seed: 7, epoch: 0, batch_size: 32, ..LoaderOptions::default() };
+//! let mut loader = Loader::new(ds.clone(), opts.clone())?;
+//! let first = loader.next_batch().unwrap()?;          // 32 samples
+//! let state = loader.state();                          // (seed 7, epoch 0, 32 consumed)
+//! drop(loader);
+//! // Later, perhaps in another process:
+//! let mut resumed = Loader::resume(ds, opts, &state)?;
+//! let rest: Vec<_> = resumed.by_ref().collect::<Result<_, _>>()?;
+//! assert_eq!(first.len() + rest.len(), 100);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::codec::{decode_into, new_dctx};
+use crate::error::{Error, Result};
+use crate::format::{record_checksum, Codec};
+use crate::reader::Dataset;
+use crate::rng::SplitMix64;
+use crate::sys::{open_read, read_full_at, AlignedBuf, DIRECT_ALIGN};
+
+/// How an epoch's order is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shuffle {
+    /// Stored order (shards in order, samples in order).
+    None,
+    /// Shuffled chunks, samples shuffled within windows of chunks (the default).
+    Chunked,
+    /// A full random permutation; every sample is a separate small read (for comparison).
+    Full,
+}
+
+/// Whether chunk reads bypass the page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectIo {
+    /// Always `O_DIRECT` (falls back to buffered reads where the filesystem refuses it).
+    On,
+    /// Always through the page cache.
+    Off,
+    /// `O_DIRECT` when the dataset is larger than half the memory available to cache it (later
+    /// epochs could not be served from the cache anyway, and direct reads are faster);
+    /// buffered when it fits, so later epochs come from memory.
+    Auto,
+}
+
+/// Loader options. `Default` gives seed 0, epoch 0, rank 0 of 1, batches of 256, chunked
+/// shuffle with 4 MiB chunks mixed 16 at a time, 4 I/O threads, a 256 MiB prefetch budget and
+/// automatic direct I/O.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderOptions {
+    /// Shuffle seed.
+    pub seed: u64,
+    /// Epoch number (each epoch has its own order).
+    pub epoch: u64,
+    /// This process's rank in `0..world_size`.
+    pub rank: u32,
+    /// Number of ranks sharing the dataset.
+    pub world_size: u32,
+    /// Samples per batch for [`Loader::next_batch`].
+    pub batch_size: usize,
+    /// How the order is made.
+    pub shuffle: Shuffle,
+    /// Target stored bytes per chunk (one read each).
+    pub chunk_bytes: u64,
+    /// Chunks whose samples are mixed together in memory.
+    pub window_chunks: usize,
+    /// Background threads reading and decoding.
+    pub io_threads: usize,
+    /// Decoded bytes held ahead of the consumer.
+    pub prefetch_bytes: u64,
+    /// Direct I/O policy.
+    pub direct_io: DirectIo,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions {
+            seed: 0,
+            epoch: 0,
+            rank: 0,
+            world_size: 1,
+            batch_size: 256,
+            shuffle: Shuffle::Chunked,
+            chunk_bytes: 4 << 20,
+            window_chunks: 16,
+            io_threads: 4,
+            prefetch_bytes: 256 << 20,
+            direct_io: DirectIo::Auto,
+        }
+    }
+}
+
+impl LoaderOptions {
+    fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(Error::Options(s));
+        if self.world_size == 0 || self.rank >= self.world_size {
+            return bad(format!(
+                "rank {} is not in 0..{} (world size)",
+                self.rank, self.world_size
+            ));
+        }
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1".into());
+        }
+        if self.chunk_bytes == 0 || self.window_chunks == 0 {
+            return bad("chunk size and window must be at least 1".into());
+        }
+        if self.io_threads == 0 {
+            return bad("the loader needs at least 1 I/O thread".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a loader is in its epoch: small, serializable, enough to resume exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderState {
+    /// Shuffle seed.
+    pub seed: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Rank.
+    pub rank: u32,
+    /// World size.
+    pub world_size: u32,
+    /// Samples of this rank's epoch already handed out.
+    pub samples_consumed: u64,
+}
+
+/// A sample handed out by the loader, owning its decoded bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSample {
+    /// Global sample id in the dataset (stored order).
+    pub index: u64,
+    /// Key bytes.
+    pub key: Vec<u8>,
+    /// Label, if any.
+    pub label: Option<u32>,
+    /// The fields present, in field order.
+    pub fields: Vec<LoadedField>,
+}
+
+impl LoadedSample {
+    /// The data of the field with index `field`, if present.
+    pub fn field(&self, field: u32) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|f| f.field == field)
+            .map(|f| f.data.as_slice())
+    }
+}
+
+/// One decoded, checksum-verified field of a [`LoadedSample`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedField {
+    /// Field index (see [`Dataset::field_names`]).
+    pub field: u32,
+    /// The data.
+    pub data: Vec<u8>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plan: a pure function of the dataset and the options
+// ---------------------------------------------------------------------------------------------
+
+/// Consecutive samples of one shard read with one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    shard: u32,
+    /// First local sample.
+    first: u64,
+    count: u64,
+}
+
+/// A chunk: consecutive samples of one shard with their stored size.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    piece: Piece,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct Window {
+    pieces: Vec<Piece>,
+    samples: u64,
+    shuffle: bool,
+    /// Estimated decoded bytes, for the prefetch budget.
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct Plan {
+    windows: Vec<Window>,
+    /// Position of each window's first sample in the rank's sequence.
+    starts: Vec<u64>,
+    len: u64,
+    seed: u64,
+    epoch: u64,
+    rank: u32,
+    world_size: u32,
+}
+
+fn mix(parts: &[u64]) -> u64 {
+    let mut b = Vec::with_capacity(8 * parts.len() + 8);
+    b.extend_from_slice(b"spkorder");
+    for p in parts {
+        b.extend_from_slice(&p.to_le_bytes());
+    }
+    xxh3_64(&b)
+}
+
+fn chunks_of(ds: &Dataset, chunk_bytes: u64) -> Result<Vec<Chunk>> {
+    let mut chunks = Vec::new();
+    for (s, shard) in ds.shards().iter().enumerate() {
+        let b = shard.bytes();
+        let (mut first, mut bytes) = (0u64, 0u64);
+        for local in 0..shard.len() {
+            let e = b
+                .sample(local)
+                .map_err(|e| Error::corrupt(shard.path(), e))?;
+            for r in e.first_record..e.first_record + e.record_count as u64 {
+                let rec = b.record(r).map_err(|e| Error::corrupt(shard.path(), e))?;
+                bytes += rec.raw_len.max(rec.stored_len);
+            }
+            if bytes >= chunk_bytes || local + 1 == shard.len() {
+                chunks.push(Chunk {
+                    piece: Piece {
+                        shard: s as u32,
+                        first,
+                        count: local + 1 - first,
+                    },
+                    bytes,
+                });
+                first = local + 1;
+                bytes = 0;
+            }
+        }
+    }
+    Ok(chunks)
+}
+
+impl Plan {
+    fn new(ds: &Dataset, o: &LoaderOptions) -> Result<Plan> {
+        o.validate()?;
+        let n_total = ds.len();
+        let w = o.world_size as u64;
+        let per_rank = n_total.div_ceil(w);
+        let begin = o.rank as u64 * per_rank;
+        let mut windows = Vec::new();
+        if n_total > 0 {
+            match o.shuffle {
+                Shuffle::None | Shuffle::Chunked => {
+                    let mut chunks = chunks_of(ds, o.chunk_bytes)?;
+                    if o.shuffle == Shuffle::Chunked {
+                        SplitMix64::new(mix(&[o.seed, o.epoch])).shuffle(&mut chunks);
+                    }
+                    // Cut this rank's range [begin, begin + per_rank) (mod N) out of the
+                    // concatenated chunks.
+                    let mut pieces: Vec<(Piece, u64)> = Vec::new();
+                    let mut want = per_rank;
+                    let mut pos = begin % n_total;
+                    let starts: Vec<u64> = chunks
+                        .iter()
+                        .scan(0u64, |acc, c| {
+                            let s = *acc;
+                            *acc += c.piece.count;
+                            Some(s)
+                        })
+                        .collect();
+                    while want > 0 {
+                        let ci = starts.partition_point(|&s| s <= pos) - 1;
+                        let c = chunks[ci];
+                        let off = pos - starts[ci];
+                        let take = (c.piece.count - off).min(want);
+                        let bytes = c.bytes * take / c.piece.count.max(1);
+                        pieces.push((
+                            Piece {
+                                shard: c.piece.shard,
+                                first: c.piece.first + off,
+                                count: take,
+                            },
+                            bytes,
+                        ));
+                        want -= take;
+                        pos = (pos + take) % n_total;
+                    }
+                    for group in pieces.chunks(o.window_chunks) {
+                        windows.push(Window {
+                            pieces: group.iter().map(|p| p.0).collect(),
+                            samples: group.iter().map(|p| p.0.count).sum(),
+                            shuffle: o.shuffle == Shuffle::Chunked,
+                            bytes: group.iter().map(|p| p.1).sum(),
+                        });
+                    }
+                }
+                Shuffle::Full => {
+                    let mut perm: Vec<u64> = (0..n_total).collect();
+                    SplitMix64::new(mix(&[o.seed, o.epoch])).shuffle(&mut perm);
+                    let ids: Vec<u64> = (0..per_rank)
+                        .map(|k| perm[((begin + k) % n_total) as usize])
+                        .collect();
+                    const FULL_WINDOW: usize = 256;
+                    for group in ids.chunks(FULL_WINDOW) {
+                        let mut pieces = Vec::with_capacity(group.len());
+                        let mut bytes = 0;
+                        for &g in group {
+                            let (s, local) = ds.locate(g)?;
+                            let sample = ds.shards()[s].sample(local, g)?;
+                            for f in sample.fields() {
+                                bytes += f?.raw_len();
+                            }
+                            pieces.push(Piece {
+                                shard: s as u32,
+                                first: local,
+                                count: 1,
+                            });
+                        }
+                        windows.push(Window {
+                            samples: pieces.len() as u64,
+                            pieces,
+                            shuffle: false,
+                            bytes,
+                        });
+                    }
+                }
+            }
+        }
+        let starts = windows
+            .iter()
+            .scan(0u64, |acc, w| {
+                let s = *acc;
+                *acc += w.samples;
+                Some(s)
+            })
+            .collect();
+        Ok(Plan {
+            windows,
+            starts,
+            len: if n_total == 0 { 0 } else { per_rank },
+            seed: o.seed,
+            epoch: o.epoch,
+            rank: o.rank,
+            world_size: o.world_size,
+        })
+    }
+
+    /// The samples of window `w` in output order, as (piece index, local sample).
+    fn window_order(&self, w: usize) -> Vec<(u32, u64)> {
+        let win = &self.windows[w];
+        let mut order: Vec<(u32, u64)> = Vec::with_capacity(win.samples as usize);
+        for (pi, p) in win.pieces.iter().enumerate() {
+            for local in p.first..p.first + p.count {
+                order.push((pi as u32, local));
+            }
+        }
+        if win.shuffle {
+            SplitMix64::new(mix(&[self.seed, self.epoch, self.rank as u64, w as u64]))
+                .shuffle(&mut order);
+        }
+        order
+    }
+}
+
+/// The global sample ids this rank gets in this epoch, in order, computed without any I/O.
+/// The loader hands out exactly this sequence.
+pub fn epoch_order(ds: &Dataset, opts: &LoaderOptions) -> Result<Vec<u64>> {
+    let plan = Plan::new(ds, opts)?;
+    let starts: Vec<u64> = ds
+        .manifest()
+        .shards
+        .iter()
+        .map(|s| s.first_sample)
+        .collect();
+    let mut out = Vec::with_capacity(plan.len as usize);
+    for w in 0..plan.windows.len() {
+        for (pi, local) in plan.window_order(w) {
+            let shard = plan.windows[w].pieces[pi as usize].shard as usize;
+            out.push(starts[shard] + local);
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Background reading
+// ---------------------------------------------------------------------------------------------
+
+/// Byte budget granted to windows strictly in window order, so the window the consumer waits
+/// for is always the next one to get memory (no deadlock), and one window larger than the whole
+/// budget still runs alone.
+#[derive(Debug)]
+struct Budget {
+    state: Mutex<BudgetState>,
+    cv: Condvar,
+    limit: u64,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    used: u64,
+    next_grant: usize,
+    stopped: bool,
+}
+
+impl Budget {
+    fn acquire(&self, window: usize, bytes: u64) -> bool {
+        let mut s = self.state.lock().expect("budget lock");
+        loop {
+            if s.stopped {
+                return false;
+            }
+            if s.next_grant == window && (s.used == 0 || s.used + bytes <= self.limit) {
+                s.used += bytes;
+                s.next_grant += 1;
+                self.cv.notify_all();
+                return true;
+            }
+            s = self.cv.wait(s).expect("budget lock");
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        let mut s = self.state.lock().expect("budget lock");
+        s.used = s.used.saturating_sub(bytes);
+        self.cv.notify_all();
+    }
+
+    fn stop(&self) {
+        self.state.lock().expect("budget lock").stopped = true;
+        self.cv.notify_all();
+    }
+}
+
+struct Shared {
+    ds: Arc<Dataset>,
+    plan: Plan,
+    files: Vec<File>,
+    next_window: AtomicUsize,
+    budget: Budget,
+    stop: AtomicBool,
+    /// Samples to skip at the start of the first window (resume).
+    skip_first: u64,
+    first_window: usize,
+}
+
+type WindowResult = (usize, Vec<Result<LoadedSample>>);
+
+fn worker(shared: Arc<Shared>, tx: std::sync::mpsc::SyncSender<WindowResult>) {
+    let mut buf = AlignedBuf::new();
+    let mut dctx = new_dctx();
+    loop {
+        let w = shared.next_window.fetch_add(1, Ordering::SeqCst);
+        if w >= shared.plan.windows.len() || shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let bytes = shared.plan.windows[w].bytes;
+        if !shared.budget.acquire(w, bytes) {
+            return;
+        }
+        let samples = load_window(&shared, w, &mut buf, &mut dctx);
+        if tx.send((w, samples)).is_err() {
+            return;
+        }
+    }
+}
+
+fn load_window(
+    sh: &Shared,
+    w: usize,
+    buf: &mut AlignedBuf,
+    dctx: &mut zstd::zstd_safe::DCtx<'static>,
+) -> Vec<Result<LoadedSample>> {
+    let win = &sh.plan.windows[w];
+    let mut order = sh.plan.window_order(w);
+    if w == sh.first_window && sh.skip_first > 0 {
+        order.drain(..sh.skip_first as usize);
+    }
+    // Which output slots each piece fills, so every piece is read once, in piece order.
+    let mut slots_of: Vec<Vec<(usize, u64)>> = vec![Vec::new(); win.pieces.len()];
+    for (slot, &(pi, local)) in order.iter().enumerate() {
+        slots_of[pi as usize].push((slot, local));
+    }
+    let mut out: Vec<Option<Result<LoadedSample>>> = (0..order.len()).map(|_| None).collect();
+    for (pi, slots) in slots_of.iter().enumerate() {
+        if slots.is_empty() {
+            continue;
+        }
+        let piece = win.pieces[pi];
+        match read_piece(sh, piece, buf) {
+            Ok(base) => {
+                for &(slot, local) in slots {
+                    out[slot] = Some(decode_sample(sh, piece.shard, local, base, buf, dctx));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for &(slot, _) in slots {
+                    out[slot] = Some(Err(Error::Io {
+                        path: sh.ds.shards()[piece.shard as usize].path().to_path_buf(),
+                        op: "read",
+                        source: std::io::Error::other(msg.clone()),
+                    }));
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|s| s.expect("every slot filled"))
+        .collect()
+}
+
+/// Reads the byte range covering `piece`'s records into `buf` with one aligned read; returns
+/// the file offset of `buf[0]`.
+fn read_piece(sh: &Shared, piece: Piece, buf: &mut AlignedBuf) -> Result<u64> {
+    let shard = &sh.ds.shards()[piece.shard as usize];
+    let b = shard.bytes();
+    let corrupt = |e| Error::corrupt(shard.path(), e);
+    let (mut lo, mut hi) = (u64::MAX, 0u64);
+    for local in piece.first..piece.first + piece.count {
+        let e = b.sample(local).map_err(corrupt)?;
+        for r in e.first_record..e.first_record + e.record_count as u64 {
+            let rec = b.record(r).map_err(corrupt)?;
+            lo = lo.min(rec.offset);
+            hi = hi.max(rec.offset + rec.stored_len);
+        }
+    }
+    if lo >= hi {
+        return Ok(0); // nothing stored (all records empty)
+    }
+    let a = DIRECT_ALIGN as u64;
+    let start = lo / a * a;
+    let end = hi.div_ceil(a) * a;
+    let want = (end - start) as usize;
+    let n = read_full_at(&sh.files[piece.shard as usize], buf.resize(want), start)
+        .map_err(|e| Error::io(shard.path(), "read", e))?;
+    if (n as u64) < hi - start {
+        return Err(Error::io(
+            shard.path(),
+            "read",
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "shard ends at byte {} inside a record ending at {hi}",
+                    start + n as u64
+                ),
+            ),
+        ));
+    }
+    Ok(start)
+}
+
+fn decode_sample(
+    sh: &Shared,
+    shard_no: u32,
+    local: u64,
+    base: u64,
+    buf: &AlignedBuf,
+    dctx: &mut zstd::zstd_safe::DCtx<'static>,
+) -> Result<LoadedSample> {
+    let shard = &sh.ds.shards()[shard_no as usize];
+    let global = sh.ds.manifest().shards[shard_no as usize].first_sample + local;
+    let sample = shard.sample(local, global)?;
+    let data = buf.as_slice();
+    let mut fields = Vec::with_capacity(sample.field_count());
+    for f in sample.fields() {
+        let f = f?;
+        let at = (f.offset() - base) as usize;
+        let stored = &data[at..at + f.stored().len()];
+        let bad = |detail: String| Error::BadRecord {
+            path: shard.path().to_path_buf(),
+            sample: local,
+            key: String::from_utf8_lossy(sample.key()).into_owned(),
+            field: String::from_utf8_lossy(f.name()).into_owned(),
+            offset: f.offset(),
+            detail,
+        };
+        // The bytes read (not the memory map) are what is checked and handed out.
+        let actual = record_checksum(stored);
+        if actual != f.checksum() {
+            return Err(bad(format!(
+                "checksum mismatch (stored {:016x}, computed {actual:016x})",
+                f.checksum()
+            )));
+        }
+        let mut out = Vec::new();
+        if f.codec() == Codec::Raw {
+            out.extend_from_slice(stored);
+        } else {
+            decode_into(
+                dctx,
+                f.codec(),
+                stored,
+                f.raw_len(),
+                shard.dict(f.field_index()),
+                &mut out,
+            )
+            .map_err(bad)?;
+        }
+        fields.push(LoadedField {
+            field: f.field_index(),
+            data: out,
+        });
+    }
+    Ok(LoadedSample {
+        index: global,
+        key: sample.key().to_vec(),
+        label: sample.label(),
+        fields,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loader
+// ---------------------------------------------------------------------------------------------
+
+/// Serves one rank's epoch. See the module docs.
+pub struct Loader {
+    shared: Arc<Shared>,
+    rx: Option<Receiver<WindowResult>>,
+    threads: Vec<JoinHandle<()>>,
+    pending: BTreeMap<usize, Vec<Result<LoadedSample>>>,
+    current: std::vec::IntoIter<Result<LoadedSample>>,
+    current_window: Option<usize>,
+    next_window: usize,
+    consumed: u64,
+    batch_size: usize,
+    direct: bool,
+    notes: Vec<String>,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("len", &self.shared.plan.len)
+            .field("consumed", &self.consumed)
+            .field("direct_io", &self.direct)
+            .finish()
+    }
+}
+
+fn memory_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Loader {
+    /// Starts this rank's epoch from its beginning.
+    pub fn new(ds: Arc<Dataset>, opts: LoaderOptions) -> Result<Loader> {
+        Loader::start(ds, opts, 0)
+    }
+
+    /// Continues an epoch from `state`: the next sample is exactly the one an uninterrupted
+    /// loader would have handed out after `state.samples_consumed`. `opts` gives everything
+    /// else (batch size, threads...); its seed, epoch, rank and world size are taken from the
+    /// state.
+    pub fn resume(
+        ds: Arc<Dataset>,
+        mut opts: LoaderOptions,
+        state: &LoaderState,
+    ) -> Result<Loader> {
+        opts.seed = state.seed;
+        opts.epoch = state.epoch;
+        opts.rank = state.rank;
+        opts.world_size = state.world_size;
+        Loader::start(ds, opts, state.samples_consumed)
+    }
+
+    fn start(ds: Arc<Dataset>, opts: LoaderOptions, consumed: u64) -> Result<Loader> {
+        let plan = Plan::new(&ds, &opts)?;
+        if consumed > plan.len {
+            return Err(Error::Options(format!(
+                "cannot resume at sample {consumed}: this rank's epoch has {} samples",
+                plan.len
+            )));
+        }
+        let total: u64 = ds.manifest().shards.iter().map(|s| s.bytes).sum();
+        let want_direct = match opts.direct_io {
+            DirectIo::On => true,
+            DirectIo::Off => false,
+            DirectIo::Auto => memory_available().is_some_and(|m| total > m / 2),
+        };
+        let mut notes = Vec::new();
+        let mut files = Vec::with_capacity(ds.shards().len());
+        let mut direct = want_direct;
+        for shard in ds.shards() {
+            let (f, d) = open_read(shard.path(), want_direct)
+                .map_err(|e| Error::io(shard.path(), "open shard", e))?;
+            if want_direct && !d && direct {
+                notes.push(format!(
+                    "{}: the filesystem refuses O_DIRECT; reading through the page cache",
+                    shard.path().display()
+                ));
+                direct = false;
+            }
+            files.push(f);
+        }
+        let first_window = plan
+            .starts
+            .partition_point(|&s| s <= consumed)
+            .saturating_sub(1);
+        let skip_first = consumed - plan.starts.get(first_window).copied().unwrap_or(0);
+        let n_windows = plan.windows.len();
+        let shared = Arc::new(Shared {
+            ds,
+            plan,
+            files,
+            next_window: AtomicUsize::new(first_window),
+            budget: Budget {
+                state: Mutex::new(BudgetState {
+                    used: 0,
+                    next_grant: first_window,
+                    stopped: false,
+                }),
+                cv: Condvar::new(),
+                limit: opts.prefetch_bytes,
+            },
+            stop: AtomicBool::new(false),
+            skip_first,
+            first_window,
+        });
+        let (tx, rx) = sync_channel(opts.io_threads.max(2));
+        let mut threads = Vec::new();
+        if consumed < shared.plan.len {
+            for i in 0..opts.io_threads.min(n_windows.max(1)) {
+                let sh = shared.clone();
+                let tx = tx.clone();
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("shardpack-loader-{i}"))
+                        .spawn(move || worker(sh, tx))
+                        .map_err(|e| {
+                            Error::Options(format!("cannot start a loader thread: {e}"))
+                        })?,
+                );
+            }
+        }
+        Ok(Loader {
+            shared,
+            rx: Some(rx),
+            threads,
+            pending: BTreeMap::new(),
+            current: Vec::new().into_iter(),
+            current_window: None,
+            next_window: first_window,
+            consumed,
+            batch_size: opts.batch_size,
+            direct,
+            notes,
+        })
+    }
+
+    /// Samples this rank gets in the epoch (the same on every rank).
+    pub fn len(&self) -> u64 {
+        self.shared.plan.len
+    }
+
+    /// `true` when the epoch has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Samples handed out so far in this epoch (including those skipped by a resume).
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// The position to resume from.
+    pub fn state(&self) -> LoaderState {
+        LoaderState {
+            seed: self.shared.plan.seed,
+            epoch: self.shared.plan.epoch,
+            rank: self.shared.plan.rank,
+            world_size: self.shared.plan.world_size,
+            samples_consumed: self.consumed,
+        }
+    }
+
+    /// Whether chunk reads bypass the page cache.
+    pub fn direct_io(&self) -> bool {
+        self.direct
+    }
+
+    /// Things the user should know (e.g. a fallback from direct I/O).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The next sample, or `None` at the end of the epoch.
+    pub fn next_sample(&mut self) -> Option<Result<LoadedSample>> {
+        loop {
+            if let Some(s) = self.current.next() {
+                self.consumed += 1;
+                return Some(s);
+            }
+            if let Some(w) = self.current_window.take() {
+                self.shared
+                    .budget
+                    .release(self.shared.plan.windows[w].bytes);
+            }
+            if self.consumed >= self.len() || self.next_window >= self.shared.plan.windows.len() {
+                return None;
+            }
+            let w = self.next_window;
+            let samples = loop {
+                if let Some(s) = self.pending.remove(&w) {
+                    break s;
+                }
+                match self.rx.as_ref().and_then(|rx| rx.recv().ok()) {
+                    Some((i, s)) => {
+                        self.pending.insert(i, s);
+                    }
+                    None => {
+                        return Some(Err(Error::Options(
+                            "the loader's reading threads stopped unexpectedly".into(),
+                        )))
+                    }
+                }
+            };
+            self.current = samples.into_iter();
+            self.current_window = Some(w);
+            self.next_window += 1;
+        }
+    }
+
+    /// The next batch of up to `batch_size` samples (the last one of an epoch may be shorter),
+    /// or `None` at the end of the epoch. An error in any sample is returned as the batch's
+    /// error.
+    pub fn next_batch(&mut self) -> Option<Result<Vec<LoadedSample>>> {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        while batch.len() < self.batch_size {
+            match self.next_sample() {
+                Some(Ok(s)) => batch.push(s),
+                Some(Err(e)) => return Some(Err(e)),
+                None => break,
+            }
+        }
+        (!batch.is_empty()).then_some(Ok(batch))
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<LoadedSample>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_sample()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.budget.stop();
+        self.rx = None; // unblocks senders
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
