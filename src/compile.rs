@@ -293,7 +293,11 @@ fn walk(src: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<Tree>
                         .io_error()
                         .map(|io| io.to_string())
                         .unwrap_or_else(|| e.to_string());
-                    format!("cannot read: {io}; fix the permissions or pass --skip-errors")
+                    if opts.skip_errors {
+                        format!("cannot read: {io}")
+                    } else {
+                        format!("cannot read: {io}; fix the permissions or pass --skip-errors")
+                    }
                 };
                 if opts.skip_errors {
                     tree.skipped.push(Skipped {
@@ -632,23 +636,49 @@ fn is_our_file(name: &str) -> bool {
         || (name.starts_with("shard-") && (name.ends_with(".spk") || name.ends_with(".spk.tmp")))
 }
 
+/// The absolute, symlink-free form of `p`, which may not exist yet: its nearest existing
+/// ancestor is canonicalized and the missing components appended.
+fn resolve_nonexistent(p: &Path) -> std::io::Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    let mut missing = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        match fs::canonicalize(cur) {
+            Ok(mut c) => {
+                for m in missing.iter().rev() {
+                    c.push(m);
+                }
+                return Ok(c);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (cur.parent(), cur.file_name()) else {
+                    return Err(e);
+                };
+                missing.push(name.to_os_string());
+                cur = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Prepares OUT: creates it, or checks it is empty, or (with `force`) removes a previous
 /// dataset from it (manifest first, so it never looks complete). Returns whether it was created.
 fn prepare_out(src: &Path, out: &Path, force: bool) -> Result<bool> {
     let src_c = fs::canonicalize(src).map_err(|e| Error::io(src, "resolve", e))?;
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(pc) = fs::canonicalize(parent) {
-            let out_c = pc.join(out.file_name().unwrap_or_default());
-            if out_c.starts_with(&src_c) {
-                return Err(Error::input(
-                    out,
-                    format!(
-                        "the output is inside the source tree {}; choose an output outside it",
-                        src.display()
-                    ),
-                ));
-            }
-        }
+    let out_c = resolve_nonexistent(out).map_err(|e| Error::io(out, "resolve", e))?;
+    if out_c.starts_with(&src_c) {
+        return Err(Error::input(
+            out,
+            format!(
+                "the output is inside the source tree {}; choose an output outside it",
+                src.display()
+            ),
+        ));
     }
     match fs::read_dir(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -138,11 +138,6 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            Error::Corrupt { source, .. } => Some(source),
-            _ => None,
-        }
-    }
+    // The Display of every variant already includes its cause (so `{}` alone tells the whole
+    // story); returning it again as `source()` would print it twice in error chains.
 }

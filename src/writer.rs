@@ -338,7 +338,21 @@ impl DatasetWriter {
         let index_need = (SampleEntry::SIZE + KeyHashEntry::SIZE + key.len()) as u64
             + (records.len() * RecordEntry::SIZE) as u64;
         if let Some(s) = &self.shard {
-            let projected = s.pos
+            // Everything the shard will hold besides data and per-sample index entries, at
+            // its largest: two region paddings, the dictionaries, the index header, field
+            // table, names with their padding, and the footer.
+            let fixed = 2 * REGION_ALIGN
+                + self
+                    .fields
+                    .iter()
+                    .map(|f| f.spec.dict.as_ref().map_or(0, |d| d.len() as u64 + 8))
+                    .sum::<u64>()
+                + (IndexHeader::SIZE + self.fields.len() * FieldEntry::SIZE) as u64
+                + self.names.len() as u64
+                + 16
+                + Footer::SIZE as u64;
+            let projected = fixed
+                + s.pos
                 + need
                 + (s.samples.len() + s.records.len() + s.keys.len()) as u64
                 + s.key_hashes.len() as u64 * KeyHashEntry::SIZE as u64

@@ -33,6 +33,7 @@ enum Command {
     Cat(cmd::cat::Args),
     Extract(cmd::extract::Args),
     Verify(cmd::verify::Args),
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::Cat(a) => cmd::cat::run(a, &mut out),
         Command::Extract(a) => cmd::extract::run(a, &mut out),
         Command::Verify(a) => cmd::verify::run(a, &mut out),
+        Command::Bench(a) => cmd::bench::run(a, &mut out),
     };
     let res = res.and_then(|code| {
         out.flush()?;

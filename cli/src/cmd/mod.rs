@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its `Args` and a `run` that writes to `impl Write`.
 
+pub mod bench;
 pub mod cat;
 pub mod extract;
 pub mod info;

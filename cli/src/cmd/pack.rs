@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, default_value = "1GiB")]
     pub shard_size: u64,
     /// Close a shard after this many samples.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_samples_per_shard: Option<u64>,
     /// Compression for all fields: auto (trial per field: raw for JPEG/PNG-like data, zstd or a
     /// trained zstd dictionary for text), none, zstd[:LEVEL], zstd-dict[:LEVEL].
@@ -43,7 +43,7 @@ pub struct Args {
     pub field_compress: Vec<(String, Policy)>,
     /// Record alignment in bytes: a power of two from 8 to 1048576 (e.g. 4096 for O_DIRECT
     /// reads of single records).
-    #[arg(long, default_value_t = 8, value_parser = parse_size)]
+    #[arg(long, default_value_t = 8, value_parser = parse_align)]
     pub align: u64,
     /// Seed of the pack-time shuffle of sample order.
     #[arg(long, value_name = "S", conflicts_with = "no_shuffle")]
@@ -52,11 +52,11 @@ pub struct Args {
     #[arg(long)]
     pub no_shuffle: bool,
     /// Compression threads (default: one per core). Output does not depend on it.
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
     /// Concurrent file reads (default: 16, at least --threads).
-    #[arg(long, value_name = "N")]
-    pub io_threads: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_threads: Option<u64>,
     /// How labels are derived: imagefolder (first folder level = class) or none.
     #[arg(long, default_value = "imagefolder", value_parser = ["imagefolder", "none"])]
     pub labels: String,
@@ -79,6 +79,16 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+fn parse_align(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    if !v.is_power_of_two() || !(8..=1 << 20).contains(&v) {
+        return Err(format!(
+            "{s:?} is not a power of two from 8 to 1048576 (1MiB)"
+        ));
+    }
+    Ok(v)
 }
 
 fn parse_field_policy(s: &str) -> Result<(String, Policy), String> {
@@ -157,8 +167,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                     .unwrap_or(shardpack::compile::DEFAULT_SHUFFLE_SEED),
             )
         },
-        threads: a.threads.unwrap_or(0),
-        io_threads: a.io_threads.unwrap_or(0),
+        threads: a.threads.unwrap_or(0) as usize,
+        io_threads: a.io_threads.unwrap_or(0) as usize,
         labels: if a.labels == "none" {
             LabelMode::None
         } else {
@@ -174,9 +184,6 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         force: a.force,
         ..PackOptions::default()
     };
-    if a.threads == Some(0) || a.io_threads == Some(0) {
-        bail!("--threads and --io-threads must be at least 1");
-    }
 
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = ProgressBar::with_draw_target(

@@ -1,0 +1,506 @@
+//! `shardpack bench DATASET`: the device limit, the shuffled loader, loose files and a simulated
+//! trainer, each measured with a cold page cache, in one run.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use shardpack::loader::{epoch_order, DirectIo, Loader, LoaderOptions};
+use shardpack::quality::{score, ShuffleQuality};
+use shardpack::rng::SplitMix64;
+use shardpack::sys::{evict_from_cache, open_read, read_full_at, AlignedBuf};
+use shardpack::Dataset;
+
+/// Measure, in one run and with a cold page cache for every phase: (1) the limit: the shard
+/// files read front to back with large O_DIRECT reads; (2) one shuffled loader epoch; (3) with
+/// --loose, the original files read in random order by N threads, as a file-per-sample loader
+/// would; (4) with --step-ms, a simulated trainer fed by (2) and by (3); (5) shuffle quality.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The dataset directory.
+    pub dataset: PathBuf,
+    /// The loose source tree the dataset was packed from, for the file-per-sample comparison.
+    #[arg(long, value_name = "SRC")]
+    pub loose: Option<PathBuf>,
+    /// Threads reading loose files.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub threads: usize,
+    /// Loader I/O threads (also the queue depth of the limit phase).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub loader_threads: usize,
+    /// Samples per batch (trainer and shuffle quality).
+    #[arg(long, default_value_t = 256, value_name = "B")]
+    pub batch: usize,
+    /// Simulated trainer: milliseconds of compute (a sleep) per batch.
+    #[arg(long, value_name = "T")]
+    pub step_ms: Option<f64>,
+    /// Trainer epochs per source.
+    #[arg(long, default_value_t = 1, value_name = "E")]
+    pub epochs: u64,
+    /// Loader chunk size, e.g. 4MiB.
+    #[arg(long, value_parser = crate::util::parse_size, default_value = "4MiB")]
+    pub chunk_size: u64,
+    /// Loader direct I/O: on, off or auto.
+    #[arg(long, default_value = "on", value_parser = ["on", "off", "auto"])]
+    pub direct: String,
+    /// Shuffle seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Rate {
+    seconds: f64,
+    bytes: u64,
+    items: u64,
+}
+
+impl Rate {
+    fn mb_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+    fn items_s(&self) -> f64 {
+        self.items as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Evicts every file; returns false (and a note) if any eviction failed.
+fn evict_all<'a>(paths: impl IntoIterator<Item = &'a Path>, notes: &mut Vec<String>) -> bool {
+    let mut ok = true;
+    for p in paths {
+        if let Err(e) = evict_from_cache(p) {
+            if ok {
+                notes.push(format!(
+                    "could not evict {} from the page cache ({e}); figures may be warm",
+                    p.display()
+                ));
+            }
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Phase 1: every shard front to back, `threads` concurrent 4 MiB direct reads.
+fn limit(ds: &Dataset, threads: usize, notes: &mut Vec<String>) -> Result<Rate> {
+    const BLOCK: u64 = 4 << 20;
+    let mut blocks = Vec::new();
+    let mut files = Vec::new();
+    let mut all_direct = true;
+    for (i, s) in ds.shards().iter().enumerate() {
+        let (f, direct) = open_read(s.path(), true)
+            .with_context(|| format!("cannot open {}", s.path().display()))?;
+        all_direct &= direct;
+        files.push(f);
+        let len = ds.manifest().shards[i].bytes;
+        let mut off = 0;
+        while off < len {
+            blocks.push((i, off));
+            off += BLOCK;
+        }
+    }
+    if !all_direct {
+        notes.push(
+            "the filesystem refuses O_DIRECT: the limit phase read through the page cache".into(),
+        );
+    }
+    let next = AtomicUsize::new(0);
+    let total = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|sc| -> Result<()> {
+        let mut hs = Vec::new();
+        for _ in 0..threads.max(1) {
+            hs.push(sc.spawn(|| -> std::io::Result<()> {
+                let mut buf = AlignedBuf::new();
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(f, off)) = blocks.get(k) else {
+                        return Ok(());
+                    };
+                    let n = read_full_at(&files[f], buf.resize(BLOCK as usize), off)?;
+                    total.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }));
+        }
+        for h in hs {
+            h.join().expect("reader thread").context("reading shards")?;
+        }
+        Ok(())
+    })?;
+    Ok(Rate {
+        seconds: start.elapsed().as_secs_f64(),
+        bytes: total.into_inner(),
+        items: blocks.len() as u64,
+    })
+}
+
+fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
+    LoaderOptions {
+        seed: a.seed,
+        epoch,
+        batch_size: a.batch,
+        chunk_bytes: a.chunk_size,
+        io_threads: a.loader_threads,
+        direct_io: match a.direct.as_str() {
+            "off" => DirectIo::Off,
+            "auto" => DirectIo::Auto,
+            _ => DirectIo::On,
+        },
+        ..LoaderOptions::default()
+    }
+}
+
+/// Phase 2 (and the trainer on the loader): one epoch; `step` sleeps per batch.
+fn loader_epoch(
+    ds: &Arc<Dataset>,
+    opts: LoaderOptions,
+    step: Option<Duration>,
+    notes: &mut Vec<String>,
+) -> Result<(Rate, Duration)> {
+    let start = Instant::now();
+    let mut loader = Loader::new(ds.clone(), opts)?;
+    for n in loader.notes() {
+        if !notes.contains(n) {
+            notes.push(n.clone());
+        }
+    }
+    let (mut bytes, mut items) = (0u64, 0u64);
+    let mut busy = Duration::ZERO;
+    while let Some(batch) = loader.next_batch() {
+        let batch = batch?;
+        for s in &batch {
+            bytes += s.fields.iter().map(|f| f.data.len() as u64).sum::<u64>();
+        }
+        items += batch.len() as u64;
+        if let Some(t) = step {
+            std::thread::sleep(t);
+            busy += t;
+        }
+    }
+    Ok((
+        Rate {
+            seconds: start.elapsed().as_secs_f64(),
+            bytes,
+            items,
+        },
+        busy,
+    ))
+}
+
+/// Loose samples: files grouped by folder + name up to the first dot, as `pack` groups them.
+fn loose_samples(src: &Path) -> Result<Vec<Vec<PathBuf>>> {
+    let mut groups: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        for e in rd {
+            let e = e?;
+            let ft = e.file_type()?;
+            let p = e.path();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                let stem = match name.find('.') {
+                    Some(d) if d + 1 < name.len() => &name[..d],
+                    _ => &name[..],
+                };
+                groups
+                    .entry(dir.join(format!("{stem}\0")))
+                    .or_default()
+                    .push(p);
+            }
+        }
+    }
+    Ok(groups.into_values().collect())
+}
+
+/// Phase 3 (and the trainer on loose files): `threads` readers over a random order of
+/// samples; with `step`, a consumer takes batches and sleeps per batch.
+fn loose_epoch(
+    samples: &[Vec<PathBuf>],
+    threads: usize,
+    seed: u64,
+    batch: usize,
+    step: Option<Duration>,
+) -> Result<(Rate, Duration)> {
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    SplitMix64::new(seed).shuffle(&mut order);
+    let next = AtomicUsize::new(0);
+    let bytes = AtomicU64::new(0);
+    let start = Instant::now();
+    let (tx, rx) = mpsc::sync_channel::<u64>(batch * 4);
+    let busy = std::thread::scope(|sc| -> Result<Duration> {
+        let mut hs = Vec::new();
+        for _ in 0..threads.max(1) {
+            let tx = tx.clone();
+            let (order, next, bytes) = (&order, &next, &bytes);
+            hs.push(sc.spawn(move || -> std::io::Result<()> {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&s) = order.get(k) else {
+                        return Ok(());
+                    };
+                    let mut n = 0u64;
+                    for p in &samples[s] {
+                        n += fs::read(p)?.len() as u64;
+                    }
+                    bytes.fetch_add(n, Ordering::Relaxed);
+                    if tx.send(n).is_err() {
+                        return Ok(());
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        let mut busy = Duration::ZERO;
+        let mut in_batch = 0usize;
+        for _ in rx.iter() {
+            in_batch += 1;
+            if in_batch == batch {
+                in_batch = 0;
+                if let Some(t) = step {
+                    std::thread::sleep(t);
+                    busy += t;
+                }
+            }
+        }
+        if in_batch > 0 {
+            if let Some(t) = step {
+                std::thread::sleep(t);
+                busy += t;
+            }
+        }
+        for h in hs {
+            h.join()
+                .expect("reader thread")
+                .context("reading loose files")?;
+        }
+        Ok(busy)
+    })?;
+    Ok((
+        Rate {
+            seconds: start.elapsed().as_secs_f64(),
+            bytes: bytes.into_inner(),
+            items: samples.len() as u64,
+        },
+        busy,
+    ))
+}
+
+fn quality(ds: &Dataset, opts: &LoaderOptions) -> Result<Option<ShuffleQuality>> {
+    if ds.manifest().classes.is_empty() {
+        return Ok(None);
+    }
+    let labels: Vec<Option<u32>> = (0..ds.len())
+        .map(|i| ds.get(i).map(|s| s.label()))
+        .collect::<Result<_, _>>()?;
+    let order = epoch_order(ds, opts)?;
+    let q = score(&order, &labels, opts.batch_size as u64);
+    Ok((q.batches > 0).then_some(q))
+}
+
+/// Runs `bench`.
+pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
+    if a.batch == 0 || a.threads == 0 || a.loader_threads == 0 || a.epochs == 0 {
+        bail!("--batch, --threads, --loader-threads and --epochs must be at least 1");
+    }
+    let ds = Arc::new(Dataset::open(&a.dataset)?);
+    let mut notes = Vec::new();
+    let shard_paths: Vec<PathBuf> = ds.shards().iter().map(|s| s.path().to_path_buf()).collect();
+    let shard_refs = || shard_paths.iter().map(PathBuf::as_path);
+    let mut evicted = true;
+    let step = a.step_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+
+    // 1. The limit.
+    evicted &= evict_all(shard_refs(), &mut notes);
+    let lim = limit(&ds, a.loader_threads, &mut notes)?;
+
+    // 2. One shuffled loader epoch.
+    evicted &= evict_all(shard_refs(), &mut notes);
+    let (ld, _) = loader_epoch(&ds, loader_opts(&a, 0), None, &mut notes)?;
+    // Compare like with like: the stored bytes the loader read (decoded sizes would flatter
+    // compressed datasets).
+    let stored: u64 = ds.manifest().fields.iter().map(|f| f.stored_bytes).sum();
+    let ld = Rate {
+        bytes: stored * ld.items / ds.len().max(1),
+        ..ld
+    };
+    let loader_mb_s = ld.mb_s();
+
+    // 3. Loose files.
+    let loose = match &a.loose {
+        Some(src) => {
+            let samples = loose_samples(src)?;
+            let paths: Vec<&Path> = samples.iter().flatten().map(PathBuf::as_path).collect();
+            evicted &= evict_all(paths.iter().copied(), &mut notes);
+            let (r, _) = loose_epoch(&samples, a.threads, a.seed, a.batch, None)?;
+            Some((samples, r))
+        }
+        None => None,
+    };
+
+    // 4. The simulated trainer.
+    let mut trainer_loader = None;
+    let mut trainer_loose = None;
+    if let Some(t) = step {
+        let mut wall = 0.0;
+        let mut busy = Duration::ZERO;
+        for e in 0..a.epochs {
+            evicted &= evict_all(shard_refs(), &mut notes);
+            let (r, b) = loader_epoch(&ds, loader_opts(&a, e), Some(t), &mut notes)?;
+            wall += r.seconds;
+            busy += b;
+        }
+        trainer_loader = Some((busy.as_secs_f64() / wall, wall / a.epochs as f64));
+        if let Some((samples, _)) = &loose {
+            let mut wall = 0.0;
+            let mut busy = Duration::ZERO;
+            for e in 0..a.epochs {
+                let paths: Vec<&Path> = samples.iter().flatten().map(PathBuf::as_path).collect();
+                evicted &= evict_all(paths.iter().copied(), &mut notes);
+                let (r, b) = loose_epoch(samples, a.threads, a.seed ^ e, a.batch, Some(t))?;
+                wall += r.seconds;
+                busy += b;
+            }
+            trainer_loose = Some((busy.as_secs_f64() / wall, wall / a.epochs as f64));
+        }
+    }
+
+    // 5. Shuffle quality of the loader's order.
+    let q = quality(&ds, &loader_opts(&a, 0))?;
+    if let Some(q) = &q {
+        if q.diversity_ratio < 0.9 {
+            notes.push(format!(
+                "WARNING: batches hold {:.1} distinct labels on average against {:.1} for a full \
+                 shuffle ({:.0}%): the dataset is probably stored class-sorted (packed with \
+                 --no-shuffle). Repack with the default shuffle (or use a larger loader window).",
+                q.labels_per_batch,
+                q.labels_per_batch_full_random,
+                100.0 * q.diversity_ratio
+            ));
+        }
+    }
+
+    let loose_rate = loose.as_ref().map(|(_, r)| r);
+    let v = json!({
+        "dataset": a.dataset,
+        "samples": ds.len(),
+        "stored_bytes": stored,
+        "limit_mb_s": lim.mb_s(),
+        "loader_mb_s": loader_mb_s,
+        "loader_samples_s": ld.items_s(),
+        "loader_to_limit": loader_mb_s / lim.mb_s().max(1e-9),
+        "loader_direct_io": a.direct,
+        "loose_mb_s": loose_rate.map(Rate::mb_s),
+        "loose_samples_s": loose_rate.map(Rate::items_s),
+        "loose_threads": loose_rate.map(|_| a.threads),
+        "loader_to_loose": loose_rate.map(|r| ld.items_s() / r.items_s().max(1e-9)),
+        "step_ms": a.step_ms,
+        "batch": a.batch,
+        "trainer_busy_loader": trainer_loader.map(|t| t.0),
+        "trainer_busy_loose": trainer_loose.map(|t| t.0),
+        "epoch_s_loader": trainer_loader.map(|t| t.1).or(Some(ld.seconds)),
+        "epoch_s_loose": trainer_loose.map(|t| t.1).or(loose_rate.map(|r| r.seconds)),
+        "batch_label_diversity": q.map(|q| q.labels_per_batch),
+        "batch_label_diversity_full_random": q.map(|q| q.labels_per_batch_full_random),
+        "batch_label_diversity_ratio": q.map(|q| q.diversity_ratio),
+        "mean_displacement": q.map(|q| q.mean_displacement),
+        "cache_evicted": evicted,
+        "notes": notes,
+    });
+    if a.json {
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = |x: &serde_json::Value| match x.as_f64() {
+        Some(v) => format!("{v:.2}"),
+        None => "-".into(),
+    };
+    writeln!(
+        out,
+        "shardpack bench: {} ({} samples, {:.1} MB stored), cold page cache: {}",
+        a.dataset.display(),
+        ds.len(),
+        stored as f64 / 1e6,
+        if evicted { "yes" } else { "NO (see notes)" }
+    )?;
+    writeln!(
+        out,
+        "  {:<44} {:>12} {:>14} {:>10}",
+        "phase", "MB/s", "samples/s", "ratio"
+    )?;
+    writeln!(
+        out,
+        "  {:<44} {:>12.1} {:>14} {:>10}",
+        format!("limit: O_DIRECT 4 MiB reads, {} threads", a.loader_threads),
+        lim.mb_s(),
+        "-",
+        "1.00"
+    )?;
+    writeln!(
+        out,
+        "  {:<44} {:>12.1} {:>14.0} {:>10.2}",
+        format!("loader: one shuffled epoch (direct {})", a.direct),
+        loader_mb_s,
+        ld.items_s(),
+        loader_mb_s / lim.mb_s().max(1e-9)
+    )?;
+    if let Some(r) = loose_rate {
+        writeln!(
+            out,
+            "  {:<44} {:>12.1} {:>14.0} {:>10}",
+            format!("loose files, random order, {} threads", a.threads),
+            r.mb_s(),
+            r.items_s(),
+            format!("{}x", f(&v["loader_to_loose"]))
+        )?;
+    }
+    if let Some(ms) = a.step_ms {
+        writeln!(
+            out,
+            "  trainer: {ms} ms per batch of {}, {} epoch(s)",
+            a.batch, a.epochs
+        )?;
+        writeln!(
+            out,
+            "    fed by the loader:      busy {:>5.1}%   epoch {:>8.2} s",
+            100.0 * trainer_loader.map_or(0.0, |t| t.0),
+            trainer_loader.map_or(0.0, |t| t.1)
+        )?;
+        if let Some(t) = trainer_loose {
+            writeln!(
+                out,
+                "    fed by loose files:     busy {:>5.1}%   epoch {:>8.2} s",
+                100.0 * t.0,
+                t.1
+            )?;
+        }
+    }
+    if let Some(q) = q {
+        writeln!(
+            out,
+            "  shuffle: {:.2} labels per batch of {} (full shuffle: {:.2}, {:.0}%), mean displacement {:.3}",
+            q.labels_per_batch,
+            q.batch_size,
+            q.labels_per_batch_full_random,
+            100.0 * q.diversity_ratio,
+            q.mean_displacement
+        )?;
+    }
+    for n in &notes {
+        writeln!(out, "  note: {n}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
