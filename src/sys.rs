@@ -119,34 +119,40 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     file.seek_read(buf, offset)
 }
 
-/// Asks the kernel to drop `path`'s pages from the page cache (`posix_fadvise` with
-/// `POSIX_FADV_DONTNEED`), so the next read comes from the device. Dirty pages are written
-/// first. Returns an error where the platform cannot do it.
-pub fn evict_from_cache(path: &Path) -> io::Result<()> {
-    let file = File::open(path)?;
+/// Asks the kernel to drop the pages of every file in `paths` from the page cache
+/// (`posix_fadvise` with `POSIX_FADV_DONTNEED`), so the next reads come from the device. Dirty
+/// pages cannot be dropped, so everything is written back first (one `sync` for all files).
+/// Returns the first error; where the platform cannot evict, an `Unsupported` error.
+pub fn evict_from_cache<'a>(paths: impl IntoIterator<Item = &'a Path>) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::io::AsRawFd;
-        file.sync_all().or_else(|e| {
-            // Read-only files on some filesystems refuse fsync; nothing is dirty then.
-            if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EBADF)
-            {
-                Ok(())
-            } else {
-                Err(e)
+        // SAFETY: `sync` takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        let mut first_err = None;
+        for path in paths {
+            let res = File::open(path).and_then(|file| {
+                // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is
+                // valid for the duration of the call because `file` is alive.
+                let rc = unsafe {
+                    libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
+                };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(rc))
+                }
+            });
+            if let Err(e) = res {
+                first_err
+                    .get_or_insert(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
             }
-        })?;
-        // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is valid
-        // for the duration of the call because `file` is alive.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
     #[cfg(not(target_os = "linux"))]
     {
-        drop(file);
+        let _ = paths.into_iter().count();
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "page-cache eviction is only implemented on Linux",
@@ -193,6 +199,6 @@ mod tests {
         let n = read_full_at(&f, b.resize(4 * DIRECT_ALIGN), 0).unwrap();
         assert_eq!(n, data.len());
         assert_eq!(&b.as_slice()[..n], &data[..]);
-        evict_from_cache(&p).unwrap();
+        evict_from_cache([p.as_path()]).unwrap();
     }
 }

@@ -324,3 +324,70 @@ fn a_corrupt_record_reaches_the_consumer_as_an_error() {
     }
     assert_eq!((errors, ok), (1, 119));
 }
+
+/// Packs 40 classes x 40 samples of ~1 KiB with the default pack-time shuffle or without it.
+fn packed_classes(src: &Path, out: &Path, shuffle: bool) -> Arc<Dataset> {
+    if !src.exists() {
+        for c in 0..40 {
+            let d = src.join(format!("class{c:02}"));
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..40u32 {
+                let bytes: Vec<u8> = (0..1000u32).map(|k| (k * 31 + i * 7 + c) as u8).collect();
+                std::fs::write(d.join(format!("{i:04}.bin")), bytes).unwrap();
+            }
+        }
+    }
+    let opts = shardpack::compile::PackOptions {
+        shuffle_seed: if shuffle {
+            Some(shardpack::compile::DEFAULT_SHUFFLE_SEED)
+        } else {
+            None
+        },
+        compress: shardpack::codec::Policy::None,
+        ..Default::default()
+    };
+    shardpack::compile::pack(src, out, &opts, &shardpack::compile::NoProgress).unwrap();
+    Arc::new(Dataset::open(out).unwrap())
+}
+
+#[test]
+fn chunked_shuffle_matches_a_full_shuffle_on_a_shuffled_pack_and_not_on_a_sorted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let opts = LoaderOptions {
+        batch_size: 32,
+        // Small chunks relative to the dataset, so chunking matters as it does at scale
+        // (4 MiB chunks of a multi-GB dataset).
+        chunk_bytes: 16 << 10,
+        window_chunks: 16,
+        ..LoaderOptions::default()
+    };
+    for (shuffled, out) in [(true, "shuffled"), (false, "sorted")] {
+        let ds = packed_classes(&src, &dir.path().join(out), shuffled);
+        let labels: Vec<Option<u32>> = (0..ds.len()).map(|i| ds.get(i).unwrap().label()).collect();
+        let chunked = shardpack::quality::score(&epoch_order(&ds, &opts).unwrap(), &labels, 32);
+        let full_opts = LoaderOptions {
+            shuffle: Shuffle::Full,
+            ..opts.clone()
+        };
+        let full = shardpack::quality::score(&epoch_order(&ds, &full_opts).unwrap(), &labels, 32);
+        // A sampled full shuffle agrees with the exact expectation.
+        assert!((full.diversity_ratio - 1.0).abs() < 0.05, "{full:?}");
+        let rel = chunked.labels_per_batch / full.labels_per_batch;
+        eprintln!(
+            "{out}: chunked {:.2}, full {:.2}, rel {rel:.3}",
+            chunked.labels_per_batch, full.labels_per_batch
+        );
+        if shuffled {
+            assert!(
+                (rel - 1.0).abs() <= 0.05,
+                "shuffled pack: chunked {chunked:?} vs full {full:?}"
+            );
+        } else {
+            assert!(
+                rel < 0.7,
+                "class-sorted pack must score poorly: {chunked:?} vs {full:?}"
+            );
+        }
+    }
+}

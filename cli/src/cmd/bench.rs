@@ -73,21 +73,19 @@ impl Rate {
     }
 }
 
-/// Evicts every file; returns false (and a note) if any eviction failed.
+/// Evicts every file; returns false (and a note) if that failed.
 fn evict_all<'a>(paths: impl IntoIterator<Item = &'a Path>, notes: &mut Vec<String>) -> bool {
-    let mut ok = true;
-    for p in paths {
-        if let Err(e) = evict_from_cache(p) {
-            if ok {
-                notes.push(format!(
-                    "could not evict {} from the page cache ({e}); figures may be warm",
-                    p.display()
-                ));
+    match evict_from_cache(paths) {
+        Ok(()) => true,
+        Err(e) => {
+            let msg =
+                format!("could not evict files from the page cache ({e}); figures may be warm");
+            if !notes.contains(&msg) {
+                notes.push(msg);
             }
-            ok = false;
+            false
         }
     }
-    ok
 }
 
 /// Phase 1: every shard front to back, `threads` concurrent 4 MiB direct reads.
