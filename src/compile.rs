@@ -777,6 +777,7 @@ fn pool(threads: usize, name: &'static str) -> Result<rayon::ThreadPool> {
         .map_err(|e| Error::Options(format!("cannot start {threads} threads: {e}")))
 }
 
+/// The manifest's `options` object (the label mode is the manifest's own `labels` key).
 fn policy_options(opts: &PackOptions) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("shard_size".into(), json!(opts.writer.shard_size));
@@ -793,13 +794,6 @@ fn policy_options(opts: &PackOptions) -> Map<String, Value> {
         .collect();
     m.insert("field_compress".into(), Value::Object(fc));
     m.insert("shuffle_seed".into(), json!(opts.shuffle_seed));
-    m.insert(
-        "labels".into(),
-        json!(match opts.labels {
-            LabelMode::ImageFolder => "imagefolder",
-            LabelMode::None => "none",
-        }),
-    );
     m.insert(
         "key".into(),
         json!(match opts.key {

@@ -304,9 +304,21 @@ fn open_listed_shard(dir: &Path, manifest: &Manifest, i: usize, meta: &ShardMeta
             meta.first_sample
         ));
     }
-    let names_match = b.fields().len() == manifest.fields.len()
-        && (0..b.fields().len()).all(|f| b.field_name(f) == manifest.fields[f].name.as_bytes());
-    if !names_match {
+    if b.bytes().len() as u64 != meta.bytes {
+        return mismatch(format!(
+            "the file is {} bytes, the manifest says {}",
+            b.bytes().len(),
+            meta.bytes
+        ));
+    }
+    let fields_match = b.fields().len() == manifest.fields.len()
+        && b.fields().iter().enumerate().all(|(f, e)| {
+            let m = &manifest.fields[f];
+            b.field_name(f) == m.name.as_bytes()
+                && e.codec.name() == m.compression
+                && e.level == m.level
+        });
+    if !fields_match {
         return mismatch("its field table differs from the manifest's fields".into());
     }
     Ok(shard)

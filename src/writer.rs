@@ -5,6 +5,7 @@
 //! synced, then renamed; the manifest is written last the same way, so a directory without
 //! `manifest.json` is never mistaken for a dataset.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -165,6 +166,8 @@ pub struct DatasetWriter {
     written: Vec<PathBuf>,
     samples: u64,
     records: u64,
+    /// Key hashes of the samples in finished shards, to refuse a key used twice.
+    earlier_keys: HashSet<u64>,
     finished: bool,
     scratch: Vec<u8>,
     cctx: Option<zstd::zstd_safe::CCtx<'static>>,
@@ -238,6 +241,7 @@ impl DatasetWriter {
             written: Vec::new(),
             samples: 0,
             records: 0,
+            earlier_keys: HashSet::new(),
             finished: false,
             scratch: Vec::new(),
             cctx: None,
@@ -324,6 +328,12 @@ impl DatasetWriter {
                 r.field
             )));
         }
+        if records.is_empty() {
+            return Err(Error::input(
+                key_path(),
+                "a sample needs at least one field; leave empty samples out",
+            ));
+        }
         if label == Some(NO_LABEL) {
             return Err(Error::Options(format!("label {NO_LABEL} is reserved")));
         }
@@ -368,6 +378,15 @@ impl DatasetWriter {
         if self.shard.is_none() {
             self.open_shard()?;
         }
+        // Checked after the cut above, which may just have finished the shard holding an
+        // earlier sample with this key.
+        let hash = key_hash(key);
+        if self.earlier_keys.contains(&hash) && self.key_in_earlier_shard(key)? {
+            return Err(Error::input(
+                key_path(),
+                "two samples have the same key; keys must be unique",
+            ));
+        }
         let s = self.shard.as_mut().expect("shard open");
         let first_record = s.record_count;
         for r in records {
@@ -399,7 +418,7 @@ impl DatasetWriter {
         .encode_into(&mut s.samples);
         s.keys.extend_from_slice(key);
         s.key_hashes.push(KeyHashEntry {
-            hash: key_hash(key),
+            hash,
             sample: s.sample_count,
         });
         s.sample_count += 1;
@@ -407,6 +426,22 @@ impl DatasetWriter {
         self.samples += 1;
         self.records += records.len() as u64;
         Ok(())
+    }
+
+    /// Whether a finished shard holds `key` (only asked when its hash was seen before, so
+    /// practically only for real duplicates).
+    fn key_in_earlier_shard(&self, key: &[u8]) -> Result<bool> {
+        for meta in &self.shards {
+            let shard = crate::reader::Shard::open(&self.dir.join(&meta.file))?;
+            let found = shard
+                .bytes()
+                .find_key(key)
+                .map_err(|e| Error::corrupt(shard.path(), e))?;
+            if found.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn open_shard(&mut self) -> Result<()> {
@@ -457,6 +492,8 @@ impl DatasetWriter {
                 }
             }
         }
+        self.earlier_keys
+            .extend(s.key_hashes.iter().map(|k| k.hash));
         let data_len = s.pos - REGION_ALIGN;
 
         // Dictionary region.
