@@ -1330,6 +1330,143 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
 mod tests {
     use super::*;
 
+    /// A two-sample, one-field raw shard built by hand from the spec's structures, in memory
+    /// (no I/O, no FFI: this test also runs under miri).
+    fn tiny_shard() -> Vec<u8> {
+        let mut f = Header {
+            version: Version::V1,
+            shard_index: 0,
+            record_align: 8,
+            data_offset: REGION_ALIGN,
+        }
+        .encode()
+        .to_vec();
+        f.resize(REGION_ALIGN as usize, 0);
+        let recs = [b"hello".as_slice(), b"shard!".as_slice()];
+        let mut records = Vec::new();
+        for r in recs {
+            let offset = align_up(f.len() as u64, 8).unwrap();
+            f.resize(offset as usize, 0);
+            f.extend_from_slice(r);
+            RecordEntry {
+                offset,
+                stored_len: r.len() as u64,
+                raw_len: r.len() as u64,
+                checksum: record_checksum(r),
+                field: 0,
+                codec: Codec::Raw.as_u32(),
+            }
+            .encode_into(&mut records);
+        }
+        let data_len = f.len() as u64 - REGION_ALIGN;
+        let dict_offset = align_up(f.len() as u64, REGION_ALIGN).unwrap();
+        f.resize(dict_offset as usize, 0);
+        let index_offset = dict_offset;
+        let keys = b"ab";
+        let ih = IndexHeader {
+            sample_count: 2,
+            record_count: 2,
+            field_count: 1,
+            key_bytes_len: keys.len() as u64,
+            name_bytes_len: 3,
+            first_sample: 0,
+        };
+        let layout = ih.layout().unwrap();
+        let mut idx = ih.encode().to_vec();
+        FieldEntry {
+            name_offset: 0,
+            name_len: 3,
+            codec: Codec::Raw,
+            level: 0,
+            dict_offset: 0,
+            dict_len: 0,
+            dict_checksum: 0,
+        }
+        .encode_into(&mut idx);
+        for i in 0..2u64 {
+            SampleEntry {
+                key_offset: i,
+                key_len: 1,
+                first_record: i,
+                record_count: 1,
+                label: i as u32,
+            }
+            .encode_into(&mut idx);
+        }
+        idx.extend_from_slice(&records);
+        let mut kh: Vec<KeyHashEntry> = (0..2u64)
+            .map(|i| KeyHashEntry {
+                hash: key_hash(&keys[i as usize..i as usize + 1]),
+                sample: i,
+            })
+            .collect();
+        kh.sort();
+        for e in kh {
+            e.encode_into(&mut idx);
+        }
+        idx.extend_from_slice(keys);
+        idx.resize(layout.names as usize, 0);
+        idx.extend_from_slice(b"bin");
+        idx.resize(layout.end as usize, 0);
+        let index_checksum = xxh3_64(&idx);
+        f.extend_from_slice(&idx);
+        f.extend_from_slice(
+            &Footer {
+                data_offset: REGION_ALIGN,
+                data_len,
+                dict_offset,
+                dict_len: 0,
+                index_offset,
+                index_len: idx.len() as u64,
+                index_checksum,
+                sample_count: 2,
+                record_count: 2,
+                version: Version::V1,
+            }
+            .encode(),
+        );
+        f
+    }
+
+    #[test]
+    fn a_hand_built_shard_reads_back() {
+        let s = ShardBytes::new(tiny_shard()).unwrap();
+        assert_eq!(s.sample_count(), 2);
+        assert_eq!(s.field_name(0), b"bin");
+        let e = s.sample(1).unwrap();
+        assert_eq!(s.key(&e), b"b");
+        assert_eq!(e.label, 1);
+        let r = s.record(e.first_record).unwrap();
+        assert_eq!(s.stored(&r), b"shard!");
+        assert_eq!(s.find_key(b"a").unwrap(), Some(0));
+        assert_eq!(s.find_key(b"zz").unwrap(), None);
+        s.check_structure().unwrap();
+        assert!(s.sample(2).is_err());
+        assert!(s.record(2).is_err());
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_of_the_index_and_footer_is_an_error_not_a_panic() {
+        let good = tiny_shard();
+        // Truncations (from the end: the footer goes first).
+        for cut in [1, 10, Footer::SIZE, good.len() / 2, good.len() - 1] {
+            assert!(
+                ShardBytes::new(&good[..good.len() - cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        // Every bit of the index and footer (under miri, every 7th byte to stay quick).
+        let start = ShardBytes::new(&good[..]).unwrap().footer().index_offset as usize;
+        let step = if cfg!(miri) { 7 } else { 1 };
+        for at in (start..good.len()).step_by(step) {
+            for bit in 0..8 {
+                let mut b = good.clone();
+                b[at] ^= 1 << bit;
+                assert!(ShardBytes::new(&b[..]).is_err(), "flip at {at} bit {bit}");
+            }
+        }
+    }
+
     #[test]
     fn offsets_follow_sizes() {
         assert_eq!(Header::SIZE, 64);

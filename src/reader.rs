@@ -12,7 +12,9 @@ use zstd::zstd_safe::DCtx;
 
 use crate::codec::{decode_into, new_dctx, DecodeDict};
 use crate::error::{Error, Result};
-use crate::format::{record_checksum, Codec, RecordEntry, ShardBytes, NO_LABEL};
+use crate::format::{
+    record_checksum, Codec, FormatError, FormatErrorKind, RecordEntry, ShardBytes, NO_LABEL,
+};
 use crate::manifest::{Manifest, ShardMeta, MANIFEST_FILE};
 use crate::sys::map_file;
 
@@ -242,7 +244,8 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
                     rd.flatten().any(|e| {
                         let n = e.file_name();
                         let n = n.to_string_lossy();
-                        n.starts_with("shard-") && (n.ends_with(".spk") || n.ends_with(".tmp"))
+                        (n.starts_with("shard-") && (n.ends_with(".spk") || n.ends_with(".tmp")))
+                            || n == format!("{MANIFEST_FILE}.tmp")
                     })
                 })
                 .unwrap_or(false);
@@ -268,13 +271,31 @@ fn open_listed_shard(dir: &Path, manifest: &Manifest, i: usize, meta: &ShardMeta
                 format!("shard {i} listed in the manifest is missing; the dataset is incomplete"),
             ))
         }
+        Err(Error::Corrupt { source, .. }) => {
+            // A file shorter than the manifest says was cut short: say so, rather than
+            // whatever its last bytes happen to look like.
+            let len = fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+            let source = if len < meta.bytes {
+                FormatError {
+                    region: "footer",
+                    offset: len,
+                    kind: FormatErrorKind::Truncated {
+                        needed: meta.bytes,
+                        available: len,
+                    },
+                }
+            } else {
+                source
+            };
+            return Err(Error::corrupt(&path, source));
+        }
         other => other?,
     };
     let b = shard.bytes();
     let mismatch = |what: String| {
         Err(Error::manifest(
             &path,
-            format!("{what}; this shard does not belong to this dataset (swapped or replaced?)"),
+            format!("{what}: the shard and the manifest disagree (shard swapped or replaced, or manifest edited?)"),
         ))
     };
     if b.header().shard_index != i as u64 {

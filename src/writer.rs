@@ -634,6 +634,10 @@ impl DatasetWriter {
         write_synced(&tmp, &manifest.to_json())?;
         sync_dir(&self.dir)?;
         fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, "rename into", e))?;
+        // Until the directory sync succeeds the commit is not durable; should it fail, the
+        // cleanup removes the manifest first, so no manifest ever outlives its shards.
+        self.written.retain(|p| *p != tmp);
+        self.written.insert(0, dst);
         sync_dir(&self.dir)?;
         self.finished = true;
         Ok(manifest)

@@ -1,0 +1,186 @@
+//! The `shardpack` binary on the corrupt-dataset fixtures (fixtures/corrupt/, see its
+//! README.md): `verify` exits 3 and names the problem (1 when the manifest itself is
+//! unusable), `info` and `cat` exit 1 with the error on stderr, and nothing panics (the `Run`
+//! helper fails on any "panicked" in stderr).
+
+#![cfg(unix)]
+
+mod util;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use util::*;
+
+/// The shard every shard-level edit damages.
+const DAMAGED: &str = "shard-000001.spk";
+/// flipped-record-bit: the sample whose raw `bin` record has a flipped bit.
+const BAD_KEY: &str = "square/0010";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn case_dir(case: &str) -> PathBuf {
+    repo().join("fixtures/corrupt").join(case)
+}
+
+/// The original bytes of `key.field` in the source tree the fixtures were packed from.
+fn source(key: &str, field: &str) -> Vec<u8> {
+    fs::read(repo().join(format!("fixtures/trees/corrupt-base/{key}.{field}"))).unwrap()
+}
+
+/// A case whose damage stops the dataset from opening: `verify` exits 3 with a `BAD` line for
+/// the damaged shard holding every needle; `info` and `cat` exit 1 with an error holding them.
+#[track_caller]
+fn check_unopenable(case: &str, needles: &[&str]) {
+    let dir = case_dir(case);
+    let r = sp(&[&"verify", &dir]).code(3).stdout_has("FAILED:");
+    let out = r.out();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("BAD {DAMAGED}"))
+                && needles.iter().all(|n| l.contains(n))),
+        "{case}: no BAD line for {DAMAGED} names {needles:?}:\n{out}"
+    );
+    let j = sp(&[&"verify", &"--json", &dir]).code(3).json();
+    assert_eq!(j["ok"], false, "{case}: {j}");
+    assert!(
+        j["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["shard"] == DAMAGED),
+        "{case}: {j}"
+    );
+
+    sp(&[&"info", &dir])
+        .code(1)
+        .stderr_has(&["shardpack: error:", DAMAGED])
+        .stderr_has(needles);
+    let r = sp(&[&"cat", &dir, &BAD_KEY, &"bin"])
+        .code(1)
+        .stderr_has(&["shardpack: error:", DAMAGED])
+        .stderr_has(needles);
+    assert!(r.stdout.is_empty(), "{case}: cat wrote data");
+}
+
+#[test]
+fn intact_control() {
+    let dir = case_dir("intact");
+    sp(&[&"verify", &dir])
+        .ok()
+        .stdout_has("OK: 3 shards, 30 samples");
+    sp(&[&"info", &dir]).ok().stdout_has("samples:        30");
+    let r = sp(&[&"cat", &dir, &BAD_KEY, &"bin"]).ok();
+    assert!(r.stdout == source(BAD_KEY, "bin"));
+}
+
+#[test]
+fn truncated_shard() {
+    check_unopenable("truncated-shard", &["truncated"]);
+}
+
+#[test]
+fn truncated_footer() {
+    check_unopenable("truncated-footer", &["truncated"]);
+}
+
+#[test]
+fn bad_magic() {
+    check_unopenable("bad-magic", &["header at byte 0", "bad magic"]);
+}
+
+#[test]
+fn unknown_version() {
+    check_unopenable(
+        "unknown-version",
+        &[
+            "header at byte 8",
+            "version 2",
+            "1..=1",
+            "upgrade shardpack",
+        ],
+    );
+}
+
+#[test]
+fn unknown_version_footer() {
+    check_unopenable("unknown-version-footer", &["footer", "version 2", "1..=1"]);
+}
+
+#[test]
+fn flipped_index_bit() {
+    check_unopenable("flipped-index-bit", &["index at byte", "checksum mismatch"]);
+}
+
+#[test]
+fn flipped_dict_bit() {
+    check_unopenable(
+        "flipped-dict-bit",
+        &["dictionary at byte", "checksum mismatch"],
+    );
+}
+
+#[test]
+fn missing_shard() {
+    check_unopenable("missing-shard", &["shard 1", "missing"]);
+}
+
+#[test]
+fn manifest_counts() {
+    check_unopenable(
+        "manifest-counts",
+        &["holds 12 samples", "the manifest says 11"],
+    );
+}
+
+#[test]
+fn swapped_shard() {
+    check_unopenable("swapped-shard", &["index checksum", "disagree"]);
+}
+
+/// Damage inside one record: the dataset opens (`info` works), `cat` refuses that record and
+/// serves the others, `verify` names the sample, key and field.
+#[test]
+fn flipped_record_bit() {
+    let dir = case_dir("flipped-record-bit");
+    sp(&[&"info", &dir]).ok().stdout_has("samples:        30");
+    let r = sp(&[&"verify", &dir]).code(3);
+    let out = r.out();
+    assert!(
+        out.lines().any(|l| l.starts_with(&format!(
+            "BAD {DAMAGED} sample 6 key {BAD_KEY:?} field \"bin\""
+        )) && l.contains("checksum mismatch")),
+        "{out}"
+    );
+    let r = sp(&[&"cat", &dir, &BAD_KEY, &"bin"]).code(1).stderr_has(&[
+        "shardpack: error:",
+        "corrupt record",
+        DAMAGED,
+        BAD_KEY,
+        "checksum mismatch",
+    ]);
+    assert!(r.stdout.is_empty(), "cat wrote the damaged record");
+    // The sample's other records, and other samples, are intact.
+    let r = sp(&[&"cat", &dir, &BAD_KEY, &"txt"]).ok();
+    assert!(r.stdout == source(BAD_KEY, "txt"));
+    let r = sp(&[&"cat", &dir, &"square/0009", &"bin"]).ok();
+    assert!(r.stdout == source("square/0009", "bin"));
+}
+
+/// An unusable manifest: `verify` cannot report per shard, so it fails like any command (1).
+#[test]
+fn truncated_manifest() {
+    let dir = case_dir("truncated-manifest");
+    let needles = [
+        "shardpack: error:",
+        "manifest.json",
+        "not a valid shardpack manifest",
+    ];
+    sp(&[&"verify", &dir]).code(1).stderr_has(&needles);
+    sp(&[&"info", &dir]).code(1).stderr_has(&needles);
+    sp(&[&"cat", &dir, &BAD_KEY, &"bin"])
+        .code(1)
+        .stderr_has(&needles);
+}
