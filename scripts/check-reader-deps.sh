@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The reader a data loader links (`shardpack` without default features) must not pull in CLI,
+# walking, thread-pool, progress or Arrow crates. Fails, naming them, if it does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deps=$(cargo tree -p shardpack --no-default-features -e normal --prefix none --locked | awk '{print $1}' | sort -u)
+bad=$(echo "$deps" | grep -E '^(clap|clap_builder|walkdir|rayon|rayon-core|indicatif|anyhow|arrow.*|parquet)$' || true)
+if [ -n "$bad" ]; then
+  echo "the reader depends on crates it must not: $bad"
+  exit 1
+fi
+echo "reader dependencies ok: $(echo "$deps" | tr '\n' ' ')"
