@@ -5,7 +5,7 @@
 //! records, per-record xxh3 checksums, optional zstd with trained dictionaries, a fixed-width
 //! index used in place from a memory map) and reads them back with large sequential reads.
 //!
-//! - [`format`]: the byte layout (no I/O), mirroring `format-spec/`.
+//! - [`format`](mod@format): the byte layout (no I/O), mirroring `format-spec/`.
 //! - [`writer`]: samples in, shards and a manifest out, atomically.
 //! - [`reader`]: [`Dataset::open`], [`Dataset::get`], [`Dataset::get_by_key`],
 //!   [`Dataset::verify`].
