@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub threads: usize,
     /// Loader I/O threads (also the queue depth of the limit phase).
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = 8, value_name = "N")]
     pub loader_threads: usize,
     /// Samples per batch (trainer and shuffle quality).
     #[arg(long, default_value_t = 256, value_name = "B")]
