@@ -182,17 +182,41 @@ pub fn decode_into(
     let n = usize::try_from(raw_len).map_err(|_| "record too large for this platform")?;
     match codec {
         Codec::Raw => {
+            out.try_reserve_exact(stored.len())
+                .map_err(|_| format!("cannot allocate {} bytes", stored.len()))?;
             out.extend_from_slice(stored);
         }
         Codec::Zstd | Codec::ZstdDict => {
-            // One byte of slack lets us notice a frame that decodes to more than raw_len.
-            out.reserve_exact(n + 1);
-            let res = match (codec, dict) {
-                (Codec::ZstdDict, Some(d)) => dctx.decompress_using_ddict(out, stored, &d.0),
-                (Codec::ZstdDict, None) => return Err("dictionary missing".into()),
-                _ => dctx.decompress(out, stored),
-            };
-            res.map_err(|code| format!("zstd: {}", zstd_safe::get_error_name(code)))?;
+            if codec == Codec::ZstdDict && dict.is_none() {
+                return Err("dictionary missing".into());
+            }
+            // Memory follows the real output, not the claimed length: start from a size
+            // typical data fits in and double while zstd says the buffer is too small, up to
+            // raw_len + 1 (the extra byte lets a frame that decodes to more than raw_len be
+            // noticed). A corrupt record claiming a huge length fails at the first try.
+            let mut cap = n
+                .saturating_add(1)
+                .min(stored.len().saturating_mul(8).saturating_add(64 << 10));
+            loop {
+                out.clear();
+                out.try_reserve_exact(cap)
+                    .map_err(|_| format!("cannot allocate {cap} bytes to decode the record"))?;
+                let res = match dict {
+                    Some(d) if codec == Codec::ZstdDict => {
+                        dctx.decompress_using_ddict(out, stored, &d.0)
+                    }
+                    _ => dctx.decompress(out, stored),
+                };
+                match res {
+                    Ok(_) => break,
+                    Err(code) if cap <= n && is_dst_too_small(code) => {
+                        cap = cap.saturating_mul(2).min(n + 1);
+                    }
+                    Err(code) => {
+                        return Err(format!("zstd: {}", zstd_safe::get_error_name(code)));
+                    }
+                }
+            }
         }
     }
     if out.len() as u64 != raw_len {
@@ -202,6 +226,10 @@ pub fn decode_into(
         ));
     }
     Ok(())
+}
+
+fn is_dst_too_small(code: zstd_safe::ErrorCode) -> bool {
+    zstd_safe::get_error_name(code) == "Destination buffer is too small"
 }
 
 /// A fresh compression context.

@@ -58,8 +58,13 @@ pub fn to_hex(b: &[u8]) -> String {
     s
 }
 
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if s.len() % 2 != 0 || !is_lower_hex(s) {
         return None;
     }
     (0..s.len())
@@ -112,8 +117,8 @@ impl Serialize for Hash64 {
 impl<'de> Deserialize<'de> for Hash64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Hash64, D::Error> {
         let s = String::deserialize(d)?;
-        if s.len() != 16 {
-            return Err(D::Error::custom("a checksum is 16 hex digits"));
+        if s.len() != 16 || !is_lower_hex(&s) {
+            return Err(D::Error::custom("a checksum is 16 lowercase hex digits"));
         }
         u64::from_str_radix(&s, 16)
             .map(Hash64)
@@ -288,6 +293,8 @@ mod tests {
             r#"{"hex":"ff"}"#
         );
         assert!(serde_json::from_str::<Name>(r#"{"hex":"f"}"#).is_err());
+        assert!(serde_json::from_str::<Name>(r#"{"hex":"+f"}"#).is_err());
+        assert!(serde_json::from_str::<Name>(r#"{"hex":"FF"}"#).is_err());
     }
 
     #[test]
@@ -297,5 +304,7 @@ mod tests {
             "\"00000000000000ab\""
         );
         assert!(serde_json::from_str::<Hash64>("\"ab\"").is_err());
+        assert!(serde_json::from_str::<Hash64>("\"+00000000000000a\"").is_err());
+        assert!(serde_json::from_str::<Hash64>("\"00000000000000AB\"").is_err());
     }
 }
