@@ -25,7 +25,7 @@ use zstd::zstd_safe::CCtx;
 use crate::codec::{new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL};
 use crate::error::{Error, Result};
 use crate::format::Codec;
-use crate::manifest::{Name, Skipped, MANIFEST_FILE};
+use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
 use crate::rng::SplitMix64;
 use crate::writer::{DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, WriterOptions};
 
@@ -115,34 +115,6 @@ pub trait Progress: Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// What one field became.
-#[derive(Debug, Clone, Serialize)]
-pub struct FieldSummary {
-    /// Field name (lossy UTF-8).
-    pub name: String,
-    /// The compression chosen (`none`, `zstd`, `zstd-dict`).
-    pub compression: String,
-    /// zstd level (0 for none).
-    pub level: i32,
-    /// Records.
-    pub records: u64,
-    /// Input bytes.
-    pub raw_bytes: u64,
-    /// Stored bytes.
-    pub stored_bytes: u64,
-    /// Dictionary size per shard.
-    pub dict_bytes: u64,
-}
-
-/// A skipped input in the summary.
-#[derive(Debug, Clone, Serialize)]
-pub struct SkippedSummary {
-    /// Path relative to the source (lossy UTF-8).
-    pub path: String,
-    /// Why.
-    pub reason: String,
-}
-
 /// The outcome of a pack.
 #[derive(Debug, Clone, Serialize)]
 pub struct PackSummary {
@@ -168,10 +140,10 @@ pub struct PackSummary {
     pub mb_per_s: f64,
     /// Number of classes (ImageFolder labels).
     pub classes: u64,
-    /// The fields.
-    pub fields: Vec<FieldSummary>,
-    /// Inputs left out.
-    pub skipped: Vec<SkippedSummary>,
+    /// What each field became (as in the manifest).
+    pub fields: Vec<FieldMeta>,
+    /// Inputs left out (as in the manifest).
+    pub skipped: Vec<Skipped>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1064,9 +1036,10 @@ fn pack_into(
         imagefolder_labels: opts.labels == LabelMode::ImageFolder,
         classes: plan.classes.iter().map(|c| Name(c.clone())).collect(),
         options: policy_options(opts),
-        skipped: skipped.clone(),
+        skipped,
     };
     let manifest = writer.finish(info)?;
+    let skipped = manifest.skipped.clone();
     let output_bytes = manifest.shards.iter().map(|s| s.bytes).sum::<u64>()
         + fs::metadata(out.join(MANIFEST_FILE)).map_or(0, |m| m.len());
     let seconds = started.elapsed().as_secs_f64();
@@ -1086,26 +1059,8 @@ fn pack_into(
         files_per_s: packed_files as f64 / seconds.max(1e-9),
         mb_per_s: packed_bytes as f64 / 1e6 / seconds.max(1e-9),
         classes: manifest.classes.len() as u64,
-        fields: manifest
-            .fields
-            .iter()
-            .map(|f| FieldSummary {
-                name: f.name.display(),
-                compression: f.compression.clone(),
-                level: f.level,
-                records: f.records,
-                raw_bytes: f.raw_bytes,
-                stored_bytes: f.stored_bytes,
-                dict_bytes: f.dict_bytes,
-            })
-            .collect(),
-        skipped: skipped
-            .iter()
-            .map(|s| SkippedSummary {
-                path: s.path.display(),
-                reason: s.reason.clone(),
-            })
-            .collect(),
+        fields: manifest.fields.clone(),
+        skipped,
     })
 }
 

@@ -887,7 +887,7 @@ fn a_file_that_grows_while_packing_is_skipped_with_skip_errors() {
     let summary = pack(&src, &out, &opts, &Grow { path: grown }).unwrap();
     assert_eq!(summary.files, 11);
     assert_eq!(summary.skipped.len(), 1, "{:?}", summary.skipped);
-    assert_eq!(summary.skipped[0].path, "cat/3.txt");
+    assert_eq!(summary.skipped[0].path.as_bytes(), b"cat/3.txt");
     assert!(summary.skipped[0].reason.contains("changed size"));
     let ds = Dataset::open(&out).unwrap();
     let m = ds.manifest();

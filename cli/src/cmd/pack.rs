@@ -239,7 +239,7 @@ fn print_summary(s: &PackSummary, out: &mut impl Write) -> Result<()> {
         writeln!(
             out,
             "  field {:<12} {:>10} records  {:>10} -> {:>10}  {}{}",
-            format!("{:?}", f.name),
+            format!("{:?}", f.name.display()),
             f.records,
             human_bytes(f.raw_bytes),
             human_bytes(f.stored_bytes),
@@ -257,7 +257,7 @@ fn print_summary(s: &PackSummary, out: &mut impl Write) -> Result<()> {
             s.skipped.len()
         )?;
         for k in s.skipped.iter().take(20) {
-            writeln!(out, "    {}: {}", k.path, k.reason)?;
+            writeln!(out, "    {}: {}", k.path.display(), k.reason)?;
         }
         if s.skipped.len() > 20 {
             writeln!(out, "    ... and {} more", s.skipped.len() - 20)?;
