@@ -253,11 +253,6 @@ impl DatasetWriter {
         &self.fields[i as usize].encoder
     }
 
-    /// The encoders of all fields, in field order.
-    pub fn encoders(&self) -> Vec<&FieldEncoder> {
-        self.fields.iter().map(|f| &f.encoder).collect()
-    }
-
     /// Samples appended so far.
     pub fn samples(&self) -> u64 {
         self.samples
