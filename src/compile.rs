@@ -890,6 +890,8 @@ fn pack_into(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(Error::Options)?;
     let mut writer = DatasetWriter::create(out, specs, opts.writer.clone())?;
+    // plan() grouped the files by key, so every sample's key is distinct.
+    writer.assume_unique_keys();
     let total_bytes: u64 = tree.files.iter().map(|f| f.size).sum();
     progress.start(tree.files.len() as u64, total_bytes);
 

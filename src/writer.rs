@@ -166,8 +166,9 @@ pub struct DatasetWriter {
     written: Vec<PathBuf>,
     samples: u64,
     records: u64,
-    /// Key hashes of the samples in finished shards, to refuse a key used twice.
-    earlier_keys: HashSet<u64>,
+    /// Key hashes of the samples in finished shards, to refuse a key used twice; `None` when
+    /// the caller guarantees unique keys (see [`DatasetWriter::assume_unique_keys`]).
+    earlier_keys: Option<HashSet<u64>>,
     finished: bool,
     scratch: Vec<u8>,
     cctx: Option<zstd::zstd_safe::CCtx<'static>>,
@@ -241,7 +242,7 @@ impl DatasetWriter {
             written: Vec::new(),
             samples: 0,
             records: 0,
-            earlier_keys: HashSet::new(),
+            earlier_keys: Some(HashSet::new()),
             finished: false,
             scratch: Vec::new(),
             cctx: None,
@@ -251,6 +252,13 @@ impl DatasetWriter {
     /// The encoder of field `i`, for callers that encode on their own threads.
     pub fn encoder(&self, i: u32) -> &FieldEncoder {
         &self.fields[i as usize].encoder
+    }
+
+    /// Declares that the caller never appends the same key twice, so the writer skips its
+    /// check across shards and the 8 bytes per sample it keeps for it (duplicates within one
+    /// shard are still refused). The tree compiler does this: its samples are grouped by key.
+    pub fn assume_unique_keys(&mut self) {
+        self.earlier_keys = None;
     }
 
     /// Samples appended so far.
@@ -376,7 +384,11 @@ impl DatasetWriter {
         // Checked after the cut above, which may just have finished the shard holding an
         // earlier sample with this key.
         let hash = key_hash(key);
-        if self.earlier_keys.contains(&hash) && self.key_in_earlier_shard(key)? {
+        let seen = self
+            .earlier_keys
+            .as_ref()
+            .is_some_and(|k| k.contains(&hash));
+        if seen && self.key_in_earlier_shard(key)? {
             return Err(Error::input(
                 key_path(),
                 "two samples have the same key; keys must be unique",
@@ -487,8 +499,9 @@ impl DatasetWriter {
                 }
             }
         }
-        self.earlier_keys
-            .extend(s.key_hashes.iter().map(|k| k.hash));
+        if let Some(k) = &mut self.earlier_keys {
+            k.extend(s.key_hashes.iter().map(|k| k.hash));
+        }
         let data_len = s.pos - REGION_ALIGN;
 
         // Dictionary region.

@@ -90,38 +90,14 @@ fn saved(target: &str) -> Vec<PathBuf> {
     v
 }
 
-/// A `record_decode` input, as `fuzz/support/src/record_input.rs` encodes it: a codec byte
-/// (low bits modulo 3; bit 7: a dictionary follows), raw_len (u64 LE), the dictionary length
-/// (u16 LE) and bytes if present, then the stored bytes.
-struct RecordInput<'a> {
-    codec: Codec,
-    raw_len: u64,
-    dict: Option<&'a [u8]>,
-    stored: &'a [u8],
-}
+/// The `record_decode` input format, shared with the fuzz target (that file depends only on
+/// `shardpack`).
+#[allow(dead_code)]
+#[path = "../fuzz/support/src/record_input.rs"]
+mod record_input;
+use record_input::RecordInput;
 
-impl<'a> RecordInput<'a> {
-    fn parse(data: &'a [u8]) -> Option<RecordInput<'a>> {
-        let (&sel, rest) = data.split_first()?;
-        let codec = [Codec::Raw, Codec::Zstd, Codec::ZstdDict][((sel & 0x7f) % 3) as usize];
-        let raw_len = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-        let rest = &rest[8..];
-        let (dict, stored) = if sel & 0x80 != 0 {
-            let n = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-            let rest = &rest[2..];
-            let n = n.min(rest.len());
-            (Some(&rest[..n]), &rest[n..])
-        } else {
-            (None, rest)
-        };
-        Some(RecordInput {
-            codec,
-            raw_len,
-            dict,
-            stored,
-        })
-    }
-
+impl RecordInput<'_> {
     /// The `record_decode` target's path: `decode_into`, which must succeed with exactly
     /// `raw_len` bytes or fail.
     fn decode(&self) -> Result<Vec<u8>, String> {
