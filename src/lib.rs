@@ -45,6 +45,7 @@ pub mod error;
 pub mod format;
 pub mod loader;
 pub mod manifest;
+mod pool;
 pub mod quality;
 pub mod reader;
 pub mod rng;

@@ -15,10 +15,19 @@
 //!    [`LoaderOptions::window_chunks`] pieces; the samples of a window are shuffled in memory
 //!    with a generator seeded by `(seed, epoch, rank, window)`.
 //!
-//! Each piece of a chunk is read with one large read (aligned, `O_DIRECT` when asked) by a
-//! background thread, which also checks every record's checksum and decompresses it; the
-//! consumer only takes ready samples. At most [`LoaderOptions::prefetch_bytes`] of decoded
-//! samples are held ahead of the consumer (plus one chunk buffer per I/O thread).
+//! Each piece of a chunk is read with one large read (aligned, `O_DIRECT` when asked) into a
+//! recycled buffer by a background thread, which also checks every record's checksum and
+//! decompresses it; the consumer only takes ready samples. Pieces are read in order, up to
+//! [`LoaderOptions::io_threads`] at a time, so the window the consumer needs next is always
+//! the one being read. A raw record is handed out as a view into its chunk's buffer
+//! ([`SampleBytes`], no copy); a compressed one owns its decompressed bytes.
+//!
+//! Memory: the pieces read ahead of the consumer, plus the window it is taking samples from,
+//! hold about [`LoaderOptions::prefetch_bytes`] (stored bytes plus decompressed sizes). Reads
+//! are granted memory in order while they fit, except that the window the consumer needs next
+//! is always granted, so the budget is exceeded by at most one window (say, when one window is
+//! larger than the whole budget). Samples the consumer keeps after taking them keep their chunk
+//! buffers alive on top of that, so drop them after each step (or copy out what must stay).
 //!
 //! [`LoaderState`] records `(seed, epoch, samples_consumed)` (with rank and world size); a
 //! loader built from it continues with exactly the samples that would have come next, without
@@ -50,7 +59,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -60,9 +69,11 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::codec::{decode_into, new_dctx};
 use crate::error::{Error, Result};
 use crate::format::{record_checksum, Codec};
+pub use crate::pool::SampleBytes;
+use crate::pool::{BufPool, PooledBuf};
 use crate::reader::Dataset;
 use crate::rng::SplitMix64;
-use crate::sys::{open_read, read_full_at, AlignedBuf, DIRECT_ALIGN};
+use crate::sys::{open_read, read_full_at, DIRECT_ALIGN};
 
 /// How an epoch's order is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +126,7 @@ pub struct LoaderOptions {
     /// decoding what it read, so this is also about twice the I/O queue depth: 8 keeps an
     /// NVMe-class device busy with 4 MiB chunks.
     pub io_threads: usize,
-    /// Decoded bytes held ahead of the consumer.
+    /// Memory for samples read ahead of the consumer (see the module docs).
     pub prefetch_bytes: u64,
     /// Direct I/O policy.
     pub direct_io: DirectIo,
@@ -176,7 +187,9 @@ pub struct LoaderState {
     pub samples_consumed: u64,
 }
 
-/// A sample handed out by the loader, owning its decoded bytes.
+/// A sample handed out by the loader: decoded, checksum-verified, and independent of the
+/// loader's lifetime (raw fields share the chunk buffer they were read into; see
+/// [`SampleBytes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedSample {
     /// Global sample id in the dataset (stored order).
@@ -204,27 +217,24 @@ impl LoadedSample {
 pub struct LoadedField {
     /// Field index (see [`Dataset::field_names`]).
     pub field: u32,
-    /// The data.
-    pub data: Vec<u8>,
+    /// The data: a view of the read buffer for a raw record, decompressed bytes otherwise.
+    pub data: SampleBytes,
 }
 
 // ---------------------------------------------------------------------------------------------
 // The plan: a pure function of the dataset and the options
 // ---------------------------------------------------------------------------------------------
 
-/// Consecutive samples of one shard read with one read.
+/// Consecutive samples of one shard read with one read: a chunk, or the part of one that falls
+/// in a rank's range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Piece {
     shard: u32,
     /// First local sample.
     first: u64,
     count: u64,
-}
-
-/// A chunk: consecutive samples of one shard with their stored size.
-#[derive(Debug, Clone, Copy)]
-struct Chunk {
-    piece: Piece,
+    /// Memory the piece holds once loaded (its stored bytes plus the decoded size of its
+    /// compressed records), for the prefetch budget.
     bytes: u64,
 }
 
@@ -233,8 +243,6 @@ struct Window {
     pieces: Vec<Piece>,
     samples: u64,
     shuffle: bool,
-    /// Estimated decoded bytes, for the prefetch budget.
-    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -258,7 +266,7 @@ fn mix(parts: &[u64]) -> u64 {
     xxh3_64(&b)
 }
 
-fn chunks_of(ds: &Dataset, chunk_bytes: u64) -> Result<Vec<Chunk>> {
+fn chunks_of(ds: &Dataset, chunk_bytes: u64) -> Result<Vec<Piece>> {
     let mut chunks = Vec::new();
     for (s, shard) in ds.shards().iter().enumerate() {
         let b = shard.bytes();
@@ -269,15 +277,16 @@ fn chunks_of(ds: &Dataset, chunk_bytes: u64) -> Result<Vec<Chunk>> {
                 .map_err(|e| Error::corrupt(shard.path(), e))?;
             for r in e.first_record..e.first_record + e.record_count as u64 {
                 let rec = b.record(r).map_err(|e| Error::corrupt(shard.path(), e))?;
-                bytes += rec.raw_len.max(rec.stored_len);
+                bytes += rec.stored_len;
+                if rec.codec != Codec::Raw.as_u32() {
+                    bytes += rec.raw_len;
+                }
             }
             if bytes >= chunk_bytes || local + 1 == shard.len() {
-                chunks.push(Chunk {
-                    piece: Piece {
-                        shard: s as u32,
-                        first,
-                        count: local + 1 - first,
-                    },
+                chunks.push(Piece {
+                    shard: s as u32,
+                    first,
+                    count: local + 1 - first,
                     bytes,
                 });
                 first = local + 1;
@@ -305,14 +314,14 @@ impl Plan {
                     }
                     // Cut this rank's range [begin, begin + per_rank) (mod N) out of the
                     // concatenated chunks.
-                    let mut pieces: Vec<(Piece, u64)> = Vec::new();
+                    let mut pieces: Vec<Piece> = Vec::new();
                     let mut want = per_rank;
                     let mut pos = begin % n_total;
                     let starts: Vec<u64> = chunks
                         .iter()
                         .scan(0u64, |acc, c| {
                             let s = *acc;
-                            *acc += c.piece.count;
+                            *acc += c.count;
                             Some(s)
                         })
                         .collect();
@@ -320,25 +329,21 @@ impl Plan {
                         let ci = starts.partition_point(|&s| s <= pos) - 1;
                         let c = chunks[ci];
                         let off = pos - starts[ci];
-                        let take = (c.piece.count - off).min(want);
-                        let bytes = c.bytes * take / c.piece.count.max(1);
-                        pieces.push((
-                            Piece {
-                                shard: c.piece.shard,
-                                first: c.piece.first + off,
-                                count: take,
-                            },
-                            bytes,
-                        ));
+                        let take = (c.count - off).min(want);
+                        pieces.push(Piece {
+                            shard: c.shard,
+                            first: c.first + off,
+                            count: take,
+                            bytes: c.bytes * take / c.count.max(1),
+                        });
                         want -= take;
                         pos = (pos + take) % n_total;
                     }
                     for group in pieces.chunks(o.window_chunks) {
                         windows.push(Window {
-                            pieces: group.iter().map(|p| p.0).collect(),
-                            samples: group.iter().map(|p| p.0.count).sum(),
+                            pieces: group.to_vec(),
+                            samples: group.iter().map(|p| p.count).sum(),
                             shuffle: o.shuffle == Shuffle::Chunked,
-                            bytes: group.iter().map(|p| p.1).sum(),
                         });
                     }
                 }
@@ -351,24 +356,28 @@ impl Plan {
                     const FULL_WINDOW: usize = 256;
                     for group in ids.chunks(FULL_WINDOW) {
                         let mut pieces = Vec::with_capacity(group.len());
-                        let mut bytes = 0;
                         for &g in group {
                             let (s, local) = ds.locate(g)?;
                             let sample = ds.shards()[s].sample(local, g)?;
+                            let mut bytes = 0;
                             for f in sample.fields() {
-                                bytes += f?.raw_len();
+                                let f = f?;
+                                bytes += f.stored().len() as u64;
+                                if f.codec() != Codec::Raw {
+                                    bytes += f.raw_len();
+                                }
                             }
                             pieces.push(Piece {
                                 shard: s as u32,
                                 first: local,
                                 count: 1,
+                                bytes,
                             });
                         }
                         windows.push(Window {
                             samples: pieces.len() as u64,
                             pieces,
                             shuffle: false,
-                            bytes,
                         });
                     }
                 }
@@ -434,9 +443,10 @@ pub fn epoch_order(ds: &Dataset, opts: &LoaderOptions) -> Result<Vec<u64>> {
 // Background reading
 // ---------------------------------------------------------------------------------------------
 
-/// Byte budget granted to windows strictly in window order, so the window the consumer waits
-/// for is always the next one to get memory (no deadlock), and one window larger than the whole
-/// budget still runs alone.
+/// Memory granted to pieces strictly in work order, so the window the consumer waits for is
+/// always next in line. Pieces of the window the consumer needs next are granted even past the
+/// limit, so a window larger than the whole budget still completes (no deadlock); every later
+/// piece waits until it fits.
 #[derive(Debug)]
 struct Budget {
     state: Mutex<BudgetState>,
@@ -447,18 +457,23 @@ struct Budget {
 #[derive(Debug)]
 struct BudgetState {
     used: u64,
+    /// Work item allowed to ask next.
     next_grant: usize,
+    /// The window the consumer takes next (all windows before it are released).
+    consumer_window: usize,
     stopped: bool,
 }
 
 impl Budget {
-    fn acquire(&self, window: usize, bytes: u64) -> bool {
+    /// Waits until work item `seq` (of window `window`) may hold `bytes`; `false` if stopped.
+    fn acquire(&self, seq: usize, window: usize, bytes: u64) -> bool {
         let mut s = self.state.lock().expect("budget lock");
         loop {
             if s.stopped {
                 return false;
             }
-            if s.next_grant == window && (s.used == 0 || s.used + bytes <= self.limit) {
+            if s.next_grant == seq && (window <= s.consumer_window || s.used + bytes <= self.limit)
+            {
                 s.used += bytes;
                 s.next_grant += 1;
                 self.cv.notify_all();
@@ -468,9 +483,11 @@ impl Budget {
         }
     }
 
-    fn release(&self, bytes: u64) {
+    /// The consumer is done with `window`, which held `bytes`.
+    fn release(&self, window: usize, bytes: u64) {
         let mut s = self.state.lock().expect("budget lock");
         s.used = s.used.saturating_sub(bytes);
+        s.consumer_window = s.consumer_window.max(window + 1);
         self.cv.notify_all();
     }
 
@@ -484,83 +501,109 @@ struct Shared {
     ds: Arc<Dataset>,
     plan: Plan,
     files: Vec<File>,
-    next_window: AtomicUsize,
+    /// Global number of the first piece of each window, and the total at the end: work item
+    /// `k` is a piece of window `w` where `piece_starts[w] <= k < piece_starts[w + 1]`.
+    piece_starts: Vec<usize>,
+    next_work: AtomicUsize,
     budget: Budget,
     stop: AtomicBool,
+    pool: Arc<BufPool>,
     /// Samples to skip at the start of the first window (resume).
     skip_first: u64,
     first_window: usize,
+    /// Which pieces of the first window hold samples still to come after a resume.
+    first_needed: Vec<bool>,
 }
 
-type WindowResult = (usize, Vec<Result<LoadedSample>>);
+impl Shared {
+    fn needed(&self, w: usize, pi: usize) -> bool {
+        w != self.first_window || self.first_needed[pi]
+    }
 
-fn worker(shared: Arc<Shared>, tx: std::sync::mpsc::SyncSender<WindowResult>) {
-    let mut buf = AlignedBuf::new();
+    /// Memory piece `pi` of window `w` is granted (none for a piece a resume skips).
+    fn piece_bytes(&self, w: usize, pi: usize) -> u64 {
+        if self.needed(w, pi) {
+            self.plan.windows[w].pieces[pi].bytes
+        } else {
+            0
+        }
+    }
+
+    fn window_bytes(&self, w: usize) -> u64 {
+        (0..self.plan.windows[w].pieces.len())
+            .map(|pi| self.piece_bytes(w, pi))
+            .sum()
+    }
+}
+
+/// The samples of one piece in stored order (empty for a piece a resume skips).
+struct PieceResult {
+    window: usize,
+    piece: usize,
+    samples: Vec<Result<LoadedSample>>,
+}
+
+fn worker(sh: Arc<Shared>, tx: Sender<PieceResult>) {
     let mut dctx = new_dctx();
     loop {
-        let w = shared.next_window.fetch_add(1, Ordering::SeqCst);
-        if w >= shared.plan.windows.len() || shared.stop.load(Ordering::SeqCst) {
+        let k = sh.next_work.fetch_add(1, Ordering::SeqCst);
+        if k >= *sh.piece_starts.last().unwrap_or(&0) || sh.stop.load(Ordering::SeqCst) {
             return;
         }
-        let bytes = shared.plan.windows[w].bytes;
-        if !shared.budget.acquire(w, bytes) {
+        let w = sh.piece_starts.partition_point(|&s| s <= k) - 1;
+        let pi = k - sh.piece_starts[w];
+        if !sh.budget.acquire(k, w, sh.piece_bytes(w, pi)) {
             return;
         }
-        let samples = load_window(&shared, w, &mut buf, &mut dctx);
-        if tx.send((w, samples)).is_err() {
+        let samples = if sh.needed(w, pi) {
+            load_piece(&sh, sh.plan.windows[w].pieces[pi], &mut dctx)
+        } else {
+            Vec::new()
+        };
+        let done = PieceResult {
+            window: w,
+            piece: pi,
+            samples,
+        };
+        if tx.send(done).is_err() {
             return;
         }
     }
 }
 
-fn load_window(
+/// Reads `piece` with one aligned read and decodes each of its samples.
+fn load_piece(
     sh: &Shared,
-    w: usize,
-    buf: &mut AlignedBuf,
+    piece: Piece,
     dctx: &mut zstd::zstd_safe::DCtx<'static>,
 ) -> Vec<Result<LoadedSample>> {
-    let win = &sh.plan.windows[w];
-    let mut order = sh.plan.window_order(w);
-    if w == sh.first_window && sh.skip_first > 0 {
-        order.drain(..sh.skip_first as usize);
-    }
-    // Which output slots each piece fills, so every piece is read once, in piece order.
-    let mut slots_of: Vec<Vec<(usize, u64)>> = vec![Vec::new(); win.pieces.len()];
-    for (slot, &(pi, local)) in order.iter().enumerate() {
-        slots_of[pi as usize].push((slot, local));
-    }
-    let mut out: Vec<Option<Result<LoadedSample>>> = (0..order.len()).map(|_| None).collect();
-    for (pi, slots) in slots_of.iter().enumerate() {
-        if slots.is_empty() {
-            continue;
+    let locals = piece.first..piece.first + piece.count;
+    match read_piece(sh, piece) {
+        Ok((buf, base)) => {
+            let buf = Arc::new(buf);
+            locals
+                .map(|local| decode_sample(sh, piece.shard, local, base, &buf, dctx))
+                .collect()
         }
-        let piece = win.pieces[pi];
-        match read_piece(sh, piece, buf) {
-            Ok(base) => {
-                for &(slot, local) in slots {
-                    out[slot] = Some(decode_sample(sh, piece.shard, local, base, buf, dctx));
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for &(slot, _) in slots {
-                    out[slot] = Some(Err(Error::Io {
-                        path: sh.ds.shards()[piece.shard as usize].path().to_path_buf(),
+        Err(e) => {
+            let path = sh.ds.shards()[piece.shard as usize].path();
+            let msg = e.to_string();
+            locals
+                .map(|_| {
+                    Err(Error::Io {
+                        path: path.to_path_buf(),
                         op: "read",
                         source: std::io::Error::other(msg.clone()),
-                    }));
-                }
-            }
+                    })
+                })
+                .collect()
         }
     }
-    out.into_iter()
-        .map(|s| s.expect("every slot filled"))
-        .collect()
 }
 
-/// Reads the byte range covering `piece`'s records into `buf` with one aligned read; returns
-/// the file offset of `buf[0]`.
-fn read_piece(sh: &Shared, piece: Piece, buf: &mut AlignedBuf) -> Result<u64> {
+/// Reads the byte range covering `piece`'s records into a pooled buffer with one aligned
+/// read; returns the buffer and the file offset of its first byte.
+fn read_piece(sh: &Shared, piece: Piece) -> Result<(PooledBuf, u64)> {
     let shard = &sh.ds.shards()[piece.shard as usize];
     let b = shard.bytes();
     let corrupt = |e| Error::corrupt(shard.path(), e);
@@ -569,19 +612,26 @@ fn read_piece(sh: &Shared, piece: Piece, buf: &mut AlignedBuf) -> Result<u64> {
         let e = b.sample(local).map_err(corrupt)?;
         for r in e.first_record..e.first_record + e.record_count as u64 {
             let rec = b.record(r).map_err(corrupt)?;
-            lo = lo.min(rec.offset);
-            hi = hi.max(rec.offset + rec.stored_len);
+            if rec.stored_len > 0 {
+                lo = lo.min(rec.offset);
+                hi = hi.max(rec.offset + rec.stored_len);
+            }
         }
     }
     if lo >= hi {
-        return Ok(0); // nothing stored (all records empty)
+        return Ok((sh.pool.take(0), 0)); // nothing stored (all records empty)
     }
     let a = DIRECT_ALIGN as u64;
     let start = lo / a * a;
     let end = hi.div_ceil(a) * a;
     let want = (end - start) as usize;
-    let n = read_full_at(&sh.files[piece.shard as usize], buf.resize(want), start)
-        .map_err(|e| Error::io(shard.path(), "read", e))?;
+    let mut buf = sh.pool.take(want);
+    let n = read_full_at(
+        &sh.files[piece.shard as usize],
+        buf.buf_mut().resize(want),
+        start,
+    )
+    .map_err(|e| Error::io(shard.path(), "read", e))?;
     if (n as u64) < hi - start {
         return Err(Error::io(
             shard.path(),
@@ -595,7 +645,7 @@ fn read_piece(sh: &Shared, piece: Piece, buf: &mut AlignedBuf) -> Result<u64> {
             ),
         ));
     }
-    Ok(start)
+    Ok((buf, start))
 }
 
 fn decode_sample(
@@ -603,18 +653,16 @@ fn decode_sample(
     shard_no: u32,
     local: u64,
     base: u64,
-    buf: &AlignedBuf,
+    buf: &Arc<PooledBuf>,
     dctx: &mut zstd::zstd_safe::DCtx<'static>,
 ) -> Result<LoadedSample> {
     let shard = &sh.ds.shards()[shard_no as usize];
     let global = sh.ds.manifest().shards[shard_no as usize].first_sample + local;
     let sample = shard.sample(local, global)?;
-    let data = buf.as_slice();
+    let data = buf.buf().as_slice();
     let mut fields = Vec::with_capacity(sample.field_count());
     for f in sample.fields() {
         let f = f?;
-        let at = (f.offset() - base) as usize;
-        let stored = &data[at..at + f.stored().len()];
         let bad = |detail: String| Error::BadRecord {
             path: shard.path().to_path_buf(),
             sample: local,
@@ -622,6 +670,14 @@ fn decode_sample(
             field: String::from_utf8_lossy(f.name()).into_owned(),
             offset: f.offset(),
             detail,
+        };
+        let len = f.stored().len();
+        let at = match len {
+            0 => 0,
+            _ => f.offset().checked_sub(base).unwrap_or(u64::MAX) as usize,
+        };
+        let Some(stored) = at.checked_add(len).and_then(|end| data.get(at..end)) else {
+            return Err(bad("the record lies outside the bytes read for it".into()));
         };
         // The bytes read (not the memory map) are what is checked and handed out.
         let actual = record_checksum(stored);
@@ -631,10 +687,10 @@ fn decode_sample(
                 f.checksum()
             )));
         }
-        let mut out = Vec::new();
-        if f.codec() == Codec::Raw {
-            out.extend_from_slice(stored);
+        let data = if f.codec() == Codec::Raw {
+            SampleBytes::view(buf.clone(), at, len)
         } else {
+            let mut out = Vec::new();
             decode_into(
                 dctx,
                 f.codec(),
@@ -644,10 +700,11 @@ fn decode_sample(
                 &mut out,
             )
             .map_err(bad)?;
-        }
+            out.into()
+        };
         fields.push(LoadedField {
             field: f.field_index(),
-            data: out,
+            data,
         });
     }
     Ok(LoadedSample {
@@ -662,12 +719,18 @@ fn decode_sample(
 // The loader
 // ---------------------------------------------------------------------------------------------
 
+/// The loaded pieces of one window, waiting for the rest.
+struct PendingWindow {
+    pieces: Vec<Option<Vec<Result<LoadedSample>>>>,
+    missing: usize,
+}
+
 /// Serves one rank's epoch. See the module docs.
 pub struct Loader {
     shared: Arc<Shared>,
-    rx: Option<Receiver<WindowResult>>,
+    rx: Option<Receiver<PieceResult>>,
     threads: Vec<JoinHandle<()>>,
-    pending: BTreeMap<usize, Vec<Result<LoadedSample>>>,
+    pending: BTreeMap<usize, PendingWindow>,
     current: std::vec::IntoIter<Result<LoadedSample>>,
     current_window: Option<usize>,
     next_window: usize,
@@ -750,29 +813,49 @@ impl Loader {
             .partition_point(|&s| s <= consumed)
             .saturating_sub(1);
         let skip_first = consumed - plan.starts.get(first_window).copied().unwrap_or(0);
-        let n_windows = plan.windows.len();
+        let mut first_needed = Vec::new();
+        if let Some(win) = plan.windows.get(first_window) {
+            first_needed = vec![false; win.pieces.len()];
+            for &(pi, _) in &plan.window_order(first_window)[skip_first as usize..] {
+                first_needed[pi as usize] = true;
+            }
+        }
+        let mut piece_starts = Vec::with_capacity(plan.windows.len() + 1);
+        let mut n_pieces = 0;
+        for win in &plan.windows {
+            piece_starts.push(n_pieces);
+            n_pieces += win.pieces.len();
+        }
+        piece_starts.push(n_pieces);
+        let first_piece = piece_starts[first_window];
+        // Enough free buffers to refill the whole budget without allocating.
+        let keep = (opts.prefetch_bytes / opts.chunk_bytes.max(1)) as usize + opts.io_threads;
         let shared = Arc::new(Shared {
             ds,
             plan,
             files,
-            next_window: AtomicUsize::new(first_window),
+            piece_starts,
+            next_work: AtomicUsize::new(first_piece),
             budget: Budget {
                 state: Mutex::new(BudgetState {
                     used: 0,
-                    next_grant: first_window,
+                    next_grant: first_piece,
+                    consumer_window: first_window,
                     stopped: false,
                 }),
                 cv: Condvar::new(),
                 limit: opts.prefetch_bytes,
             },
             stop: AtomicBool::new(false),
+            pool: BufPool::new(keep.min(1024)),
             skip_first,
             first_window,
+            first_needed,
         });
-        let (tx, rx) = sync_channel(opts.io_threads.max(2));
+        let (tx, rx) = channel();
         let mut threads = Vec::new();
         if consumed < shared.plan.len {
-            for i in 0..opts.io_threads.min(n_windows.max(1)) {
+            for i in 0..opts.io_threads.min(n_pieces - first_piece) {
                 let sh = shared.clone();
                 let tx = tx.clone();
                 threads.push(
@@ -844,21 +927,25 @@ impl Loader {
                 return Some(s);
             }
             if let Some(w) = self.current_window.take() {
-                self.shared
-                    .budget
-                    .release(self.shared.plan.windows[w].bytes);
+                self.shared.budget.release(w, self.shared.window_bytes(w));
             }
             if self.consumed >= self.len() || self.next_window >= self.shared.plan.windows.len() {
                 return None;
             }
             let w = self.next_window;
-            let samples = loop {
-                if let Some(s) = self.pending.remove(&w) {
-                    break s;
-                }
+            while self.pending.get(&w).is_none_or(|p| p.missing != 0) {
                 match self.rx.as_ref().and_then(|rx| rx.recv().ok()) {
-                    Some((i, s)) => {
-                        self.pending.insert(i, s);
+                    Some(done) => {
+                        let n = self.shared.plan.windows[done.window].pieces.len();
+                        let p = self
+                            .pending
+                            .entry(done.window)
+                            .or_insert_with(|| PendingWindow {
+                                pieces: (0..n).map(|_| None).collect(),
+                                missing: n,
+                            });
+                        p.pieces[done.piece] = Some(done.samples);
+                        p.missing -= 1;
                     }
                     None => {
                         return Some(Err(Error::Options(
@@ -866,11 +953,36 @@ impl Loader {
                         )))
                     }
                 }
-            };
-            self.current = samples.into_iter();
+            }
+            let p = self.pending.remove(&w).expect("window complete");
+            self.current = self.assemble(w, p).into_iter();
             self.current_window = Some(w);
             self.next_window += 1;
         }
+    }
+
+    /// Puts the loaded samples of window `w` in its output order.
+    fn assemble(&self, w: usize, p: PendingWindow) -> Vec<Result<LoadedSample>> {
+        let sh = &self.shared;
+        let win = &sh.plan.windows[w];
+        let mut pieces: Vec<Vec<Option<Result<LoadedSample>>>> = p
+            .pieces
+            .into_iter()
+            .map(|s| s.unwrap_or_default().into_iter().map(Some).collect())
+            .collect();
+        let mut order = sh.plan.window_order(w);
+        if w == sh.first_window {
+            order.drain(..sh.skip_first as usize);
+        }
+        order
+            .into_iter()
+            .map(|(pi, local)| {
+                let at = (local - win.pieces[pi as usize].first) as usize;
+                pieces[pi as usize][at]
+                    .take()
+                    .expect("each sample of a needed piece is handed out once")
+            })
+            .collect()
     }
 
     /// The next batch of up to `batch_size` samples (the last one of an epoch may be shorter),

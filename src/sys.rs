@@ -72,13 +72,28 @@ impl AlignedBuf {
 
     /// Makes the buffer `len` bytes long (contents unspecified), reusing the allocation when
     /// it is large enough. Returns the aligned slice.
+    ///
+    /// A new allocation above 1 MiB is rounded up to a multiple of 256 KiB, so buffers recycled
+    /// for chunks of slightly different sizes rarely need to grow.
     pub fn resize(&mut self, len: usize) -> &mut [u8] {
-        if self.vec.len() < len + DIRECT_ALIGN {
-            self.vec = vec![0; len + DIRECT_ALIGN];
+        if self.capacity() < len {
+            const GRAIN: usize = 256 << 10;
+            let cap = if len > 1 << 20 {
+                len.next_multiple_of(GRAIN)
+            } else {
+                len
+            };
+            self.vec = Vec::new(); // free the old allocation first
+            self.vec = vec![0; cap + DIRECT_ALIGN];
         }
         self.start = self.vec.as_ptr().align_offset(DIRECT_ALIGN);
         self.len = len;
         &mut self.vec[self.start..self.start + len]
+    }
+
+    /// The largest length [`AlignedBuf::resize`] can give without allocating.
+    pub fn capacity(&self) -> usize {
+        self.vec.len().saturating_sub(DIRECT_ALIGN)
     }
 
     /// The current contents.

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use shardpack::format::Codec;
 use shardpack::loader::{epoch_order, DirectIo, Loader, LoaderOptions, LoaderState, Shuffle};
 use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
 use shardpack::Dataset;
@@ -233,6 +234,71 @@ fn batches_and_a_budget_smaller_than_a_window() {
     }
     assert_eq!(sizes, vec![64, 64, 64, 8]);
     assert_eq!(all, epoch_order(&ds, &opts).unwrap());
+}
+
+#[test]
+fn samples_outlive_the_loader_and_raw_fields_share_the_read_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = make_dataset(dir.path(), 300);
+    // Hold every sample of the epoch (far more than the prefetch budget) past the loader.
+    let loader = Loader::new(ds.clone(), small(4, 2)).unwrap();
+    let held: Vec<_> = loader.map(|s| s.unwrap()).collect();
+    assert_eq!(Arc::strong_count(&ds), 1, "the loader is gone");
+    assert_eq!(held.len(), 300);
+    let mut compressed = 0;
+    for s in &held {
+        let (raw, text) = content(s.index as u32);
+        assert_eq!(&*s.fields[0].data, raw.as_slice());
+        assert_eq!(&*s.fields[1].data, text.as_slice());
+        assert!(s.fields[0].data.is_view(), "a raw record is not copied");
+        let stored = ds.get(s.index).unwrap();
+        let txt = stored.fields().nth(1).unwrap().unwrap();
+        assert_eq!(
+            s.fields[1].data.is_view(),
+            txt.codec() == Codec::Raw,
+            "a compressed record owns its output"
+        );
+        compressed += usize::from(txt.codec() != Codec::Raw);
+    }
+    assert!(compressed > 100, "the test wants compressed records");
+    // A clone is the same view; dropping the originals keeps it valid.
+    let keep = held[17].fields[0].data.clone();
+    let want = content(held[17].index as u32).0;
+    drop(held);
+    assert_eq!(&*keep, want.as_slice());
+}
+
+#[test]
+fn chunks_of_empty_records_load() {
+    // Every record empty: a chunk with no stored bytes is read with no I/O at all.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = DatasetWriter::create(
+        dir.path(),
+        vec![FieldSpec::raw("x"), FieldSpec::zstd("y")],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    for i in 0..40u32 {
+        w.append(format!("e{i:02}").as_bytes(), None, &[(0, b""), (1, b"")])
+            .unwrap();
+    }
+    w.finish(DatasetInfo::default()).unwrap();
+    let ds = Arc::new(Dataset::open(dir.path()).unwrap());
+    let opts = LoaderOptions {
+        chunk_bytes: 1,
+        ..small(3, 0)
+    };
+    let got: Vec<_> = Loader::new(ds.clone(), opts.clone())
+        .unwrap()
+        .map(|s| s.unwrap())
+        .collect();
+    assert_eq!(
+        got.iter().map(|s| s.index).collect::<Vec<_>>(),
+        epoch_order(&ds, &opts).unwrap()
+    );
+    assert!(got
+        .iter()
+        .all(|s| s.fields.len() == 2 && s.fields.iter().all(|f| f.data.is_empty())));
 }
 
 #[test]
