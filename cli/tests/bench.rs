@@ -83,6 +83,9 @@ fn bench_reports_every_phase_and_its_keys() {
         "epoch_s_loose",
         "batch_label_diversity",
         "batch_label_diversity_full_random",
+        "trainer_demand_mb_s",
+        "trainer_wait_s_loader",
+        "trainer_wait_s_loose",
     ] {
         let x = v[key].as_f64();
         assert!(x.is_some_and(|x| x > 0.0), "{key} = {}", v[key]);
@@ -90,6 +93,12 @@ fn bench_reports_every_phase_and_its_keys() {
     assert!(v["cache_evicted"].is_boolean());
     let busy = v["trainer_busy_loader"].as_f64().unwrap();
     assert!(busy > 0.0 && busy <= 1.0, "{busy}");
+    // Busy and waiting are disjoint parts of the epoch.
+    let wait = v["trainer_wait_s_loader"].as_f64().unwrap() / v["epoch_s_loader"].as_f64().unwrap();
+    assert!(busy + wait <= 1.0 + 1e-6, "busy {busy} + waiting {wait}");
+    // 1000-byte samples, batches of 32, 0.5 ms per step: the trainer asks for 64 MB/s.
+    let demand = v["trainer_demand_mb_s"].as_f64().unwrap();
+    assert!((demand - 64.0).abs() < 1.0, "{demand}");
     let notes = v["notes"].as_array().unwrap();
     assert!(
         !notes

@@ -47,6 +47,9 @@ pub struct Args {
     /// Loader chunk size, e.g. 4MiB.
     #[arg(long, value_parser = crate::util::parse_size, default_value = "4MiB")]
     pub chunk_size: u64,
+    /// Loader prefetch budget: memory for samples read ahead of the trainer.
+    #[arg(long, value_parser = crate::util::parse_size, default_value = "256MiB")]
+    pub prefetch: u64,
     /// Loader direct I/O: on, off or auto.
     #[arg(long, default_value = "on", value_parser = ["on", "off", "auto"])]
     pub direct: String,
@@ -141,12 +144,65 @@ fn limit(ds: &Dataset, threads: usize, notes: &mut Vec<String>) -> Result<Rate> 
     })
 }
 
+/// The simulated trainer: `step` of compute per batch, as a sleep (a GPU step costs the CPU
+/// nothing). A sleep wakes late by tens to hundreds of microseconds on a loaded machine; the
+/// lateness is taken off the next step, so the trainer asks for exactly one batch per `step`
+/// on average and its busy time is the time it really spent in steps.
+struct Trainer {
+    step: Duration,
+    /// Seconds the steps so far overran `step` in total.
+    late: f64,
+    busy: Duration,
+    /// Time spent waiting for the next batch.
+    waiting: Duration,
+}
+
+impl Trainer {
+    fn new(step: Duration) -> Trainer {
+        Trainer {
+            step,
+            late: 0.0,
+            busy: Duration::ZERO,
+            waiting: Duration::ZERO,
+        }
+    }
+
+    fn train(&mut self) {
+        let want = self.step.as_secs_f64() - self.late;
+        let t = Instant::now();
+        if want > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(want));
+        }
+        let took = t.elapsed();
+        self.busy += took;
+        self.late += took.as_secs_f64() - self.step.as_secs_f64();
+    }
+}
+
+/// A trainer's figures over `epochs` epochs of total wall time `wall`.
+struct TrainerRun {
+    busy: f64,
+    epoch_s: f64,
+    wait_s: f64,
+}
+
+impl TrainerRun {
+    fn of(t: &Trainer, wall: f64, epochs: u64) -> TrainerRun {
+        TrainerRun {
+            busy: t.busy.as_secs_f64() / wall.max(1e-9),
+            epoch_s: wall / epochs as f64,
+            wait_s: t.waiting.as_secs_f64() / epochs as f64,
+        }
+    }
+}
+
 fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
     LoaderOptions {
         seed: a.seed,
         epoch,
         batch_size: a.batch,
         chunk_bytes: a.chunk_size,
+        prefetch_bytes: a.prefetch,
         io_threads: a.loader_threads,
         direct_io: match a.direct.as_str() {
             "off" => DirectIo::Off,
@@ -157,13 +213,13 @@ fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
     }
 }
 
-/// Phase 2 (and the trainer on the loader): one epoch; `step` sleeps per batch.
+/// Phase 2 (and the trainer on the loader): one epoch, each batch handed to `trainer`.
 fn loader_epoch(
     ds: &Arc<Dataset>,
     opts: LoaderOptions,
-    step: Option<Duration>,
+    mut trainer: Option<&mut Trainer>,
     notes: &mut Vec<String>,
-) -> Result<(Rate, Duration)> {
+) -> Result<Rate> {
     let start = Instant::now();
     let mut loader = Loader::new(ds.clone(), opts)?;
     for n in loader.notes() {
@@ -172,26 +228,27 @@ fn loader_epoch(
         }
     }
     let (mut bytes, mut items) = (0u64, 0u64);
-    let mut busy = Duration::ZERO;
-    while let Some(batch) = loader.next_batch() {
+    loop {
+        let wait = Instant::now();
+        let Some(batch) = loader.next_batch() else {
+            break;
+        };
         let batch = batch?;
         for s in &batch {
             bytes += s.fields.iter().map(|f| f.data.len() as u64).sum::<u64>();
         }
         items += batch.len() as u64;
-        if let Some(t) = step {
-            std::thread::sleep(t);
-            busy += t;
+        if let Some(t) = trainer.as_deref_mut() {
+            t.waiting += wait.elapsed();
+            drop(batch); // the step is done with it; its buffers go back to the loader
+            t.train();
         }
     }
-    Ok((
-        Rate {
-            seconds: start.elapsed().as_secs_f64(),
-            bytes,
-            items,
-        },
-        busy,
-    ))
+    Ok(Rate {
+        seconds: start.elapsed().as_secs_f64(),
+        bytes,
+        items,
+    })
 }
 
 /// Loose samples: files grouped by folder + name up to the first dot, as `pack` groups them.
@@ -224,21 +281,21 @@ fn loose_samples(src: &Path) -> Result<Vec<Vec<PathBuf>>> {
 }
 
 /// Phase 3 (and the trainer on loose files): `threads` readers over a random order of
-/// samples; with `step`, a consumer takes batches and sleeps per batch.
+/// samples; with a `trainer`, a consumer takes batches and hands each to it.
 fn loose_epoch(
     samples: &[Vec<PathBuf>],
     threads: usize,
     seed: u64,
     batch: usize,
-    step: Option<Duration>,
-) -> Result<(Rate, Duration)> {
+    mut trainer: Option<&mut Trainer>,
+) -> Result<Rate> {
     let mut order: Vec<usize> = (0..samples.len()).collect();
     SplitMix64::new(seed).shuffle(&mut order);
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let start = Instant::now();
     let (tx, rx) = mpsc::sync_channel::<u64>(batch * 4);
-    let busy = std::thread::scope(|sc| -> Result<Duration> {
+    std::thread::scope(|sc| -> Result<()> {
         let mut hs = Vec::new();
         for _ in 0..threads.max(1) {
             let tx = tx.clone();
@@ -261,22 +318,23 @@ fn loose_epoch(
             }));
         }
         drop(tx);
-        let mut busy = Duration::ZERO;
         let mut in_batch = 0usize;
+        let mut wait = Instant::now();
         for _ in rx.iter() {
             in_batch += 1;
             if in_batch == batch {
                 in_batch = 0;
-                if let Some(t) = step {
-                    std::thread::sleep(t);
-                    busy += t;
+                if let Some(t) = trainer.as_deref_mut() {
+                    t.waiting += wait.elapsed();
+                    t.train();
+                    wait = Instant::now();
                 }
             }
         }
         if in_batch > 0 {
-            if let Some(t) = step {
-                std::thread::sleep(t);
-                busy += t;
+            if let Some(t) = trainer {
+                t.waiting += wait.elapsed();
+                t.train();
             }
         }
         for h in hs {
@@ -284,16 +342,13 @@ fn loose_epoch(
                 .expect("reader thread")
                 .context("reading loose files")?;
         }
-        Ok(busy)
+        Ok(())
     })?;
-    Ok((
-        Rate {
-            seconds: start.elapsed().as_secs_f64(),
-            bytes: bytes.into_inner(),
-            items: samples.len() as u64,
-        },
-        busy,
-    ))
+    Ok(Rate {
+        seconds: start.elapsed().as_secs_f64(),
+        bytes: bytes.into_inner(),
+        items: samples.len() as u64,
+    })
 }
 
 fn quality(ds: &Dataset, opts: &LoaderOptions) -> Result<Option<ShuffleQuality>> {
@@ -326,7 +381,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 
     // 2. One shuffled loader epoch.
     evicted &= evict_all(shard_refs(), &mut notes);
-    let (ld, _) = loader_epoch(&ds, loader_opts(&a, 0), None, &mut notes)?;
+    let ld = loader_epoch(&ds, loader_opts(&a, 0), None, &mut notes)?;
     // Compare like with like: the stored bytes the loader read (decoded sizes would flatter
     // compressed datasets).
     let stored: u64 = ds.manifest().fields.iter().map(|f| f.stored_bytes).sum();
@@ -342,7 +397,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             let samples = loose_samples(src)?;
             let paths: Vec<&Path> = samples.iter().flatten().map(PathBuf::as_path).collect();
             evicted &= evict_all(paths.iter().copied(), &mut notes);
-            let (r, _) = loose_epoch(&samples, a.threads, a.seed, a.batch, None)?;
+            let r = loose_epoch(&samples, a.threads, a.seed, a.batch, None)?;
             Some((samples, r))
         }
         None => None,
@@ -351,27 +406,23 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     // 4. The simulated trainer.
     let mut trainer_loader = None;
     let mut trainer_loose = None;
-    if let Some(t) = step {
+    if let Some(step) = step {
         let mut wall = 0.0;
-        let mut busy = Duration::ZERO;
+        let mut t = Trainer::new(step);
         for e in 0..a.epochs {
             evicted &= evict_all(shard_refs(), &mut notes);
-            let (r, b) = loader_epoch(&ds, loader_opts(&a, e), Some(t), &mut notes)?;
-            wall += r.seconds;
-            busy += b;
+            wall += loader_epoch(&ds, loader_opts(&a, e), Some(&mut t), &mut notes)?.seconds;
         }
-        trainer_loader = Some((busy.as_secs_f64() / wall, wall / a.epochs as f64));
+        trainer_loader = Some(TrainerRun::of(&t, wall, a.epochs));
         if let Some((samples, _)) = &loose {
             let mut wall = 0.0;
-            let mut busy = Duration::ZERO;
+            let mut t = Trainer::new(step);
             for e in 0..a.epochs {
                 let paths: Vec<&Path> = samples.iter().flatten().map(PathBuf::as_path).collect();
                 evicted &= evict_all(paths.iter().copied(), &mut notes);
-                let (r, b) = loose_epoch(samples, a.threads, a.seed ^ e, a.batch, Some(t))?;
-                wall += r.seconds;
-                busy += b;
+                wall += loose_epoch(samples, a.threads, a.seed ^ e, a.batch, Some(&mut t))?.seconds;
             }
-            trainer_loose = Some((busy.as_secs_f64() / wall, wall / a.epochs as f64));
+            trainer_loose = Some(TrainerRun::of(&t, wall, a.epochs));
         }
     }
 
@@ -405,11 +456,19 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         "loose_threads": loose_rate.map(|_| a.threads),
         "loader_to_loose": loose_rate.map(|r| ld.items_s() / r.items_s().max(1e-9)),
         "step_ms": a.step_ms,
+        "trainer_demand_mb_s": a
+            .step_ms
+            .map(|ms| stored as f64 / ds.len().max(1) as f64 * a.batch as f64 / ms / 1e3),
         "batch": a.batch,
-        "trainer_busy_loader": trainer_loader.map(|t| t.0),
-        "trainer_busy_loose": trainer_loose.map(|t| t.0),
-        "epoch_s_loader": trainer_loader.map(|t| t.1).or(Some(ld.seconds)),
-        "epoch_s_loose": trainer_loose.map(|t| t.1).or(loose_rate.map(|r| r.seconds)),
+        "trainer_busy_loader": trainer_loader.as_ref().map(|t| t.busy),
+        "trainer_busy_loose": trainer_loose.as_ref().map(|t| t.busy),
+        "trainer_wait_s_loader": trainer_loader.as_ref().map(|t| t.wait_s),
+        "trainer_wait_s_loose": trainer_loose.as_ref().map(|t| t.wait_s),
+        "epoch_s_loader": trainer_loader.as_ref().map(|t| t.epoch_s).or(Some(ld.seconds)),
+        "epoch_s_loose": trainer_loose
+            .as_ref()
+            .map(|t| t.epoch_s)
+            .or(loose_rate.map(|r| r.seconds)),
         "batch_label_diversity": q.map(|q| q.labels_per_batch),
         "batch_label_diversity_full_random": q.map(|q| q.labels_per_batch_full_random),
         "batch_label_diversity_ratio": q.map(|q| q.diversity_ratio),
@@ -468,22 +527,25 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     if let Some(ms) = a.step_ms {
         writeln!(
             out,
-            "  trainer: {ms} ms per batch of {}, {} epoch(s)",
-            a.batch, a.epochs
+            "  trainer: {ms} ms per batch of {} (asks for {} MB/s), {} epoch(s)",
+            a.batch,
+            f(&v["trainer_demand_mb_s"]),
+            a.epochs
         )?;
-        writeln!(
-            out,
-            "    fed by the loader:      busy {:>5.1}%   epoch {:>8.2} s",
-            100.0 * trainer_loader.map_or(0.0, |t| t.0),
-            trainer_loader.map_or(0.0, |t| t.1)
-        )?;
-        if let Some(t) = trainer_loose {
-            writeln!(
-                out,
-                "    fed by loose files:     busy {:>5.1}%   epoch {:>8.2} s",
-                100.0 * t.0,
-                t.1
-            )?;
+        for (source, t) in [
+            ("the loader", &trainer_loader),
+            ("loose files", &trainer_loose),
+        ] {
+            if let Some(t) = t {
+                writeln!(
+                    out,
+                    "    fed by {:<16} busy {:>5.1}%   epoch {:>8.2} s   waiting for data {:>7.2} s",
+                    format!("{source}:"),
+                    100.0 * t.busy,
+                    t.epoch_s,
+                    t.wait_s
+                )?;
+            }
         }
     }
     if let Some(q) = q {
