@@ -23,15 +23,17 @@
 //! ([`SampleBytes`], no copy); a compressed one owns its decompressed bytes.
 //!
 //! Memory: the pieces read ahead of the consumer, plus the window it is taking samples from,
-//! hold about [`LoaderOptions::prefetch_bytes`] (stored bytes plus decompressed sizes). Reads
-//! are granted memory in order while they fit, except that the window the consumer needs next
-//! is always granted, so the budget is exceeded by at most one window (say, when one window is
-//! larger than the whole budget). Samples the consumer keeps after taking them keep their chunk
-//! buffers alive on top of that, so drop them after each step (or copy out what must stay).
+//! hold at most [`LoaderOptions::prefetch_bytes`] (stored bytes plus decompressed sizes).
+//! Reads are granted memory in order while they fit; the window the consumer needs next is
+//! granted even when it does not, so a single window larger than the whole budget is still
+//! read (alone). Idle buffers are kept for reuse up to the budget. Samples the consumer keeps
+//! after taking them keep their chunk buffers alive on top of that, so drop them after each
+//! step (or copy out what must stay).
 //!
 //! [`LoaderState`] records `(seed, epoch, samples_consumed)` (with rank and world size); a
 //! loader built from it continues with exactly the samples that would have come next, without
-//! reading or replaying the skipped ones.
+//! replaying the skipped ones: it starts at the window holding the next sample, skips the
+//! chunks of that window that hold only consumed samples, and decodes none of those.
 //!
 //! ```
 //! # use std::sync::Arc;
@@ -66,9 +68,9 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::codec::{decode_into, new_dctx};
+use crate::codec::{decode_into, max_decoded_len, new_dctx};
 use crate::error::{Error, Result};
-use crate::format::{record_checksum, Codec};
+use crate::format::{record_checksum, Codec, FormatError, FormatErrorKind};
 pub use crate::pool::SampleBytes;
 use crate::pool::{BufPool, PooledBuf};
 use crate::reader::Dataset;
@@ -233,9 +235,6 @@ struct Piece {
     /// First local sample.
     first: u64,
     count: u64,
-    /// Memory the piece holds once loaded (its stored bytes plus the decoded size of its
-    /// compressed records), for the prefetch budget.
-    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -277,17 +276,13 @@ fn chunks_of(ds: &Dataset, chunk_bytes: u64) -> Result<Vec<Piece>> {
                 .map_err(|e| Error::corrupt(shard.path(), e))?;
             for r in e.first_record..e.first_record + e.record_count as u64 {
                 let rec = b.record(r).map_err(|e| Error::corrupt(shard.path(), e))?;
-                bytes += rec.stored_len;
-                if rec.codec != Codec::Raw.as_u32() {
-                    bytes += rec.raw_len;
-                }
+                bytes = bytes.saturating_add(rec.raw_len.max(rec.stored_len));
             }
             if bytes >= chunk_bytes || local + 1 == shard.len() {
                 chunks.push(Piece {
                     shard: s as u32,
                     first,
                     count: local + 1 - first,
-                    bytes,
                 });
                 first = local + 1;
                 bytes = 0;
@@ -334,7 +329,6 @@ impl Plan {
                             shard: c.shard,
                             first: c.first + off,
                             count: take,
-                            bytes: c.bytes * take / c.count.max(1),
                         });
                         want -= take;
                         pos = (pos + take) % n_total;
@@ -358,20 +352,10 @@ impl Plan {
                         let mut pieces = Vec::with_capacity(group.len());
                         for &g in group {
                             let (s, local) = ds.locate(g)?;
-                            let sample = ds.shards()[s].sample(local, g)?;
-                            let mut bytes = 0;
-                            for f in sample.fields() {
-                                let f = f?;
-                                bytes += f.stored().len() as u64;
-                                if f.codec() != Codec::Raw {
-                                    bytes += f.raw_len();
-                                }
-                            }
                             pieces.push(Piece {
                                 shard: s as u32,
                                 first: local,
                                 count: 1,
-                                bytes,
                             });
                         }
                         windows.push(Window {
@@ -472,9 +456,10 @@ impl Budget {
             if s.stopped {
                 return false;
             }
-            if s.next_grant == seq && (window <= s.consumer_window || s.used + bytes <= self.limit)
+            if s.next_grant == seq
+                && (window <= s.consumer_window || s.used.saturating_add(bytes) <= self.limit)
             {
-                s.used += bytes;
+                s.used = s.used.saturating_add(bytes);
                 s.next_grant += 1;
                 self.cv.notify_all();
                 return true;
@@ -511,58 +496,83 @@ struct Shared {
     /// Samples to skip at the start of the first window (resume).
     skip_first: u64,
     first_window: usize,
-    /// Which pieces of the first window hold samples still to come after a resume.
-    first_needed: Vec<bool>,
+    /// For each piece of the first window, which of its samples are still to come after a
+    /// resume (all of them on a fresh start).
+    first_wanted: Vec<Vec<bool>>,
 }
 
 impl Shared {
-    fn needed(&self, w: usize, pi: usize) -> bool {
-        w != self.first_window || self.first_needed[pi]
+    /// Whether sample `at` of piece `pi` of window `w` is handed out (not skipped by a resume).
+    fn wanted(&self, w: usize, pi: usize, at: usize) -> bool {
+        w != self.first_window || self.first_wanted[pi][at]
     }
 
-    /// Memory piece `pi` of window `w` is granted (none for a piece a resume skips).
-    fn piece_bytes(&self, w: usize, pi: usize) -> u64 {
-        if self.needed(w, pi) {
-            self.plan.windows[w].pieces[pi].bytes
-        } else {
-            0
-        }
-    }
-
-    fn window_bytes(&self, w: usize) -> u64 {
-        (0..self.plan.windows[w].pieces.len())
-            .map(|pi| self.piece_bytes(w, pi))
-            .sum()
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.budget.stop();
     }
 }
 
-/// The samples of one piece in stored order (empty for a piece a resume skips).
+/// The samples of one piece in stored order; `None` for those a resume skips.
 struct PieceResult {
     window: usize,
     piece: usize,
-    samples: Vec<Result<LoadedSample>>,
+    /// Memory granted to the piece, released when its window is done.
+    charge: u64,
+    samples: Vec<Option<Result<LoadedSample>>>,
+}
+
+/// Stops the loader if a worker thread panics, so the others do not wait forever for budget
+/// that will never be released, and the consumer gets an error instead of hanging.
+struct StopOnPanic<'a>(&'a Shared);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop();
+        }
+    }
 }
 
 fn worker(sh: Arc<Shared>, tx: Sender<PieceResult>) {
+    let _guard = StopOnPanic(&sh);
     let mut dctx = new_dctx();
+    let n_work = *sh.piece_starts.last().unwrap_or(&0);
     loop {
         let k = sh.next_work.fetch_add(1, Ordering::SeqCst);
-        if k >= *sh.piece_starts.last().unwrap_or(&0) || sh.stop.load(Ordering::SeqCst) {
+        if k >= n_work || sh.stop.load(Ordering::SeqCst) {
             return;
         }
         let w = sh.piece_starts.partition_point(|&s| s <= k) - 1;
         let pi = k - sh.piece_starts[w];
-        if !sh.budget.acquire(k, w, sh.piece_bytes(w, pi)) {
+        let piece = sh.plan.windows[w].pieces[pi];
+        let needed = (0..piece.count as usize).any(|at| sh.wanted(w, pi, at));
+        let extent = match needed {
+            true => extent_of(&sh, piece),
+            false => Ok(Extent::default()),
+        };
+        // Charge the memory the piece will really hold: its buffer (a recycled one may be
+        // larger than the read) and its decompressed records.
+        let buf = match &extent {
+            Ok(e) if e.len > 0 => sh.pool.take(e.len),
+            _ => sh.pool.empty(),
+        };
+        let charge = match &extent {
+            Ok(e) => (buf.buf().footprint_after(e.len) as u64).saturating_add(e.decoded),
+            Err(_) => 0,
+        };
+        if !sh.budget.acquire(k, w, charge) {
             return;
         }
-        let samples = if sh.needed(w, pi) {
-            load_piece(&sh, sh.plan.windows[w].pieces[pi], &mut dctx)
-        } else {
-            Vec::new()
+        let samples = match extent {
+            _ if !needed => (0..piece.count).map(|_| None).collect(),
+            Ok(e) => load_piece(&sh, w, pi, piece, &e, buf, &mut dctx),
+            Err(e) => failed_piece(&sh, w, pi, piece, e),
         };
         let done = PieceResult {
             window: w,
             piece: pi,
+            charge,
             samples,
         };
         if tx.send(done).is_err() {
@@ -571,81 +581,136 @@ fn worker(sh: Arc<Shared>, tx: Sender<PieceResult>) {
     }
 }
 
-/// Reads `piece` with one aligned read and decodes each of its samples.
-fn load_piece(
-    sh: &Shared,
-    piece: Piece,
-    dctx: &mut zstd::zstd_safe::DCtx<'static>,
-) -> Vec<Result<LoadedSample>> {
-    let locals = piece.first..piece.first + piece.count;
-    match read_piece(sh, piece) {
-        Ok((buf, base)) => {
-            let buf = Arc::new(buf);
-            locals
-                .map(|local| decode_sample(sh, piece.shard, local, base, &buf, dctx))
-                .collect()
-        }
-        Err(e) => {
-            let path = sh.ds.shards()[piece.shard as usize].path();
-            let msg = e.to_string();
-            locals
-                .map(|_| {
-                    Err(Error::Io {
-                        path: path.to_path_buf(),
-                        op: "read",
-                        source: std::io::Error::other(msg.clone()),
-                    })
-                })
-                .collect()
-        }
-    }
+/// The byte range a piece's records occupy, widened to the direct-I/O alignment, and the
+/// decoded size of its compressed records.
+#[derive(Debug, Default)]
+struct Extent {
+    /// File offset of the first byte to read.
+    start: u64,
+    /// Bytes to read (0 when nothing is stored).
+    len: usize,
+    /// End of the last record.
+    end: u64,
+    /// Bytes the compressed records decode to (bounded by what their stored size allows).
+    decoded: u64,
 }
 
-/// Reads the byte range covering `piece`'s records into a pooled buffer with one aligned
-/// read; returns the buffer and the file offset of its first byte.
-fn read_piece(sh: &Shared, piece: Piece) -> Result<(PooledBuf, u64)> {
+fn extent_of(sh: &Shared, piece: Piece) -> Result<Extent> {
     let shard = &sh.ds.shards()[piece.shard as usize];
     let b = shard.bytes();
     let corrupt = |e| Error::corrupt(shard.path(), e);
-    let (mut lo, mut hi) = (u64::MAX, 0u64);
+    let (mut lo, mut hi, mut decoded) = (u64::MAX, 0u64, 0u64);
     for local in piece.first..piece.first + piece.count {
         let e = b.sample(local).map_err(corrupt)?;
         for r in e.first_record..e.first_record + e.record_count as u64 {
             let rec = b.record(r).map_err(corrupt)?;
             if rec.stored_len > 0 {
                 lo = lo.min(rec.offset);
-                hi = hi.max(rec.offset + rec.stored_len);
+                hi = hi.max(rec.offset.saturating_add(rec.stored_len));
+            }
+            if rec.codec != Codec::Raw.as_u32() {
+                let bound = max_decoded_len(rec.stored_len);
+                decoded = decoded.saturating_add(rec.raw_len.min(bound));
             }
         }
     }
     if lo >= hi {
-        return Ok((sh.pool.take(0), 0)); // nothing stored (all records empty)
+        return Ok(Extent {
+            decoded,
+            ..Extent::default()
+        });
     }
     let a = DIRECT_ALIGN as u64;
     let start = lo / a * a;
-    let end = hi.div_ceil(a) * a;
-    let want = (end - start) as usize;
-    let mut buf = sh.pool.take(want);
+    let len = usize::try_from(hi.div_ceil(a) * a - start).map_err(|_| {
+        corrupt(FormatError {
+            region: "index/records",
+            offset: lo,
+            kind: FormatErrorKind::Invalid(format!(
+                "records from byte {lo} to {hi} do not fit in memory"
+            )),
+        })
+    })?;
+    Ok(Extent {
+        start,
+        len,
+        end: hi,
+        decoded,
+    })
+}
+
+/// Reads a piece with one aligned read into `buf` and decodes the samples wanted.
+fn load_piece(
+    sh: &Shared,
+    w: usize,
+    pi: usize,
+    piece: Piece,
+    extent: &Extent,
+    mut buf: PooledBuf,
+    dctx: &mut zstd::zstd_safe::DCtx<'static>,
+) -> Vec<Option<Result<LoadedSample>>> {
+    if let Err(e) = read_extent(sh, piece, extent, &mut buf) {
+        return failed_piece(sh, w, pi, piece, e);
+    }
+    let buf = Arc::new(buf);
+    (0..piece.count)
+        .map(|at| {
+            sh.wanted(w, pi, at as usize)
+                .then(|| decode_sample(sh, piece.shard, piece.first + at, extent.start, &buf, dctx))
+        })
+        .collect()
+}
+
+/// The same error for every wanted sample of a piece.
+fn failed_piece(
+    sh: &Shared,
+    w: usize,
+    pi: usize,
+    piece: Piece,
+    e: Error,
+) -> Vec<Option<Result<LoadedSample>>> {
+    let path = sh.ds.shards()[piece.shard as usize].path();
+    let msg = e.to_string();
+    (0..piece.count as usize)
+        .map(|at| {
+            sh.wanted(w, pi, at).then(|| {
+                Err(Error::Io {
+                    path: path.to_path_buf(),
+                    op: "read",
+                    source: std::io::Error::other(msg.clone()),
+                })
+            })
+        })
+        .collect()
+}
+
+/// Reads `e` into `buf` with one read.
+fn read_extent(sh: &Shared, piece: Piece, e: &Extent, buf: &mut PooledBuf) -> Result<()> {
+    if e.len == 0 {
+        return Ok(());
+    }
+    let shard = &sh.ds.shards()[piece.shard as usize];
     let n = read_full_at(
         &sh.files[piece.shard as usize],
-        buf.buf_mut().resize(want),
-        start,
+        buf.buf_mut().resize(e.len),
+        e.start,
     )
-    .map_err(|e| Error::io(shard.path(), "read", e))?;
-    if (n as u64) < hi - start {
+    .map_err(|err| Error::io(shard.path(), "read", err))?;
+    if (n as u64) < e.end - e.start {
         return Err(Error::io(
             shard.path(),
             "read",
             std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 format!(
-                    "shard ends at byte {} inside a record ending at {hi}",
-                    start + n as u64
+                    "shard ends at byte {} inside a record ending at {}",
+                    e.start + n as u64,
+                    e.end
                 ),
             ),
         ));
     }
-    Ok((buf, start))
+    Ok(())
 }
 
 fn decode_sample(
@@ -687,7 +752,9 @@ fn decode_sample(
                 f.checksum()
             )));
         }
-        let data = if f.codec() == Codec::Raw {
+        let data = if f.codec() == Codec::Raw && len == 0 {
+            SampleBytes::from(Vec::new()) // pins no buffer
+        } else if f.codec() == Codec::Raw {
             SampleBytes::view(buf.clone(), at, len)
         } else {
             let mut out = Vec::new();
@@ -721,8 +788,10 @@ fn decode_sample(
 
 /// The loaded pieces of one window, waiting for the rest.
 struct PendingWindow {
-    pieces: Vec<Option<Vec<Result<LoadedSample>>>>,
+    pieces: Vec<Option<Vec<Option<Result<LoadedSample>>>>>,
     missing: usize,
+    /// Memory granted to the pieces so far.
+    charge: u64,
 }
 
 /// Serves one rank's epoch. See the module docs.
@@ -732,7 +801,8 @@ pub struct Loader {
     threads: Vec<JoinHandle<()>>,
     pending: BTreeMap<usize, PendingWindow>,
     current: std::vec::IntoIter<Result<LoadedSample>>,
-    current_window: Option<usize>,
+    /// The window samples are being taken from, and the memory granted to it.
+    current_window: Option<(usize, u64)>,
     next_window: usize,
     consumed: u64,
     batch_size: usize,
@@ -813,11 +883,18 @@ impl Loader {
             .partition_point(|&s| s <= consumed)
             .saturating_sub(1);
         let skip_first = consumed - plan.starts.get(first_window).copied().unwrap_or(0);
-        let mut first_needed = Vec::new();
+        let mut first_wanted: Vec<Vec<bool>> = Vec::new();
         if let Some(win) = plan.windows.get(first_window) {
-            first_needed = vec![false; win.pieces.len()];
-            for &(pi, _) in &plan.window_order(first_window)[skip_first as usize..] {
-                first_needed[pi as usize] = true;
+            first_wanted = win
+                .pieces
+                .iter()
+                .map(|p| vec![skip_first == 0; p.count as usize])
+                .collect();
+            if skip_first > 0 {
+                for &(pi, local) in &plan.window_order(first_window)[skip_first as usize..] {
+                    let p = &win.pieces[pi as usize];
+                    first_wanted[pi as usize][(local - p.first) as usize] = true;
+                }
             }
         }
         let mut piece_starts = Vec::with_capacity(plan.windows.len() + 1);
@@ -829,7 +906,9 @@ impl Loader {
         piece_starts.push(n_pieces);
         let first_piece = piece_starts[first_window];
         // Enough free buffers to refill the whole budget without allocating.
-        let keep = (opts.prefetch_bytes / opts.chunk_bytes.max(1)) as usize + opts.io_threads;
+        let keep = usize::try_from(opts.prefetch_bytes / opts.chunk_bytes.max(1))
+            .unwrap_or(usize::MAX)
+            .saturating_add(opts.io_threads);
         let shared = Arc::new(Shared {
             ds,
             plan,
@@ -850,7 +929,7 @@ impl Loader {
             pool: BufPool::new(keep.min(1024)),
             skip_first,
             first_window,
-            first_needed,
+            first_wanted,
         });
         let (tx, rx) = channel();
         let mut threads = Vec::new();
@@ -858,14 +937,16 @@ impl Loader {
             for i in 0..opts.io_threads.min(n_pieces - first_piece) {
                 let sh = shared.clone();
                 let tx = tx.clone();
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("shardpack-loader-{i}"))
-                        .spawn(move || worker(sh, tx))
-                        .map_err(|e| {
-                            Error::Options(format!("cannot start a loader thread: {e}"))
-                        })?,
-                );
+                let spawned = std::thread::Builder::new()
+                    .name(format!("shardpack-loader-{i}"))
+                    .spawn(move || worker(sh, tx));
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(e) => {
+                        shared.stop(); // the threads already started exit
+                        return Err(Error::Options(format!("cannot start a loader thread: {e}")));
+                    }
+                }
             }
         }
         Ok(Loader {
@@ -926,8 +1007,8 @@ impl Loader {
                 self.consumed += 1;
                 return Some(s);
             }
-            if let Some(w) = self.current_window.take() {
-                self.shared.budget.release(w, self.shared.window_bytes(w));
+            if let Some((w, charge)) = self.current_window.take() {
+                self.shared.budget.release(w, charge);
             }
             if self.consumed >= self.len() || self.next_window >= self.shared.plan.windows.len() {
                 return None;
@@ -943,9 +1024,11 @@ impl Loader {
                             .or_insert_with(|| PendingWindow {
                                 pieces: (0..n).map(|_| None).collect(),
                                 missing: n,
+                                charge: 0,
                             });
                         p.pieces[done.piece] = Some(done.samples);
                         p.missing -= 1;
+                        p.charge = p.charge.saturating_add(done.charge);
                     }
                     None => {
                         return Some(Err(Error::Options(
@@ -955,21 +1038,21 @@ impl Loader {
                 }
             }
             let p = self.pending.remove(&w).expect("window complete");
-            self.current = self.assemble(w, p).into_iter();
-            self.current_window = Some(w);
+            self.current_window = Some((w, p.charge));
+            self.current = self.assemble(w, p.pieces).into_iter();
             self.next_window += 1;
         }
     }
 
     /// Puts the loaded samples of window `w` in its output order.
-    fn assemble(&self, w: usize, p: PendingWindow) -> Vec<Result<LoadedSample>> {
+    fn assemble(
+        &self,
+        w: usize,
+        pieces: Vec<Option<Vec<Option<Result<LoadedSample>>>>>,
+    ) -> Vec<Result<LoadedSample>> {
         let sh = &self.shared;
         let win = &sh.plan.windows[w];
-        let mut pieces: Vec<Vec<Option<Result<LoadedSample>>>> = p
-            .pieces
-            .into_iter()
-            .map(|s| s.unwrap_or_default().into_iter().map(Some).collect())
-            .collect();
+        let mut pieces: Vec<_> = pieces.into_iter().map(Option::unwrap_or_default).collect();
         let mut order = sh.plan.window_order(w);
         if w == sh.first_window {
             order.drain(..sh.skip_first as usize);
@@ -980,7 +1063,7 @@ impl Loader {
                 let at = (local - win.pieces[pi as usize].first) as usize;
                 pieces[pi as usize][at]
                     .take()
-                    .expect("each sample of a needed piece is handed out once")
+                    .expect("every wanted sample is loaded and handed out once")
             })
             .collect()
     }
@@ -1010,11 +1093,12 @@ impl Iterator for Loader {
 
 impl Drop for Loader {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.budget.stop();
+        self.shared.stop();
         self.rx = None; // unblocks senders
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Samples the caller still holds keep their own buffers, not the idle ones.
+        self.shared.pool.close();
     }
 }

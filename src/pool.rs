@@ -8,6 +8,7 @@
 //! costs more than reading it from the device.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
@@ -16,24 +17,47 @@ use crate::sys::AlignedBuf;
 /// Free aligned buffers, kept for reuse up to a count.
 #[derive(Debug)]
 pub(crate) struct BufPool {
-    free: Mutex<Vec<AlignedBuf>>,
+    free: Mutex<Free>,
     keep: usize,
+}
+
+#[derive(Debug, Default)]
+struct Free {
+    bufs: Vec<AlignedBuf>,
+    /// Set when the owner is gone: buffers coming back are freed, not kept.
+    closed: bool,
 }
 
 impl BufPool {
     /// A pool that keeps at most `keep` free buffers.
     pub(crate) fn new(keep: usize) -> Arc<BufPool> {
         Arc::new(BufPool {
-            free: Mutex::new(Vec::new()),
+            free: Mutex::new(Free::default()),
             keep,
         })
+    }
+
+    /// Frees the idle buffers and stops keeping returned ones, so samples that outlive their
+    /// loader hold only their own buffers.
+    pub(crate) fn close(&self) {
+        let mut free = self.free.lock().expect("buffer pool lock");
+        free.closed = true;
+        free.bufs = Vec::new();
+    }
+
+    /// An empty buffer that holds no memory (for a piece with nothing stored).
+    pub(crate) fn empty(self: &Arc<Self>) -> PooledBuf {
+        PooledBuf {
+            buf: AlignedBuf::new(),
+            pool: self.clone(),
+        }
     }
 
     /// A buffer of at least `len` bytes of capacity if one is free (the smallest such), else
     /// any free buffer (it grows on use), else a new one.
     pub(crate) fn take(self: &Arc<Self>, len: usize) -> PooledBuf {
         let buf = {
-            let mut free = self.free.lock().expect("buffer pool lock");
+            let free = &mut self.free.lock().expect("buffer pool lock").bufs;
             let fit = free
                 .iter()
                 .enumerate()
@@ -56,6 +80,10 @@ impl BufPool {
             return;
         }
         let mut free = self.free.lock().expect("buffer pool lock");
+        if free.closed {
+            return;
+        }
+        let free = &mut free.bufs;
         if free.len() < self.keep {
             free.push(buf);
         } else if let Some(small) = free.iter_mut().min_by_key(|b| b.capacity()) {
@@ -68,7 +96,7 @@ impl BufPool {
 
     #[cfg(test)]
     fn free_count(&self) -> usize {
-        self.free.lock().unwrap().len()
+        self.free.lock().unwrap().bufs.len()
     }
 }
 
@@ -164,6 +192,33 @@ impl PartialEq for SampleBytes {
 
 impl Eq for SampleBytes {}
 
+impl PartialEq<[u8]> for SampleBytes {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl PartialEq<&[u8]> for SampleBytes {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.as_slice() == *other
+    }
+}
+
+impl Hash for SampleBytes {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
+    }
+}
+
+impl From<SampleBytes> for Vec<u8> {
+    fn from(b: SampleBytes) -> Vec<u8> {
+        match b.0 {
+            Repr::Owned(v) => v,
+            Repr::View { .. } => b.as_slice().to_vec(),
+        }
+    }
+}
+
 impl fmt::Debug for SampleBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.as_slice();
@@ -224,10 +279,28 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_pool_frees_what_comes_back() {
+        let pool = BufPool::new(4);
+        let mut a = pool.take(0);
+        a.buf_mut().resize(4096);
+        let mut b = pool.take(0);
+        b.buf_mut().resize(4096);
+        drop(a);
+        assert_eq!(pool.free_count(), 1);
+        pool.close();
+        assert_eq!(pool.free_count(), 0, "idle buffers freed");
+        drop(b);
+        assert_eq!(pool.free_count(), 0, "returned buffers freed");
+        assert_eq!(pool.empty().buf().capacity(), 0);
+    }
+
+    #[test]
     fn owned_bytes_compare_by_content() {
         let v = SampleBytes::from(b"abc".to_vec());
         assert!(!v.is_view());
         assert_eq!(v, SampleBytes::from(b"abc".to_vec()));
+        assert_eq!(v, b"abc"[..]);
+        assert_eq!(Vec::from(v.clone()), b"abc".to_vec());
         assert_eq!(format!("{v:?}"), "SampleBytes(3 bytes: 616263)");
     }
 }

@@ -77,16 +77,14 @@ impl AlignedBuf {
     /// for chunks of slightly different sizes rarely need to grow.
     pub fn resize(&mut self, len: usize) -> &mut [u8] {
         if self.capacity() < len {
-            const GRAIN: usize = 256 << 10;
-            let cap = if len > 1 << 20 {
-                len.next_multiple_of(GRAIN)
-            } else {
-                len
-            };
             self.vec = Vec::new(); // free the old allocation first
-            self.vec = vec![0; cap + DIRECT_ALIGN];
+            self.vec = vec![0; Self::rounded(len) + DIRECT_ALIGN];
         }
-        self.start = self.vec.as_ptr().align_offset(DIRECT_ALIGN);
+        // An empty Vec's dangling pointer is not aligned; there is nothing to align then.
+        self.start = match self.vec.is_empty() {
+            true => 0,
+            false => self.vec.as_ptr().align_offset(DIRECT_ALIGN),
+        };
         self.len = len;
         &mut self.vec[self.start..self.start + len]
     }
@@ -94,6 +92,24 @@ impl AlignedBuf {
     /// The largest length [`AlignedBuf::resize`] can give without allocating.
     pub fn capacity(&self) -> usize {
         self.vec.len().saturating_sub(DIRECT_ALIGN)
+    }
+
+    /// The bytes of memory the buffer will hold after `resize(len)`.
+    pub fn footprint_after(&self, len: usize) -> usize {
+        if self.capacity() >= len {
+            self.vec.len()
+        } else {
+            Self::rounded(len) + DIRECT_ALIGN
+        }
+    }
+
+    fn rounded(len: usize) -> usize {
+        const GRAIN: usize = 256 << 10;
+        if len > 1 << 20 {
+            len.next_multiple_of(GRAIN)
+        } else {
+            len
+        }
     }
 
     /// The current contents.
@@ -201,6 +217,19 @@ mod tests {
         let q = b.resize(5_000).as_ptr();
         assert_eq!(p, q, "a smaller size reuses the allocation");
         assert_eq!(q as usize % DIRECT_ALIGN, 0);
+        assert_eq!(b.footprint_after(10_000), 10_000 + DIRECT_ALIGN);
+        assert_eq!(
+            AlignedBuf::new().resize(0).len(),
+            0,
+            "an empty buffer needs no memory"
+        );
+        let mut big = AlignedBuf::new();
+        assert_eq!(
+            big.footprint_after((4 << 20) + 1),
+            (17 << 18) + DIRECT_ALIGN
+        );
+        big.resize((4 << 20) + 1);
+        assert_eq!(big.capacity(), 17 << 18, "rounded up to 256 KiB");
     }
 
     #[test]

@@ -150,3 +150,23 @@ fn bench_warns_about_a_class_sorted_dataset() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_refuses_a_step_that_is_not_a_positive_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    tree(&src);
+    let ds = dir.path().join("ds");
+    pack(&src, &ds, &[]);
+    for bad in ["0", "-1", "NaN"] {
+        let out = bin()
+            .arg("bench")
+            .arg(&ds)
+            .arg(format!("--step-ms={bad}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--step-ms {bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--step-ms"), "{err}");
+    }
+}

@@ -146,8 +146,9 @@ fn limit(ds: &Dataset, threads: usize, notes: &mut Vec<String>) -> Result<Rate> 
 
 /// The simulated trainer: `step` of compute per batch, as a sleep (a GPU step costs the CPU
 /// nothing). A sleep wakes late by tens to hundreds of microseconds on a loaded machine; the
-/// lateness is taken off the next step, so the trainer asks for exactly one batch per `step`
-/// on average and its busy time is the time it really spent in steps.
+/// lateness (up to one step) is taken off the next step, so the trainer asks for one batch
+/// per `step` on average and its busy time is the time it really spent in steps. Longer
+/// delays (the process descheduled) are not made up with a burst of empty steps.
 struct Trainer {
     step: Duration,
     /// Seconds the steps so far overran `step` in total.
@@ -175,7 +176,8 @@ impl Trainer {
         }
         let took = t.elapsed();
         self.busy += took;
-        self.late += took.as_secs_f64() - self.step.as_secs_f64();
+        self.late = (self.late + took.as_secs_f64() - self.step.as_secs_f64())
+            .clamp(0.0, self.step.as_secs_f64());
     }
 }
 
@@ -367,6 +369,11 @@ fn quality(ds: &Dataset, opts: &LoaderOptions) -> Result<Option<ShuffleQuality>>
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     if a.batch == 0 || a.threads == 0 || a.loader_threads == 0 || a.epochs == 0 {
         bail!("--batch, --threads, --loader-threads and --epochs must be at least 1");
+    }
+    if let Some(ms) = a.step_ms {
+        if !(ms > 0.0 && ms < 1e9) {
+            bail!("--step-ms must be a positive number of milliseconds, not {ms}");
+        }
     }
     let ds = Arc::new(Dataset::open(&a.dataset)?);
     let mut notes = Vec::new();
