@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the tests of the code that parses untrusted bytes (format, manifest, rng, quality) and the
-# aligned-buffer code under miri, which checks for undefined behaviour. The crate's `unsafe`
-# blocks are all FFI (mmap, posix_fadvise, sync, zstd), which miri cannot execute; their tests run
-# natively in the normal suite. Skips, saying so plainly, when nightly or miri is unavailable.
+# Runs the tests of the code that parses untrusted bytes (format, manifest, rng, quality), the
+# aligned-buffer code and the buffer pool under miri, which checks for undefined behaviour. The
+# crate's `unsafe` blocks are all FFI (mmap, posix_fadvise, sync, zstd), which miri cannot execute;
+# their tests run natively in the normal suite. Skips, saying so plainly, when nightly or miri is
+# unavailable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +20,4 @@ if ! cargo +nightly miri --version >/dev/null 2>&1; then
 fi
 set -e
 cargo +nightly miri test -p shardpack --lib -- \
-  format:: manifest:: rng:: quality:: sys::tests::aligned
+  format:: manifest:: rng:: quality:: pool:: sys::tests::aligned
