@@ -84,6 +84,8 @@ fn bench_reports_every_phase_and_its_keys() {
         "batch_label_diversity",
         "batch_label_diversity_full_random",
         "trainer_demand_mb_s",
+        "limit_random_order_mb_s",
+        "loader_to_limit_random_order",
         "trainer_wait_s_loader",
         "trainer_wait_s_loose",
     ] {

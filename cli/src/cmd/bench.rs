@@ -19,7 +19,8 @@ use shardpack::sys::{evict_from_cache, open_read, read_full_at, AlignedBuf};
 use shardpack::Dataset;
 
 /// Measure, in one run and with a cold page cache for every phase: (1) the limit: the shard
-/// files read front to back with large O_DIRECT reads; (2) one shuffled loader epoch; (3) with
+/// files read front to back with large O_DIRECT reads (and, for reference, the same reads in
+/// random order, the loader's pattern); (2) one shuffled loader epoch; (3) with
 /// --loose, the original files read in random order by N threads, as a file-per-sample loader
 /// would; (4) with --step-ms, a simulated trainer fed by (2) and by (3); (5) shuffle quality.
 #[derive(clap::Args, Debug)]
@@ -91,8 +92,14 @@ fn evict_all<'a>(paths: impl IntoIterator<Item = &'a Path>, notes: &mut Vec<Stri
     }
 }
 
-/// Phase 1: every shard front to back, `threads` concurrent 4 MiB direct reads.
-fn limit(ds: &Dataset, threads: usize, notes: &mut Vec<String>) -> Result<Rate> {
+/// Phase 1: every shard front to back, `threads` concurrent 4 MiB direct reads; with
+/// `shuffle`, the same blocks in a random order (the loader's access pattern without its work).
+fn limit(
+    ds: &Dataset,
+    threads: usize,
+    shuffle: Option<u64>,
+    notes: &mut Vec<String>,
+) -> Result<Rate> {
     const BLOCK: u64 = 4 << 20;
     let mut blocks = Vec::new();
     let mut files = Vec::new();
@@ -109,10 +116,12 @@ fn limit(ds: &Dataset, threads: usize, notes: &mut Vec<String>) -> Result<Rate> 
             off += BLOCK;
         }
     }
-    if !all_direct {
-        notes.push(
-            "the filesystem refuses O_DIRECT: the limit phase read through the page cache".into(),
-        );
+    if let Some(seed) = shuffle {
+        SplitMix64::new(seed).shuffle(&mut blocks);
+    }
+    let msg = "the filesystem refuses O_DIRECT: the limit phase read through the page cache";
+    if !all_direct && !notes.iter().any(|n| n == msg) {
+        notes.push(msg.into());
     }
     let next = AtomicUsize::new(0);
     let total = AtomicU64::new(0);
@@ -384,7 +393,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 
     // 1. The limit.
     evicted &= evict_all(shard_refs(), &mut notes);
-    let lim = limit(&ds, a.loader_threads, &mut notes)?;
+    let lim = limit(&ds, a.loader_threads, None, &mut notes)?;
+    evicted &= evict_all(shard_refs(), &mut notes);
+    let scattered = limit(&ds, a.loader_threads, Some(a.seed), &mut notes)?;
 
     // 2. One shuffled loader epoch.
     evicted &= evict_all(shard_refs(), &mut notes);
@@ -457,6 +468,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         "loader_mb_s": loader_mb_s,
         "loader_samples_s": ld.items_s(),
         "loader_to_limit": loader_mb_s / lim.mb_s().max(1e-9),
+        "limit_random_order_mb_s": scattered.mb_s(),
+        "loader_to_limit_random_order": loader_mb_s / scattered.mb_s().max(1e-9),
         "loader_direct_io": a.direct,
         "loose_mb_s": loose_rate.map(Rate::mb_s),
         "loose_samples_s": loose_rate.map(Rate::items_s),
@@ -512,6 +525,14 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         lim.mb_s(),
         "-",
         "1.00"
+    )?;
+    writeln!(
+        out,
+        "  {:<44} {:>12.1} {:>14} {:>10.2}",
+        "  the same blocks in random order",
+        scattered.mb_s(),
+        "-",
+        scattered.mb_s() / lim.mb_s().max(1e-9)
     )?;
     writeln!(
         out,
