@@ -26,9 +26,9 @@
 //! hold at most [`LoaderOptions::prefetch_bytes`] (stored bytes plus decompressed sizes).
 //! Reads are granted memory in order while they fit; the window the consumer needs next is
 //! granted even when it does not, so a single window larger than the whole budget is still
-//! read (alone). Idle buffers are kept for reuse up to the budget. Samples the consumer keeps
-//! after taking them keep their chunk buffers alive on top of that, so drop them after each
-//! step (or copy out what must stay).
+//! read (alone). Read buffers are recycled, so in use or idle they total about the budget plus
+//! one chunk per I/O thread. Samples the consumer keeps after taking them keep their chunk
+//! buffers alive on top of that, so drop them after each step (or copy out what must stay).
 //!
 //! [`LoaderState`] records `(seed, epoch, samples_consumed)` (with rank and world size); a
 //! loader built from it continues with exactly the samples that would have come next, without
