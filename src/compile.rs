@@ -10,7 +10,7 @@
 //! a few windows of [`PackOptions::window_bytes`] file contents are in memory at once, however
 //! many files the tree holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -385,21 +385,27 @@ fn plan(src: &Path, tree: &mut Tree, opts: &PackOptions) -> Result<Plan> {
     }
     tree.files = files;
 
-    let mut fields: Vec<Vec<u8>> = tree.files.iter().map(|f| tree.field(f).to_vec()).collect();
-    fields.sort_unstable();
-    fields.dedup();
+    // Distinct names only: a set of borrowed names costs memory per field or class, not per
+    // file.
+    let fields: Vec<Vec<u8>> = tree
+        .files
+        .iter()
+        .map(|f| tree.field(f))
+        .collect::<BTreeSet<&[u8]>>()
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
     let classes: Vec<Vec<u8>> = if opts.labels == LabelMode::ImageFolder {
-        let mut c: Vec<Vec<u8>> = tree
-            .files
+        tree.files
             .iter()
             .filter_map(|f| {
                 let p = tree.path(f);
-                p.iter().position(|&c| c == b'/').map(|i| p[..i].to_vec())
+                p.iter().position(|&c| c == b'/').map(|i| &p[..i])
             })
-            .collect();
-        c.sort_unstable();
-        c.dedup();
-        c
+            .collect::<BTreeSet<&[u8]>>()
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect()
     } else {
         Vec::new()
     };
