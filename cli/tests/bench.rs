@@ -1,7 +1,7 @@
 //! `shardpack bench` end to end on small trees: every phase runs, the JSON has its keys, and a
 //! class-sorted dataset is reported with a warning.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn bin() -> Command {
@@ -35,6 +35,14 @@ fn pack(src: &Path, out: &Path, extra: &[&str]) {
     );
 }
 
+/// The test tree under `dir/src`, packed into `dir/ds` with `extra` options.
+fn packed(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let (src, ds) = (dir.join("src"), dir.join("ds"));
+    tree(&src);
+    pack(&src, &ds, extra);
+    (src, ds)
+}
+
 fn bench_json(ds: &Path, extra: &[&str]) -> serde_json::Value {
     let out = bin()
         .arg("bench")
@@ -54,10 +62,7 @@ fn bench_json(ds: &Path, extra: &[&str]) -> serde_json::Value {
 #[test]
 fn bench_reports_every_phase_and_its_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    tree(&src);
-    let ds = dir.path().join("ds");
-    pack(&src, &ds, &[]);
+    let (src, ds) = packed(dir.path(), &[]);
     let v = bench_json(
         &ds,
         &[
@@ -124,10 +129,7 @@ fn bench_reports_every_phase_and_its_keys() {
 #[test]
 fn bench_warns_about_a_class_sorted_dataset() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    tree(&src);
-    let ds = dir.path().join("ds");
-    pack(&src, &ds, &["--no-shuffle"]);
+    let (_, ds) = packed(dir.path(), &["--no-shuffle"]);
     let v = bench_json(&ds, &[]);
     let ratio = v["batch_label_diversity"].as_f64().unwrap()
         / v["batch_label_diversity_full_random"].as_f64().unwrap();
@@ -156,10 +158,7 @@ fn bench_warns_about_a_class_sorted_dataset() {
 #[test]
 fn bench_refuses_a_step_that_is_not_a_positive_time() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    tree(&src);
-    let ds = dir.path().join("ds");
-    pack(&src, &ds, &[]);
+    let (_, ds) = packed(dir.path(), &[]);
     for bad in ["0", "-1", "NaN"] {
         let out = bin()
             .arg("bench")
