@@ -30,6 +30,10 @@
 //! one chunk per I/O thread. Samples the consumer keeps after taking them keep their chunk
 //! buffers alive on top of that, so drop them after each step (or copy out what must stay).
 //!
+//! The first sample of an epoch waits for its whole first window to be read. To hide that at
+//! epoch boundaries, create the next epoch's loader a little before the current one ends: a
+//! loader starts reading as soon as it is created, under its own budget.
+//!
 //! [`LoaderState`] records `(seed, epoch, samples_consumed)` (with rank and world size); a
 //! loader built from it continues with exactly the samples that would have come next, without
 //! replaying the skipped ones: it starts at the window holding the next sample, skips the
