@@ -1,12 +1,14 @@
 //! `shardpack bench` end to end on small trees: every phase runs, the JSON has its keys, and a
 //! class-sorted dataset is reported with a warning.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#![cfg(unix)]
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shardpack"))
-}
+mod util;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use util::*;
 
 fn tree(src: &Path) {
     for c in 0..40 {
@@ -19,49 +21,33 @@ fn tree(src: &Path) {
     }
 }
 
-fn pack(src: &Path, out: &Path, extra: &[&str]) {
-    let st = bin()
-        .arg("pack")
-        .arg(src)
-        .arg(out)
-        .args(["-q", "--compress", "none"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-}
-
 /// The test tree under `dir/src`, packed into `dir/ds` with `extra` options.
 fn packed(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
     let (src, ds) = (dir.join("src"), dir.join("ds"));
     tree(&src);
-    pack(&src, &ds, extra);
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"pack", &src, &ds, &"-q", &"--compress", &"none"];
+    args.extend(extra.iter().map(|a| a as &dyn AsRef<OsStr>));
+    sp(&args).ok();
     (src, ds)
 }
 
+/// `shardpack bench DS` on small batches and chunks, with `extra` options.
+fn bench(ds: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<&dyn AsRef<OsStr>> =
+        vec![&"bench", &ds, &"--batch", &"32", &"--chunk-size", &"16KiB"];
+    args.extend(extra.iter().map(|a| a as &dyn AsRef<OsStr>));
+    sp(&args)
+}
+
 fn bench_json(ds: &Path, extra: &[&str]) -> serde_json::Value {
-    let out = bin()
-        .arg("bench")
-        .arg(ds)
-        .args(["--json", "--batch", "32", "--chunk-size", "16KiB"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut with_json = vec!["--json"];
+    with_json.extend_from_slice(extra);
+    bench(ds, &with_json).ok().json()
 }
 
 #[test]
 fn bench_reports_every_phase_and_its_keys() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tmp();
     let (src, ds) = packed(dir.path(), &[]);
     let v = bench_json(
         &ds,
@@ -128,7 +114,7 @@ fn bench_reports_every_phase_and_its_keys() {
 
 #[test]
 fn bench_warns_about_a_class_sorted_dataset() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tmp();
     let (_, ds) = packed(dir.path(), &["--no-shuffle"]);
     let v = bench_json(&ds, &[]);
     let ratio = v["batch_label_diversity"].as_f64().unwrap()
@@ -142,32 +128,17 @@ fn bench_warns_about_a_class_sorted_dataset() {
         "{notes:?}"
     );
     // The table says it too.
-    let out = bin()
-        .arg("bench")
-        .arg(&ds)
-        .args(["--batch", "32", "--chunk-size", "16KiB"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("WARNING") && text.contains("labels per batch"),
-        "{text}"
-    );
+    bench(&ds, &[])
+        .ok()
+        .stdout_has("WARNING")
+        .stdout_has("labels per batch");
 }
 
 #[test]
 fn bench_refuses_a_step_that_is_not_a_positive_time() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tmp();
     let (_, ds) = packed(dir.path(), &[]);
-    for bad in ["0", "-1", "NaN"] {
-        let out = bin()
-            .arg("bench")
-            .arg(&ds)
-            .arg(format!("--step-ms={bad}"))
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "--step-ms {bad} was accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--step-ms"), "{err}");
+    for bad in ["--step-ms=0", "--step-ms=-1", "--step-ms=NaN"] {
+        bench(&ds, &[bad]).code(1).stderr_has(&["--step-ms"]);
     }
 }

@@ -21,13 +21,6 @@ use tempfile::TempDir;
 
 use util::*;
 
-fn tmp() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("shardpack-cli-test-")
-        .tempdir()
-        .unwrap()
-}
-
 /// `shardpack pack -q SRC OUT EXTRA...` (exit code not checked).
 fn pack_run(src: &Path, out: &Path, extra: &[&dyn AsRef<OsStr>]) -> Run {
     let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"pack", &"-q", &src, &out];
@@ -56,10 +49,6 @@ fn round_trip(t: &TempDir, src: &Path, name: &str, extra: &[&dyn AsRef<OsStr>]) 
     assert_same_tree(&got, &want, &format!("extract of {name}"));
     sp(&[&"verify", &out]).ok().stdout_has("OK:");
     out
-}
-
-fn disp(p: &Path) -> String {
-    p.display().to_string()
 }
 
 fn json_names(v: &Value) -> Vec<String> {

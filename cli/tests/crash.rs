@@ -29,17 +29,6 @@ use tempfile::TempDir;
 
 use util::*;
 
-fn tmp() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("shardpack-crash-test-")
-        .tempdir()
-        .unwrap()
-}
-
-fn disp(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// The names in `dir` (empty when it does not exist).
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match fs::read_dir(dir) {

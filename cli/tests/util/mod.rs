@@ -17,6 +17,19 @@ use serde_json::Value;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardpack");
 
+/// A temporary directory named for these tests.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("shardpack-cli-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// A path for a message or an assertion.
+pub fn disp(p: &Path) -> String {
+    p.display().to_string()
+}
+
 /// A prepared invocation of the binary (optionally through a wrapper such as `setpriv`).
 pub struct Cmd {
     cmd: Command,
