@@ -123,6 +123,9 @@ fn parse_args() -> Args {
             .parse()
             .unwrap_or_else(|_| fail(&format!("{flag}: {s:?} is not a number")))
     };
+    let list = |it: &mut dyn Iterator<Item = String>, flag: &str| -> Vec<String> {
+        need(it, flag).split(',').map(str::to_string).collect()
+    };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--files" => a.files = num(need(&mut it, "--files"), "--files"),
@@ -140,23 +143,20 @@ fn parse_args() -> Args {
                 }
             }
             "--counts" => {
-                a.counts = need(&mut it, "--counts")
-                    .split(',')
-                    .map(|s| num(s.to_string(), "--counts"))
+                a.counts = list(&mut it, "--counts")
+                    .into_iter()
+                    .map(|s| num(s, "--counts"))
                     .collect()
             }
             "--compress" => a.compress = need(&mut it, "--compress"),
             "--candidate" => {
-                a.candidates = need(&mut it, "--candidate")
-                    .split(',')
+                a.candidates = list(&mut it, "--candidate")
+                    .into_iter()
                     .map(PathBuf::from)
                     .collect()
             }
             "--tools" => {
-                a.tools = need(&mut it, "--tools")
-                    .split(',')
-                    .map(str::to_string)
-                    .collect();
+                a.tools = list(&mut it, "--tools");
                 if let Some(t) = a
                     .tools
                     .iter()
@@ -171,18 +171,8 @@ fn parse_args() -> Args {
                     .map(str::to_string)
                     .collect()
             }
-            "--shard-sizes" => {
-                a.shard_sizes = need(&mut it, "--shard-sizes")
-                    .split(',')
-                    .map(str::to_string)
-                    .collect()
-            }
-            "--policies" => {
-                a.policies = need(&mut it, "--policies")
-                    .split(',')
-                    .map(str::to_string)
-                    .collect()
-            }
+            "--shard-sizes" => a.shard_sizes = list(&mut it, "--shard-sizes"),
+            "--policies" => a.policies = list(&mut it, "--policies"),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
