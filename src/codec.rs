@@ -190,13 +190,21 @@ pub fn decode_into(
             if codec == Codec::ZstdDict && dict.is_none() {
                 return Err("dictionary missing".into());
             }
-            // Memory follows the real output, not the claimed length: start from a size
-            // typical data fits in and double while zstd says the buffer is too small, up to
-            // raw_len + 1 (the extra byte lets a frame that decodes to more than raw_len be
-            // noticed). A corrupt record claiming a huge length fails at the first try.
-            let mut cap = n
-                .saturating_add(1)
-                .min(stored.len().saturating_mul(8).saturating_add(64 << 10));
+            // Memory follows the real output, not the claimed length. When the frame header
+            // states the same size as the index (as every frame shardpack writes does), and it
+            // is not huge, decode in one pass into raw_len + 1 bytes (the extra byte lets a
+            // frame that decodes to more be noticed). Otherwise start from a size typical data
+            // fits in and double while zstd says the buffer is too small: a corrupt record
+            // claiming a huge length fails at the first try.
+            const TRUST_HEADER_UP_TO: u64 = 64 << 20;
+            let header_agrees = raw_len <= TRUST_HEADER_UP_TO
+                && zstd_safe::get_frame_content_size(stored).ok().flatten() == Some(raw_len);
+            let mut cap = if header_agrees {
+                n + 1
+            } else {
+                n.saturating_add(1)
+                    .min(stored.len().saturating_mul(8).saturating_add(64 << 10))
+            };
             loop {
                 out.clear();
                 out.try_reserve_exact(cap)
@@ -229,7 +237,9 @@ pub fn decode_into(
 }
 
 fn is_dst_too_small(code: zstd_safe::ErrorCode) -> bool {
-    zstd_safe::get_error_name(code) == "Destination buffer is too small"
+    // zstd returns an error as the negated value of its `ZSTD_ErrorCode`.
+    code == (zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall as usize)
+        .wrapping_neg()
 }
 
 /// A fresh compression context.
@@ -260,6 +270,56 @@ pub fn train_dictionary(samples: &[&[u8]], max_size: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame of `raw` with or without the content size in its header.
+    fn frame(raw: &[u8], content_size: bool) -> Vec<u8> {
+        let mut cctx = new_cctx();
+        cctx.set_parameter(zstd_safe::CParameter::ContentSizeFlag(content_size))
+            .unwrap();
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(raw.len()));
+        cctx.compress2(&mut out, raw).unwrap();
+        out
+    }
+
+    #[test]
+    fn highly_compressed_records_decode_with_or_without_a_size_in_the_header() {
+        // 4 MiB of one byte: far above the 8x first guess, so without the header's size the
+        // buffer must grow, and that growth depends on recognizing zstd's error.
+        let raw = vec![7u8; 4 << 20];
+        let mut dctx = new_dctx();
+        for with_size in [true, false] {
+            let stored = frame(&raw, with_size);
+            assert!(stored.len() * 8 + (64 << 10) < raw.len());
+            let mut out = Vec::new();
+            decode_into(
+                &mut dctx,
+                Codec::Zstd,
+                &stored,
+                raw.len() as u64,
+                None,
+                &mut out,
+            )
+            .unwrap();
+            assert!(out == raw, "content size in header: {with_size}");
+            let err = decode_into(&mut dctx, Codec::Zstd, &stored, 1000, None, &mut out);
+            assert!(err.is_err(), "a wrong length is refused ({with_size})");
+        }
+    }
+
+    #[test]
+    fn recognizes_a_destination_that_is_too_small() {
+        let stored = frame(&[1u8; 100_000], true);
+        let mut small = Vec::with_capacity(10);
+        let code = new_dctx().decompress(&mut small, &stored).unwrap_err();
+        assert!(
+            is_dst_too_small(code),
+            "{}",
+            zstd_safe::get_error_name(code)
+        );
+        assert!(!is_dst_too_small(
+            new_dctx().decompress(&mut small, b"not zstd").unwrap_err()
+        ));
+    }
 
     #[test]
     fn policies_parse() {
