@@ -370,27 +370,12 @@ fn sync_all() {
     unsafe { libc::sync() };
 }
 
-/// `posix_fadvise(DONTNEED)` on every file; returns how many calls failed (with the first
-/// error). Dirty pages are not dropped, so callers `sync` first.
-fn fadvise_dontneed(files: &[PathBuf]) -> (usize, Option<String>) {
-    let mut failed = 0;
-    let mut first = None;
-    for p in files {
-        let r = File::open(p).and_then(|f| {
-            // SAFETY: `f` is an open file descriptor for the duration of the call.
-            let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::from_raw_os_error(rc))
-            }
-        });
-        if let Err(e) = r {
-            failed += 1;
-            first.get_or_insert_with(|| format!("{}: {e}", p.display()));
-        }
-    }
-    (failed, first)
+/// `sync`, then `posix_fadvise(DONTNEED)` on every file (the library's eviction); the error
+/// names the first file that failed and how many others did.
+fn fadvise_dontneed(files: &[PathBuf]) -> Option<String> {
+    shardpack::sys::evict_from_cache(files.iter().map(PathBuf::as_path))
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// `echo 3 > /proc/sys/vm/drop_caches` (page cache, dentries and inodes; needs root).
@@ -680,19 +665,18 @@ impl Tool {
 struct Eviction {
     /// Tree bytes still resident after sync + fadvise (before drop_caches).
     resident_after_fadvise: u64,
-    fadvise_failed: usize,
+    fadvise_failed: bool,
     drop: Option<Result<(), String>>,
 }
 
 fn evict(files: &[PathBuf], how: Evict) -> Eviction {
     sync_all();
-    let (mut failed, mut res) = (0, 0);
+    let (mut failed, mut res) = (false, 0);
     if how != Evict::Drop {
-        let (f, first) = fadvise_dontneed(files);
-        if let Some(e) = first {
-            note!("posix_fadvise failed on {f} files, e.g. {e}");
+        if let Some(e) = fadvise_dontneed(files) {
+            note!("posix_fadvise failed: {e}");
+            failed = true;
         }
-        failed = f;
         res = resident(files).0;
     }
     let drop = (how != Evict::Fadvise).then(drop_caches);
@@ -742,8 +726,7 @@ fn throughput(a: &Args, bin: &Path) -> Value {
     read_all(&files);
     let (warm_res, _) = resident(&files);
     let warm_fincore = fincore(&sample);
-    sync_all();
-    let (fadv_failed, fadv_err) = fadvise_dontneed(&files);
+    let fadv_err = fadvise_dontneed(&files);
     let (fadv_res, _) = resident(&files);
     let fadv_fincore = fincore(&sample);
     read_all(&files);
@@ -754,7 +737,7 @@ fn throughput(a: &Args, bin: &Path) -> Value {
     let cached_after_drop = meminfo_cached();
     let (drop_resident, _) = resident(&files);
     let drop_fincore = fincore(&sample);
-    let fadvise_works = fadv_failed == 0 && fadv_res * 100 < total;
+    let fadvise_works = fadv_err.is_none() && fadv_res * 100 < total;
     let drop_works = drop_res.is_ok() && drop_resident * 100 < total;
     let method = match a.evict {
         Evict::Both if !drop_works => {
@@ -770,7 +753,7 @@ fn throughput(a: &Args, bin: &Path) -> Value {
     let check = json!({
         "warm_resident_bytes": warm_res,
         "after_fadvise_resident_bytes": fadv_res,
-        "fadvise_failed_files": fadv_failed,
+        "fadvise_ok": fadv_err.is_none(),
         "fadvise_error": fadv_err,
         "rewarmed_resident_bytes": warm2_res,
         "drop_caches": match &drop_res { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
@@ -892,7 +875,7 @@ fn throughput(a: &Args, bin: &Path) -> Value {
                 json!({"wall_s": run.wall, "user_s": run.user, "sys_s": run.sys,
                        "maxrss_bytes": run.maxrss, "wall_with_fsync_s": extra,
                        "tree_resident_before_bytes": ev.resident_after_fadvise,
-                       "fadvise_failed_files": ev.fadvise_failed}),
+                       "fadvise_ok": !ev.fadvise_failed}),
             );
         }
         rounds_json.push(Value::Object(round));
@@ -991,11 +974,11 @@ fn throughput(a: &Args, bin: &Path) -> Value {
         }
         println!(
             "eviction check on the warm tree ({:.1} MiB): resident {:.1} MiB -> after sync + \
-             posix_fadvise(DONTNEED): {:.1} MiB ({} failures) [fincore, 1000 files: {} -> {}]",
+             posix_fadvise(DONTNEED): {:.1} MiB ({}) [fincore, 1000 files: {} -> {}]",
             mib(total),
             mib(warm_res),
             mib(fadv_res),
-            fadv_failed,
+            fadv_err.as_deref().unwrap_or("no failures"),
             fin(warm_fincore),
             fin(fadv_fincore),
         );

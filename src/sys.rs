@@ -153,14 +153,15 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// Asks the kernel to drop the pages of every file in `paths` from the page cache
 /// (`posix_fadvise` with `POSIX_FADV_DONTNEED`), so the next reads come from the device. Dirty
 /// pages cannot be dropped, so everything is written back first (one `sync` for all files).
-/// Returns the first error; where the platform cannot evict, an `Unsupported` error.
+/// Returns the first error (with how many other files failed); where the platform cannot
+/// evict, an `Unsupported` error.
 pub fn evict_from_cache<'a>(paths: impl IntoIterator<Item = &'a Path>) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::io::AsRawFd;
         // SAFETY: `sync` takes no arguments and cannot fail.
         unsafe { libc::sync() };
-        let mut first_err = None;
+        let (mut first_err, mut others) = (None, 0usize);
         for path in paths {
             let res = File::open(path).and_then(|file| {
                 // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is
@@ -175,11 +176,20 @@ pub fn evict_from_cache<'a>(paths: impl IntoIterator<Item = &'a Path>) -> io::Re
                 }
             });
             if let Err(e) = res {
-                first_err
-                    .get_or_insert(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                match first_err {
+                    None => first_err = Some((e.kind(), format!("{}: {e}", path.display()))),
+                    Some(_) => others += 1,
+                }
             }
         }
-        first_err.map_or(Ok(()), Err)
+        match first_err {
+            None => Ok(()),
+            Some((kind, msg)) if others > 0 => Err(io::Error::new(
+                kind,
+                format!("{msg} (and {others} more files)"),
+            )),
+            Some((kind, msg)) => Err(io::Error::new(kind, msg)),
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -244,5 +254,19 @@ mod tests {
         assert_eq!(n, data.len());
         assert_eq!(&b.as_slice()[..n], &data[..]);
         evict_from_cache([p.as_path()]).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn eviction_names_the_first_failure_and_counts_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("gone-a"), dir.path().join("gone-b"));
+        let e = evict_from_cache([a.as_path(), b.as_path()]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("gone-a") && msg.contains("and 1 more files"),
+            "{msg}"
+        );
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 }
