@@ -33,9 +33,9 @@ pub struct Args {
     /// Threads reading loose files.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub threads: usize,
-    /// Loader I/O threads (also the queue depth of the limit phase).
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    pub loader_threads: usize,
+    /// Loader I/O threads (also the queue depth of the limit phase) [default: the loader's, 8].
+    #[arg(long, value_name = "N")]
+    pub loader_threads: Option<usize>,
     /// Samples per batch (trainer and shuffle quality).
     #[arg(long, default_value_t = 256, value_name = "B")]
     pub batch: usize,
@@ -45,12 +45,13 @@ pub struct Args {
     /// Trainer epochs per source.
     #[arg(long, default_value_t = 1, value_name = "E")]
     pub epochs: u64,
-    /// Loader chunk size, e.g. 4MiB.
-    #[arg(long, value_parser = crate::util::parse_size, default_value = "4MiB")]
-    pub chunk_size: u64,
-    /// Loader prefetch budget: memory for samples read ahead of the trainer.
-    #[arg(long, value_parser = crate::util::parse_size, default_value = "256MiB")]
-    pub prefetch: u64,
+    /// Loader chunk size, e.g. 4MiB [default: the loader's, 4MiB].
+    #[arg(long, value_parser = crate::util::parse_size)]
+    pub chunk_size: Option<u64>,
+    /// Loader prefetch budget: memory for samples read ahead of the trainer [default: the
+    /// loader's, 256MiB].
+    #[arg(long, value_parser = crate::util::parse_size)]
+    pub prefetch: Option<u64>,
     /// Loader direct I/O: on, off or auto.
     #[arg(long, default_value = "on", value_parser = ["on", "off", "auto"])]
     pub direct: String,
@@ -77,16 +78,22 @@ impl Rate {
     }
 }
 
+/// Adds `msg` to the report's notes unless it is there already (phases repeat).
+fn add_note(notes: &mut Vec<String>, msg: &str) {
+    if !notes.iter().any(|n| n == msg) {
+        notes.push(msg.to_string());
+    }
+}
+
 /// Evicts every file; returns false (and a note) if that failed.
 fn evict_all<'a>(paths: impl IntoIterator<Item = &'a Path>, notes: &mut Vec<String>) -> bool {
     match evict_from_cache(paths) {
         Ok(()) => true,
         Err(e) => {
-            let msg =
-                format!("could not evict files from the page cache ({e}); figures may be warm");
-            if !notes.contains(&msg) {
-                notes.push(msg);
-            }
+            add_note(
+                notes,
+                &format!("could not evict files from the page cache ({e}); figures may be warm"),
+            );
             false
         }
     }
@@ -120,8 +127,8 @@ fn limit(
         SplitMix64::new(seed).shuffle(&mut blocks);
     }
     let msg = "the filesystem refuses O_DIRECT: the limit phase read through the page cache";
-    if !all_direct && !notes.iter().any(|n| n == msg) {
-        notes.push(msg.into());
+    if !all_direct {
+        add_note(notes, msg);
     }
     let next = AtomicUsize::new(0);
     let total = AtomicU64::new(0);
@@ -207,20 +214,28 @@ impl TrainerRun {
     }
 }
 
+impl Args {
+    fn io_threads(&self) -> usize {
+        self.loader_threads
+            .unwrap_or(LoaderOptions::default().io_threads)
+    }
+}
+
 fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
+    let d = LoaderOptions::default();
     LoaderOptions {
         seed: a.seed,
         epoch,
         batch_size: a.batch,
-        chunk_bytes: a.chunk_size,
-        prefetch_bytes: a.prefetch,
-        io_threads: a.loader_threads,
+        chunk_bytes: a.chunk_size.unwrap_or(d.chunk_bytes),
+        prefetch_bytes: a.prefetch.unwrap_or(d.prefetch_bytes),
+        io_threads: a.io_threads(),
         direct_io: match a.direct.as_str() {
             "off" => DirectIo::Off,
             "auto" => DirectIo::Auto,
             _ => DirectIo::On,
         },
-        ..LoaderOptions::default()
+        ..d
     }
 }
 
@@ -234,9 +249,7 @@ fn loader_epoch(
     let start = Instant::now();
     let mut loader = Loader::new(ds.clone(), opts)?;
     for n in loader.notes() {
-        if !notes.contains(n) {
-            notes.push(n.clone());
-        }
+        add_note(notes, n);
     }
     let (mut bytes, mut items) = (0u64, 0u64);
     loop {
@@ -376,7 +389,7 @@ fn quality(ds: &Dataset, opts: &LoaderOptions) -> Result<Option<ShuffleQuality>>
 
 /// Runs `bench`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
-    if a.batch == 0 || a.threads == 0 || a.loader_threads == 0 || a.epochs == 0 {
+    if a.batch == 0 || a.threads == 0 || a.io_threads() == 0 || a.epochs == 0 {
         bail!("--batch, --threads, --loader-threads and --epochs must be at least 1");
     }
     if let Some(ms) = a.step_ms {
@@ -393,9 +406,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 
     // 1. The limit.
     evicted &= evict_all(shard_refs(), &mut notes);
-    let lim = limit(&ds, a.loader_threads, None, &mut notes)?;
+    let lim = limit(&ds, a.io_threads(), None, &mut notes)?;
     evicted &= evict_all(shard_refs(), &mut notes);
-    let scattered = limit(&ds, a.loader_threads, Some(a.seed), &mut notes)?;
+    let scattered = limit(&ds, a.io_threads(), Some(a.seed), &mut notes)?;
 
     // 2. One shuffled loader epoch.
     evicted &= evict_all(shard_refs(), &mut notes);
@@ -413,8 +426,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     let loose = match &a.loose {
         Some(src) => {
             let samples = loose_samples(src)?;
-            let paths: Vec<&Path> = samples.iter().flatten().map(PathBuf::as_path).collect();
-            evicted &= evict_all(paths.iter().copied(), &mut notes);
+            let paths = samples.iter().flatten().map(PathBuf::as_path);
+            evicted &= evict_all(paths, &mut notes);
             let r = loose_epoch(&samples, a.threads, a.seed, a.batch, None)?;
             Some((samples, r))
         }
@@ -436,8 +449,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             let mut wall = 0.0;
             let mut t = Trainer::new(step);
             for e in 0..a.epochs {
-                let paths: Vec<&Path> = samples.iter().flatten().map(PathBuf::as_path).collect();
-                evicted &= evict_all(paths.iter().copied(), &mut notes);
+                let paths = samples.iter().flatten().map(PathBuf::as_path);
+                evicted &= evict_all(paths, &mut notes);
                 wall += loose_epoch(samples, a.threads, a.seed ^ e, a.batch, Some(&mut t))?.seconds;
             }
             trainer_loose = Some(TrainerRun::of(&t, wall, a.epochs));
@@ -521,7 +534,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     writeln!(
         out,
         "  {:<44} {:>12.1} {:>14} {:>10}",
-        format!("limit: O_DIRECT 4 MiB reads, {} threads", a.loader_threads),
+        format!("limit: O_DIRECT 4 MiB reads, {} threads", a.io_threads()),
         lim.mb_s(),
         "-",
         "1.00"
