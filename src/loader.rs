@@ -1056,7 +1056,10 @@ impl Loader {
     ) -> Vec<Result<LoadedSample>> {
         let sh = &self.shared;
         let win = &sh.plan.windows[w];
-        let mut pieces: Vec<_> = pieces.into_iter().map(Option::unwrap_or_default).collect();
+        let mut pieces: Vec<_> = pieces
+            .into_iter()
+            .map(|p| p.expect("a window is assembled only when all its pieces are in"))
+            .collect();
         let mut order = sh.plan.window_order(w);
         if w == sh.first_window {
             order.drain(..sh.skip_first as usize);

@@ -95,7 +95,7 @@ impl AlignedBuf {
     }
 
     /// The bytes of memory the buffer will hold after `resize(len)`.
-    pub fn footprint_after(&self, len: usize) -> usize {
+    pub(crate) fn footprint_after(&self, len: usize) -> usize {
         if self.capacity() >= len {
             self.vec.len()
         } else {
