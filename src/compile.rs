@@ -108,6 +108,12 @@ pub trait Progress: Sync {
     fn advance(&self, _files: u64, _bytes: u64) {}
     /// A note for the user (a chosen compression, a fallback).
     fn note(&self, _msg: &str) {}
+    /// Polled by `pack` while it works; returning `true` stops it. The pack then removes what
+    /// it wrote and returns [`Error::Cancelled`]. Used for SIGINT/SIGTERM in the CLI and
+    /// Ctrl-C in Python. Must be cheap: it is called often and from several threads.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Progress`] that reports nothing.

@@ -62,6 +62,9 @@ pub enum Error {
     },
     /// An option value is invalid.
     Options(String),
+    /// The caller asked the operation to stop (see `compile::Progress::cancelled`); what it
+    /// had written is removed.
+    Cancelled,
     /// A sample index past the end.
     OutOfRange {
         /// Requested index.
@@ -127,6 +130,7 @@ impl fmt::Display for Error {
             Error::Manifest { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Input { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Options(s) => write!(f, "invalid option: {s}"),
+            Error::Cancelled => write!(f, "cancelled; nothing this operation wrote was kept"),
             Error::OutOfRange { index, len } => {
                 write!(
                     f,
