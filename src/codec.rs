@@ -105,10 +105,23 @@ impl FieldEncoder {
     /// An encoder for `codec` at `level`; `dict` is required for [`Codec::ZstdDict`].
     pub fn new(codec: Codec, level: i32, dict: Option<&[u8]>) -> Result<FieldEncoder, String> {
         let cdict = match (codec, dict) {
+            (Codec::ZstdDict, Some(d)) if !has_dict_magic(d) => {
+                return Err(
+                    "the dictionary does not start with the zstd dictionary magic \
+                            (37 a4 30 ec); train it with codec::train_dictionary"
+                        .into(),
+                )
+            }
             (Codec::ZstdDict, Some(d)) => {
                 Some(CDict::try_create(d, level).ok_or("zstd could not load the dictionary")?)
             }
             (Codec::ZstdDict, None) => return Err("zstd-dict needs a dictionary".into()),
+            (_, Some(_)) => {
+                return Err(format!(
+                    "only a zstd-dict field has a dictionary, this one is {}",
+                    codec.name()
+                ))
+            }
             _ => None,
         };
         Ok(FieldEncoder {
@@ -162,8 +175,197 @@ impl DecodeDict {
     }
 }
 
+/// The four bytes every zstd dictionary starts with (`37 a4 30 ec`, RFC 8878 section 5). zstd
+/// itself takes bytes without them as a "raw content" dictionary; the format does not.
+pub use crate::format::DICT_MAGIC;
+
+/// `true` when `dict` starts with [`DICT_MAGIC`].
+pub fn has_dict_magic(dict: &[u8]) -> bool {
+    dict.starts_with(&DICT_MAGIC)
+}
+
+/// The four bytes a zstd frame starts with (`28 b5 2f fd`).
+pub const FRAME_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The largest window a record's zstd frame may declare: 2^27 bytes (128 MiB), zstd's default
+/// decoder limit (`ZSTD_WINDOWLOG_LIMIT_DEFAULT`). No zstd level shardpack can use needs more.
+pub const MAX_WINDOW_LOG: u32 = 27;
+
+/// [`MAX_WINDOW_LOG`] as a size in bytes.
+pub const MAX_WINDOW: u64 = 1 << MAX_WINDOW_LOG;
+
+/// What the header of a zstd frame declares (RFC 8878 section 3.1.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The window size: from the window descriptor, or the content size for a single-segment
+    /// frame.
+    pub window: u64,
+    /// The content size, when the header states it.
+    pub content_size: Option<u64>,
+    /// The dictionary id, 0 when absent.
+    pub dict_id: u32,
+}
+
+/// Why a record's stored bytes do not decode. [`decode_into`] gives the same as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// `raw_len` is more than any zstd frame of this size can produce.
+    TooLarge {
+        /// The claimed decoded length.
+        raw_len: u64,
+        /// The stored length.
+        stored_len: u64,
+    },
+    /// The bytes do not start with a zstd frame header.
+    NotAFrame,
+    /// The record starts with a skippable frame (magic `0x184D2A5?`): the format allows
+    /// exactly one zstd frame.
+    SkippableFrame,
+    /// The frame header is cut short or has its reserved bit set.
+    BadFrameHeader,
+    /// The frame declares a window above [`MAX_WINDOW`].
+    WindowTooLarge {
+        /// The declared window in bytes.
+        window: u64,
+    },
+    /// Bytes follow the first frame (a second frame, or junk): the format allows exactly one.
+    TrailingBytes {
+        /// Where the first frame ends.
+        frame_len: u64,
+        /// The stored length.
+        stored_len: u64,
+    },
+    /// zstd-dict record without a dictionary.
+    DictionaryMissing,
+    /// zstd refused the frame.
+    Zstd(&'static str),
+    /// A buffer could not be allocated.
+    Alloc(u64),
+    /// The frame decoded to another length than the index says.
+    LengthMismatch {
+        /// Bytes decoded.
+        decoded: u64,
+        /// `raw_len` from the index.
+        expected: u64,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge {
+                raw_len,
+                stored_len,
+            } => write!(
+                f,
+                "claims {raw_len} decoded bytes from {stored_len} stored bytes, more than zstd \
+                 can produce"
+            ),
+            DecodeError::NotAFrame => f.write_str("the stored bytes are not a zstd frame"),
+            DecodeError::SkippableFrame => f.write_str(
+                "the record starts with a zstd skippable frame; a record is exactly one zstd frame",
+            ),
+            DecodeError::BadFrameHeader => f.write_str("the zstd frame header is malformed"),
+            DecodeError::WindowTooLarge { window } => write!(
+                f,
+                "the zstd frame declares a {window}-byte window, above the format's maximum of \
+                 {MAX_WINDOW} (2^{MAX_WINDOW_LOG})"
+            ),
+            DecodeError::TrailingBytes {
+                frame_len,
+                stored_len,
+            } => write!(
+                f,
+                "the zstd frame ends at byte {frame_len} of {stored_len}: a record is exactly \
+                 one zstd frame (a second frame or other bytes follow)"
+            ),
+            DecodeError::DictionaryMissing => f.write_str("dictionary missing"),
+            DecodeError::Zstd(name) => write!(f, "zstd: {name}"),
+            DecodeError::Alloc(n) => write!(f, "cannot allocate {n} bytes to decode the record"),
+            DecodeError::LengthMismatch { decoded, expected } => {
+                write!(f, "decoded to {decoded} bytes, the index says {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Parses the header of the zstd frame at the start of `b` (pure Rust, no FFI) and checks what
+/// the format requires of it: a zstd frame (not a skippable one), reserved bit clear, window at
+/// most [`MAX_WINDOW`].
+pub fn frame_header(b: &[u8]) -> Result<FrameHeader, DecodeError> {
+    if b.len() >= 4 && b[..4] != FRAME_MAGIC {
+        let m = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        return Err(if m & 0xffff_fff0 == 0x184d_2a50 {
+            DecodeError::SkippableFrame
+        } else {
+            DecodeError::NotAFrame
+        });
+    }
+    let fhd = *b.get(4).ok_or(DecodeError::NotAFrame)?;
+    let fcs_flag = fhd >> 6;
+    let single_segment = fhd & 0x20 != 0;
+    if fhd & 0x08 != 0 {
+        return Err(DecodeError::BadFrameHeader);
+    }
+    let did_len = [0usize, 1, 2, 4][(fhd & 3) as usize];
+    let fcs_len = match fcs_flag {
+        0 if single_segment => 1,
+        0 => 0,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let mut at = 5;
+    let mut window = 0u64;
+    if !single_segment {
+        let wd = *b.get(at).ok_or(DecodeError::BadFrameHeader)?;
+        at += 1;
+        let log = 10 + u32::from(wd >> 3);
+        let base = 1u64 << log;
+        window = base + (base / 8) * u64::from(wd & 7);
+    }
+    let le = |s: &[u8]| s.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x));
+    let did = b.get(at..at + did_len).ok_or(DecodeError::BadFrameHeader)?;
+    at += did_len;
+    let fcs = b.get(at..at + fcs_len).ok_or(DecodeError::BadFrameHeader)?;
+    let content_size = match fcs_len {
+        0 => None,
+        2 => Some(le(fcs) + 256),
+        _ => Some(le(fcs)),
+    };
+    if single_segment {
+        window = content_size.unwrap_or(0);
+    }
+    if window > MAX_WINDOW {
+        return Err(DecodeError::WindowTooLarge { window });
+    }
+    Ok(FrameHeader {
+        window,
+        content_size,
+        dict_id: le(did) as u32,
+    })
+}
+
+/// Checks that `stored` is exactly one zstd frame the format allows (see [`frame_header`]) with
+/// nothing after it, without decoding it.
+pub fn check_frame(stored: &[u8]) -> Result<FrameHeader, DecodeError> {
+    let h = frame_header(stored)?;
+    match zstd_safe::find_frame_compressed_size(stored) {
+        Ok(n) if n == stored.len() => Ok(h),
+        Ok(n) => Err(DecodeError::TrailingBytes {
+            frame_len: n as u64,
+            stored_len: stored.len() as u64,
+        }),
+        Err(code) => Err(DecodeError::Zstd(zstd_safe::get_error_name(code))),
+    }
+}
+
 /// Decodes a compressed record into `out` (cleared first), checking that it yields exactly
-/// `raw_len` bytes. `dict` must be given for [`Codec::ZstdDict`].
+/// `raw_len` bytes. `dict` must be given for [`Codec::ZstdDict`]. The error as text; see
+/// [`decode_record`] for the typed error.
 pub fn decode_into(
     dctx: &mut DCtx<'_>,
     codec: Codec,
@@ -172,24 +374,41 @@ pub fn decode_into(
     dict: Option<&DecodeDict>,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
+    decode_record(dctx, codec, stored, raw_len, dict, out).map_err(|e| e.to_string())
+}
+
+/// Decodes a record into `out` (cleared first): checks the `raw_len` bound, that a compressed
+/// record is exactly one zstd frame with a window of at most [`MAX_WINDOW`], and that it
+/// yields exactly `raw_len` bytes.
+pub fn decode_record(
+    dctx: &mut DCtx<'_>,
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u64,
+    dict: Option<&DecodeDict>,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
     out.clear();
     if raw_len > max_decoded_len(stored.len() as u64) {
-        return Err(format!(
-            "claims {raw_len} decoded bytes from {} stored bytes, more than zstd can produce",
-            stored.len()
-        ));
+        return Err(DecodeError::TooLarge {
+            raw_len,
+            stored_len: stored.len() as u64,
+        });
     }
-    let n = usize::try_from(raw_len).map_err(|_| "record too large for this platform")?;
+    let n = usize::try_from(raw_len).map_err(|_| DecodeError::Alloc(raw_len))?;
     match codec {
         Codec::Raw => {
             out.try_reserve_exact(stored.len())
-                .map_err(|_| format!("cannot allocate {} bytes", stored.len()))?;
+                .map_err(|_| DecodeError::Alloc(stored.len() as u64))?;
             out.extend_from_slice(stored);
         }
         Codec::Zstd | Codec::ZstdDict => {
             if codec == Codec::ZstdDict && dict.is_none() {
-                return Err("dictionary missing".into());
+                return Err(DecodeError::DictionaryMissing);
             }
+            // zstd's one-shot decoder accepts concatenated and skippable frames and ignores
+            // its window limit (that limit is for streaming); the format allows neither.
+            let header = check_frame(stored)?;
             // Memory follows the real output, not the claimed length. When the frame header
             // states the same size as the index (as every frame shardpack writes does), and it
             // is not huge, decode in one pass into raw_len + 1 bytes (the extra byte lets a
@@ -197,8 +416,8 @@ pub fn decode_into(
             // fits in and double while zstd says the buffer is too small: a corrupt record
             // claiming a huge length fails at the first try.
             const TRUST_HEADER_UP_TO: u64 = 64 << 20;
-            let header_agrees = raw_len <= TRUST_HEADER_UP_TO
-                && zstd_safe::get_frame_content_size(stored).ok().flatten() == Some(raw_len);
+            let header_agrees =
+                raw_len <= TRUST_HEADER_UP_TO && header.content_size == Some(raw_len);
             let mut cap = if header_agrees {
                 n + 1
             } else {
@@ -208,7 +427,7 @@ pub fn decode_into(
             loop {
                 out.clear();
                 out.try_reserve_exact(cap)
-                    .map_err(|_| format!("cannot allocate {cap} bytes to decode the record"))?;
+                    .map_err(|_| DecodeError::Alloc(cap as u64))?;
                 let res = match dict {
                     Some(d) if codec == Codec::ZstdDict => {
                         dctx.decompress_using_ddict(out, stored, &d.0)
@@ -220,18 +439,16 @@ pub fn decode_into(
                     Err(code) if cap <= n && is_dst_too_small(code) => {
                         cap = cap.saturating_mul(2).min(n + 1);
                     }
-                    Err(code) => {
-                        return Err(format!("zstd: {}", zstd_safe::get_error_name(code)));
-                    }
+                    Err(code) => return Err(DecodeError::Zstd(zstd_safe::get_error_name(code))),
                 }
             }
         }
     }
     if out.len() as u64 != raw_len {
-        return Err(format!(
-            "decoded to {} bytes, the index says {raw_len}",
-            out.len()
-        ));
+        return Err(DecodeError::LengthMismatch {
+            decoded: out.len() as u64,
+            expected: raw_len,
+        });
     }
     Ok(())
 }
@@ -247,9 +464,13 @@ pub fn new_cctx() -> CCtx<'static> {
     CCtx::create()
 }
 
-/// A fresh decompression context.
+/// A fresh decompression context, its window limited to [`MAX_WINDOW`] (which zstd applies
+/// to streaming decodes; one-shot decodes are checked by [`check_frame`]).
 pub fn new_dctx() -> DCtx<'static> {
-    DCtx::create()
+    let mut d = DCtx::create();
+    d.set_parameter(zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
+        .expect("zstd accepts its default window limit");
+    d
 }
 
 /// Trains a zstd dictionary of at most `max_size` bytes on `samples`. `None` when zstd cannot

@@ -60,6 +60,14 @@ pub enum Error {
         /// What is wrong and what to do.
         detail: String,
     },
+    /// The manifest lists required features (format version 2) that this build does not know;
+    /// reading on could misread the dataset.
+    UnsupportedFeatures {
+        /// The manifest.
+        path: PathBuf,
+        /// The unknown required feature names, in manifest order.
+        features: Vec<String>,
+    },
     /// An option value is invalid.
     Options(String),
     /// The caller asked the operation to stop (see `compile::Progress::cancelled`); what it
@@ -129,6 +137,13 @@ impl fmt::Display for Error {
             ),
             Error::Manifest { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Input { path, detail } => write!(f, "{}: {detail}", path.display()),
+            Error::UnsupportedFeatures { path, features } => write!(
+                f,
+                "{}: the dataset requires features this reader does not know: {}; upgrade \
+                 shardpack",
+                path.display(),
+                features.join(", ")
+            ),
             Error::Options(s) => write!(f, "invalid option: {s}"),
             Error::Cancelled => write!(f, "cancelled; nothing this operation wrote was kept"),
             Error::OutOfRange { index, len } => {

@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -29,6 +30,13 @@ pub const MIN_RECORD_ALIGN: u64 = 8;
 
 /// The largest record alignment a writer may use (1 MiB).
 pub const MAX_RECORD_ALIGN: u64 = 1 << 20;
+
+/// The smallest possible shard file: the header's 4096-byte block, the 64-byte index header
+/// (the index of a shard with no fields and no samples) and the footer.
+pub const MIN_SHARD_LEN: u64 = REGION_ALIGN + 64 + 96;
+
+/// The four bytes every zstd dictionary in a shard starts with (RFC 8878 section 5).
+pub const DICT_MAGIC: [u8; 4] = [0x37, 0xa4, 0x30, 0xec];
 
 /// The label value stored for a sample without a label.
 pub const NO_LABEL: u32 = u32::MAX;
@@ -148,6 +156,60 @@ pub enum FormatErrorKind {
     },
     /// Any other inconsistency (bounds, alignment, counts, reserved bits).
     Invalid(String),
+    /// Two samples of the shard have the same key (`verify`).
+    DuplicateKey {
+        /// The earlier sample (index within the shard).
+        first: u64,
+        /// The later sample.
+        second: u64,
+    },
+    /// A sample has no records (`verify`).
+    EmptySample {
+        /// The sample (index within the shard).
+        sample: u64,
+    },
+    /// A field name contains `/` or a NUL byte (open).
+    UnsafeFieldName {
+        /// The field index.
+        field: u64,
+    },
+    /// A record's extraction path (`key.field`, or `key` for the empty field) is empty,
+    /// absolute, contains a NUL byte, or has an empty, `.` or `..` component (`verify`).
+    UnsafePath {
+        /// The sample (index within the shard).
+        sample: u64,
+        /// The field index.
+        field: u32,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The key-hash table is not sorted by `(hash, sample)` (`verify`, and lookups that meet
+    /// the inversion).
+    KeyHashOrder {
+        /// The first entry out of order.
+        entry: u64,
+    },
+    /// A dictionary does not start with the zstd dictionary magic `37 a4 30 ec` (open).
+    DictionaryMagic {
+        /// The field index.
+        field: u64,
+    },
+    /// A field whose codec is not zstd-dict has a dictionary (open).
+    DictionaryOnPlainField {
+        /// The field index.
+        field: u64,
+        /// The field's codec.
+        codec: Codec,
+    },
+    /// A record's codec is neither raw nor its field's codec (on access).
+    RecordCodecMismatch {
+        /// The record index.
+        record: u64,
+        /// The record's codec.
+        record_codec: Codec,
+        /// The field's codec.
+        field_codec: Codec,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -173,6 +235,53 @@ impl fmt::Display for FormatError {
                 "checksum mismatch (stored {stored:016x}, computed {actual:016x}): the bytes are corrupt"
             ),
             FormatErrorKind::Invalid(s) => f.write_str(s),
+            FormatErrorKind::DuplicateKey { first, second } => write!(
+                f,
+                "duplicate key: samples {first} and {second} have the same key; keys must be \
+                 unique"
+            ),
+            FormatErrorKind::EmptySample { sample } => {
+                write!(f, "sample {sample} has no records; every sample has at least one")
+            }
+            FormatErrorKind::UnsafeFieldName { field } => write!(
+                f,
+                "field {field}'s name contains '/' or a NUL byte; extracting it would write \
+                 outside the sample's name"
+            ),
+            FormatErrorKind::UnsafePath {
+                sample,
+                field,
+                reason,
+            } => write!(
+                f,
+                "unsafe path: the extraction path of sample {sample}, field {field} {reason}"
+            ),
+            FormatErrorKind::KeyHashOrder { entry } => write!(
+                f,
+                "key-hash table out of order at entry {entry}: lookups by key cannot be trusted"
+            ),
+            FormatErrorKind::DictionaryMagic { field } => write!(
+                f,
+                "the dictionary of field {field} does not start with the zstd dictionary magic \
+                 37 a4 30 ec"
+            ),
+            FormatErrorKind::DictionaryOnPlainField { field, codec } => write!(
+                f,
+                "field {field} has a dictionary but its codec is {}; only zstd-dict fields have \
+                 one",
+                codec.name()
+            ),
+            FormatErrorKind::RecordCodecMismatch {
+                record,
+                record_codec,
+                field_codec,
+            } => write!(
+                f,
+                "record {record} is stored as {} but its field's codec is {}; a record is raw or \
+                 its field's codec",
+                record_codec.name(),
+                field_codec.name()
+            ),
         }
     }
 }
@@ -435,7 +544,7 @@ impl Footer {
     pub fn decode(file: &[u8]) -> Result<Footer, FormatError> {
         const R: &str = "footer";
         let len = file.len() as u64;
-        let min = (REGION_ALIGN as usize + Self::SIZE) as u64;
+        let min = MIN_SHARD_LEN;
         if len < min {
             return Err(err(
                 R,
@@ -877,6 +986,8 @@ pub struct ShardBytes<B> {
     index: IndexHeader,
     layout: IndexLayout,
     fields: Vec<FieldEntry>,
+    /// The outcome of [`ShardBytes::check_key_hashes`], once a lookup has needed it.
+    key_table_checked: OnceLock<Result<(), FormatError>>,
 }
 
 impl<B: AsRef<[u8]>> ShardBytes<B> {
@@ -979,6 +1090,14 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                     format!("field {i} name is out of the name table"),
                 ));
             }
+            let name_at = (layout.names + f.name_offset) as usize;
+            if !is_safe_field_name(&idx[name_at..name_at + f.name_len as usize]) {
+                return Err(err(
+                    "index/fields",
+                    base + at as u64,
+                    FormatErrorKind::UnsafeFieldName { field: i as u64 },
+                ));
+            }
             if f.dict_len > 0 {
                 let end = f.dict_offset.checked_add(f.dict_len);
                 if f.dict_offset < footer.dict_offset
@@ -1009,6 +1128,23 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                         format!("field {i} dictionary is not 8-aligned"),
                     ));
                 }
+                if f.codec != Codec::ZstdDict {
+                    return Err(err(
+                        "index/fields",
+                        base + at as u64,
+                        FormatErrorKind::DictionaryOnPlainField {
+                            field: i as u64,
+                            codec: f.codec,
+                        },
+                    ));
+                }
+                if !d.starts_with(&DICT_MAGIC) {
+                    return Err(err(
+                        "dictionary",
+                        f.dict_offset,
+                        FormatErrorKind::DictionaryMagic { field: i as u64 },
+                    ));
+                }
             } else if f.codec == Codec::ZstdDict {
                 return Err(invalid(
                     "index/fields",
@@ -1031,6 +1167,7 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
             index,
             layout,
             fields,
+            key_table_checked: OnceLock::new(),
         })
     }
 
@@ -1196,6 +1333,17 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                     format!("record {r} uses a dictionary its field does not have"),
                 ))
             }
+            Some(c) if c != Codec::Raw && c != self.fields[e.field as usize].codec => {
+                return Err(err(
+                    "index/records",
+                    at as u64,
+                    FormatErrorKind::RecordCodecMismatch {
+                        record: r,
+                        record_codec: c,
+                        field_codec: self.fields[e.field as usize].codec,
+                    },
+                ))
+            }
             _ => {}
         }
         Ok(e)
@@ -1213,35 +1361,64 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
     }
 
     /// Checks the index tables as a whole, in O(samples + records): samples cover the record
-    /// table in order without gaps, each sample's fields are strictly increasing, and the
-    /// key-hash table is sorted, matches every key and names each sample exactly once. Open
-    /// does not do this (it would be per-sample work); `verify` does.
+    /// table in order without gaps, every sample has records, each sample's fields are strictly
+    /// increasing, every extraction path is safe, and the key-hash table is sorted, matches
+    /// every key, names each sample exactly once and holds no key twice. Open does not do this
+    /// (it would be per-sample work); `verify` does.
     pub fn check_structure(&self) -> Result<(), FormatError> {
+        self.check_samples()?;
+        self.check_key_hashes()
+    }
+
+    /// The sample and record half of [`ShardBytes::check_structure`].
+    pub fn check_samples(&self) -> Result<(), FormatError> {
         let n = self.index.sample_count;
         let mut next_record = 0u64;
         for i in 0..n {
             let e = self.sample(i)?;
+            let at = self.index_abs(self.layout.samples + i * SampleEntry::SIZE as u64) as u64;
             if e.first_record != next_record {
                 return Err(invalid(
                     "index/samples",
-                    self.index_abs(self.layout.samples + i * SampleEntry::SIZE as u64) as u64,
+                    at,
                     format!(
                         "sample {i} starts at record {}, expected {next_record}",
                         e.first_record
                     ),
                 ));
             }
+            if e.record_count == 0 {
+                return Err(err(
+                    "index/samples",
+                    at,
+                    FormatErrorKind::EmptySample { sample: i },
+                ));
+            }
+            let key = self.key(&e);
             let mut last_field = None;
             for r in e.first_record..e.first_record + e.record_count as u64 {
                 let rec = self.record(r)?;
+                let rat = self.index_abs(self.layout.records + r * RecordEntry::SIZE as u64) as u64;
                 if last_field.is_some_and(|l| rec.field <= l) {
                     return Err(invalid(
                         "index/records",
-                        self.index_abs(self.layout.records + r * RecordEntry::SIZE as u64) as u64,
+                        rat,
                         format!("record {r}: fields of sample {i} are not strictly increasing"),
                     ));
                 }
                 last_field = Some(rec.field);
+                let path = extraction_path(key, self.field_name(rec.field as usize));
+                if let Err(reason) = check_extraction_path(&path) {
+                    return Err(err(
+                        "index/samples",
+                        at,
+                        FormatErrorKind::UnsafePath {
+                            sample: i,
+                            field: rec.field,
+                            reason,
+                        },
+                    ));
+                }
             }
             next_record += e.record_count as u64;
         }
@@ -1255,29 +1432,65 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The key-hash half of [`ShardBytes::check_structure`]: sorted by `(hash, sample)`, every
+    /// sample named once with the hash of its key, no key twice. O(samples); the first lookup
+    /// that finds nothing runs it once (see [`ShardBytes::find_key`]).
+    pub fn check_key_hashes(&self) -> Result<(), FormatError> {
+        let n = self.index.sample_count;
         let base = self.index_abs(self.layout.key_hashes);
         let mut seen = vec![false; n as usize];
         let mut prev: Option<KeyHashEntry> = None;
+        let mut run_start = 0usize;
         for i in 0..n as usize {
             let at = base + i * KeyHashEntry::SIZE;
             let e = KeyHashEntry::decode(&self.bytes()[at..at + KeyHashEntry::SIZE]);
-            let bad = |msg: String| Err(invalid("index/key-hashes", at as u64, msg));
             if prev.is_some_and(|p| p >= e) {
-                return bad(format!("entry {i} is out of order"));
+                return Err(err(
+                    "index/key-hashes",
+                    at as u64,
+                    FormatErrorKind::KeyHashOrder { entry: i as u64 },
+                ));
             }
             if e.sample >= n || seen[e.sample as usize] {
-                return bad(format!(
-                    "entry {i} names sample {} twice or out of range",
-                    e.sample
+                return Err(invalid(
+                    "index/key-hashes",
+                    at as u64,
+                    format!("entry {i} names sample {} twice or out of range", e.sample),
                 ));
             }
             seen[e.sample as usize] = true;
             let s = self.sample(e.sample)?;
-            if key_hash(self.key(&s)) != e.hash {
-                return bad(format!(
-                    "entry {i} hash does not match the key of sample {}",
-                    e.sample
+            let key = self.key(&s);
+            if key_hash(key) != e.hash {
+                return Err(invalid(
+                    "index/key-hashes",
+                    at as u64,
+                    format!(
+                        "entry {i} hash does not match the key of sample {}",
+                        e.sample
+                    ),
                 ));
+            }
+            if prev.is_none_or(|p| p.hash != e.hash) {
+                run_start = i;
+            }
+            // Equal keys have equal hashes: compare with the earlier entries of this run
+            // (almost always none; a run longer than one is a hash collision or a duplicate).
+            for j in run_start..i {
+                let o = KeyHashEntry::decode(
+                    &self.bytes()[base + j * KeyHashEntry::SIZE..][..KeyHashEntry::SIZE],
+                );
+                if self.key(&self.sample(o.sample)?) == key {
+                    let (first, second) = (o.sample.min(e.sample), o.sample.max(e.sample));
+                    return Err(err(
+                        "index/key-hashes",
+                        at as u64,
+                        FormatErrorKind::DuplicateKey { first, second },
+                    ));
+                }
             }
             prev = Some(e);
         }
@@ -1285,6 +1498,10 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
     }
 
     /// Finds the sample whose key is `key`, by binary search in the key-hash table.
+    ///
+    /// An answer "absent" is never wrong: before the first one, the shard's whole key-hash
+    /// table is checked once ([`ShardBytes::check_key_hashes`], O(samples), remembered), so a
+    /// damaged table gives an error instead.
     pub fn find_key(&self, key: &[u8]) -> Result<Option<u64>, FormatError> {
         let h = key_hash(key);
         let n = self.index.sample_count;
@@ -1322,8 +1539,78 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
             }
             i += 1;
         }
+        self.key_table_checked
+            .get_or_init(|| self.check_key_hashes())
+            .clone()?;
         Ok(None)
     }
+}
+
+impl<B: AsRef<[u8]>> ShardBytes<B> {
+    /// The samples whose key-hash entry holds `hash` (binary search; assumes a sorted table,
+    /// which `verify` checks separately).
+    pub fn samples_with_hash(&self, hash: u64) -> Vec<u64> {
+        let n = self.index.sample_count;
+        let base = self.index_abs(self.layout.key_hashes);
+        let entry = |i: u64| {
+            let at = base + (i as usize) * KeyHashEntry::SIZE;
+            KeyHashEntry::decode(&self.bytes()[at..at + KeyHashEntry::SIZE])
+        };
+        let (mut lo, mut hi) = (0u64, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if entry(mid).hash < hash {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo..n)
+            .map(entry)
+            .take_while(|e| e.hash == hash)
+            .filter(|e| e.sample < n)
+            .map(|e| e.sample)
+            .collect()
+    }
+}
+
+/// The relative path a record is extracted to: `key + "." + field`, or `key` alone for the
+/// empty field name (`format-spec/manifest.md` section 3).
+pub fn extraction_path(key: &[u8], field: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(key.len() + 1 + field.len());
+    p.extend_from_slice(key);
+    if !field.is_empty() {
+        p.push(b'.');
+        p.extend_from_slice(field);
+    }
+    p
+}
+
+/// Checks an extraction path the way an extractor must before creating a file: not empty,
+/// not absolute, no NUL byte, no empty, `.` or `..` component. The error says which rule.
+pub fn check_extraction_path(path: &[u8]) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("is empty");
+    }
+    if path[0] == b'/' {
+        return Err("is absolute (starts with '/')");
+    }
+    if path.contains(&0) {
+        return Err("contains a NUL byte");
+    }
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" => return Err("has an empty component"),
+            b"." | b".." => return Err("has a '.' or '..' component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `true` when a field name may be stored: no `/` and no NUL byte (the empty name is allowed).
+pub fn is_safe_field_name(name: &[u8]) -> bool {
+    !name.iter().any(|&b| b == b'/' || b == 0)
 }
 
 #[cfg(test)]

@@ -7,13 +7,24 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::format::Version;
 
 /// File name of the manifest inside a dataset directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// The value of the manifest's `format` key.
 pub const FORMAT_NAME: &str = "shardpack";
+
+/// The dataset format version a writer produces: the `format_version` of its manifests.
+/// Version 2 added the manifest's `writer` and `features` keys; its shards are shard-format
+/// version 1, byte for byte as in dataset version 1 (`format-spec/README.md#versioning`).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Lowest and highest dataset format version (`format_version`) this build reads.
+pub const SUPPORTED_FORMAT_VERSIONS: (u32, u32) = (1, 2);
+
+/// Feature names this build understands when a manifest lists them as required. None are
+/// defined yet; `format-spec/manifest.md` section 2.8 keeps the registry.
+pub const KNOWN_FEATURES: &[&str] = &[];
 
 /// File name of shard `i`.
 pub fn shard_file_name(i: u64) -> String {
@@ -176,13 +187,59 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// Who wrote a dataset, with the versions that decide its bytes (manifest key `writer`,
+/// format version 2). Identical output is promised for the same writer identification and
+/// options, not across them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterId {
+    /// The writing program, `"shardpack"` for this crate.
+    pub name: String,
+    /// Its version (`CARGO_PKG_VERSION` for this crate).
+    pub version: String,
+    /// The zstd library version that compressed the records, `"1.5.7"`.
+    pub zstd: String,
+    /// What trained the dictionaries: `"zdict "` + the zstd version (`ZDICT_trainFromBuffer`).
+    pub dict_trainer: String,
+}
+
+impl WriterId {
+    /// This build's identification.
+    pub fn current() -> WriterId {
+        let v = zstd::zstd_safe::version_number();
+        let zstd = format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100);
+        WriterId {
+            name: "shardpack".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            dict_trainer: format!("zdict {zstd}"),
+            zstd,
+        }
+    }
+}
+
+/// Feature flags (manifest key `features`, format version 2): names of extensions the dataset
+/// uses. A reader refuses a dataset whose `required` list names a feature it does not know,
+/// naming it, and ignores `optional` features it does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Features {
+    /// Features a reader must understand to read the dataset correctly.
+    pub required: Vec<String>,
+    /// Features a reader may ignore (extra metadata, auxiliary files).
+    pub optional: Vec<String>,
+}
+
 /// The dataset manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Always `"shardpack"`.
     pub format: String,
-    /// Format version of every shard.
+    /// Dataset format version (1 or 2); the shards are shard-format version 1 in both.
     pub format_version: u32,
+    /// Who wrote the dataset (version 2; absent in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<WriterId>,
+    /// Feature flags (version 2; absent in version 1, where it means none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Features>,
     /// Total samples.
     pub samples: u64,
     /// Total records.
@@ -226,14 +283,20 @@ impl Manifest {
                 self.format
             ));
         }
-        if Version::from_u32(self.format_version).is_none() {
+        let (lo, hi) = SUPPORTED_FORMAT_VERSIONS;
+        if !(lo..=hi).contains(&self.format_version) {
             return bad(format!(
-                "format version {} is not supported by this reader (it reads versions {}..={}); \
-                 upgrade shardpack",
+                "format version {} is not supported by this reader (it reads versions \
+                 {lo}..={hi}); upgrade shardpack",
                 self.format_version,
-                Version::SUPPORTED.0,
-                Version::SUPPORTED.1
             ));
+        }
+        let unknown = self.unknown_required_features();
+        if !unknown.is_empty() {
+            return Err(Error::UnsupportedFeatures {
+                path: path.to_path_buf(),
+                features: unknown,
+            });
         }
         let mut next = 0u64;
         let mut records = 0u64;
@@ -268,6 +331,26 @@ impl Manifest {
             return bad(format!("unknown labels mode {:?}", self.labels));
         }
         Ok(())
+    }
+
+    /// The required features this build does not know, in manifest order.
+    pub fn unknown_required_features(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .flat_map(|f| &f.required)
+            .filter(|n| !KNOWN_FEATURES.contains(&n.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// The optional features this build does not know (and ignores), in manifest order.
+    pub fn unknown_optional_features(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .flat_map(|f| &f.optional)
+            .filter(|n| !KNOWN_FEATURES.contains(&n.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// The class name of `label`, if known.

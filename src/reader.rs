@@ -10,7 +10,7 @@ use memmap2::Mmap;
 use xxhash_rust::xxh3::Xxh3;
 use zstd::zstd_safe::DCtx;
 
-use crate::codec::{decode_into, new_dctx, DecodeDict};
+use crate::codec::{decode_into, decode_record, new_dctx, DecodeDict, DecodeError};
 use crate::error::{Error, Result};
 use crate::format::{
     record_checksum, Codec, FormatError, FormatErrorKind, RecordEntry, ShardBytes, NO_LABEL,
@@ -217,14 +217,16 @@ impl Dataset {
             .collect()
     }
 
-    /// Checks every byte: each shard's whole-file checksum, every record's checksum, and that
-    /// every compressed record decodes to its recorded length.
+    /// Checks every byte and every rule of the format: each shard's whole-file checksum, the
+    /// index structure, every record's checksum and decoding, labels, unique keys across
+    /// shards and the manifest's per-field statistics. Each problem is named by its
+    /// [`ProblemKind`].
     pub fn verify(&self) -> VerifyReport {
-        let mut report = VerifyReport::default();
+        let mut v = Verifier::new(&self.manifest);
         for (i, shard) in self.shards.iter().enumerate() {
-            verify_shard(shard, &self.manifest.shards[i], &mut report);
+            v.shard(i, shard, &self.manifest.shards[i]);
         }
-        report
+        v.finish(|i| self.shards.get(i))
     }
 }
 
@@ -504,6 +506,23 @@ impl<'a> Field<'a> {
         self.decode_unchecked(out)
     }
 
+    /// What `verify` does with one record: the checksum, then for compressed records a full
+    /// decode (frame rules of `format-spec/shard.md` section 6 included). Raw records are not
+    /// copied.
+    fn verify_record(
+        &self,
+        dctx: &mut DCtx<'_>,
+        buf: &mut Vec<u8>,
+    ) -> std::result::Result<(), (ProblemKind, Error)> {
+        self.check().map_err(|e| (ProblemKind::RecordChecksum, e))?;
+        if self.codec == Codec::Raw {
+            return Ok(());
+        }
+        let dict = self.sample.shard.dict(self.rec.field);
+        decode_record(dctx, self.codec, self.stored, self.rec.raw_len, dict, buf)
+            .map_err(|e| (ProblemKind::of_decode(&e), self.bad(e.to_string())))
+    }
+
     fn decode_unchecked(&self, out: &mut Vec<u8>) -> Result<()> {
         let dict = self.sample.shard.dict(self.rec.field);
         DCTX.with(|d| {
@@ -520,10 +539,119 @@ impl<'a> Field<'a> {
     }
 }
 
+/// What kind of defect a [`Problem`] is: a stable name for each check `verify` makes
+/// ([`ProblemKind::name`], printed by `shardpack verify --json` as `"kind"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The shard is missing, cut short, fails a check on open, or disagrees with the manifest
+    /// (the detail says which).
+    Shard,
+    /// The shard file's size or whole-file xxh3 differs from the manifest.
+    FileHash,
+    /// Another defect in the shard's index tables (record ranges, field order, key hashes).
+    Structure,
+    /// Two samples of the dataset have the same key.
+    DuplicateKey,
+    /// A sample has no records.
+    EmptySample,
+    /// An ImageFolder label is not below the number of classes.
+    LabelOutOfRange,
+    /// A field name contains `/` or NUL, or an extraction path would leave the output
+    /// directory (empty, absolute, NUL, an empty, `.` or `..` component).
+    UnsafeName,
+    /// The key-hash table is out of order (lookups by key cannot be trusted).
+    KeyHashOrder,
+    /// A dictionary lacks the zstd dictionary magic.
+    DictionaryMagic,
+    /// A field that is not zstd-dict has a dictionary.
+    DictionaryOnPlainField,
+    /// A record's codec is neither raw nor its field's codec.
+    RecordCodecMismatch,
+    /// A record's stored bytes do not match their checksum.
+    RecordChecksum,
+    /// A zstd record holds more than one frame, or bytes after its frame.
+    TrailingFrame,
+    /// A zstd record starts with a skippable frame.
+    SkippableFrame,
+    /// A zstd frame declares a window above the format's maximum (2^27 bytes).
+    WindowTooLarge,
+    /// A record does not decode (zstd error, wrong length, impossible size).
+    Decode,
+    /// The manifest's per-field statistics (`records`, `raw_bytes`, `stored_bytes`,
+    /// `dict_bytes`) differ from the shards.
+    FieldStats,
+}
+
+impl ProblemKind {
+    /// The stable kebab-case name (`"duplicate-key"`, `"window-too-large"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemKind::Shard => "shard",
+            ProblemKind::FileHash => "file-hash",
+            ProblemKind::Structure => "structure",
+            ProblemKind::DuplicateKey => "duplicate-key",
+            ProblemKind::EmptySample => "empty-sample",
+            ProblemKind::LabelOutOfRange => "label-out-of-range",
+            ProblemKind::UnsafeName => "unsafe-name",
+            ProblemKind::KeyHashOrder => "key-hash-order",
+            ProblemKind::DictionaryMagic => "dictionary-magic",
+            ProblemKind::DictionaryOnPlainField => "dictionary-on-plain-field",
+            ProblemKind::RecordCodecMismatch => "record-codec-mismatch",
+            ProblemKind::RecordChecksum => "record-checksum",
+            ProblemKind::TrailingFrame => "trailing-frame",
+            ProblemKind::SkippableFrame => "skippable-frame",
+            ProblemKind::WindowTooLarge => "window-too-large",
+            ProblemKind::Decode => "decode",
+            ProblemKind::FieldStats => "field-stats",
+        }
+    }
+
+    /// The kind of a structural error (`fallback` for kinds without one of their own).
+    pub fn of_format(e: &FormatError, fallback: ProblemKind) -> ProblemKind {
+        match e.kind {
+            FormatErrorKind::DuplicateKey { .. } => ProblemKind::DuplicateKey,
+            FormatErrorKind::EmptySample { .. } => ProblemKind::EmptySample,
+            FormatErrorKind::UnsafeFieldName { .. } | FormatErrorKind::UnsafePath { .. } => {
+                ProblemKind::UnsafeName
+            }
+            FormatErrorKind::KeyHashOrder { .. } => ProblemKind::KeyHashOrder,
+            FormatErrorKind::DictionaryMagic { .. } => ProblemKind::DictionaryMagic,
+            FormatErrorKind::DictionaryOnPlainField { .. } => ProblemKind::DictionaryOnPlainField,
+            FormatErrorKind::RecordCodecMismatch { .. } => ProblemKind::RecordCodecMismatch,
+            _ => fallback,
+        }
+    }
+
+    /// The kind of an error from opening or reading a shard.
+    pub fn of_error(e: &Error, fallback: ProblemKind) -> ProblemKind {
+        match e {
+            Error::Corrupt { source, .. } => ProblemKind::of_format(source, fallback),
+            _ => fallback,
+        }
+    }
+
+    /// The kind of a record decoding error.
+    pub fn of_decode(e: &DecodeError) -> ProblemKind {
+        match e {
+            DecodeError::TrailingBytes { .. } => ProblemKind::TrailingFrame,
+            DecodeError::SkippableFrame => ProblemKind::SkippableFrame,
+            DecodeError::WindowTooLarge { .. } => ProblemKind::WindowTooLarge,
+            _ => ProblemKind::Decode,
+        }
+    }
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A problem found by [`Dataset::verify`] or [`verify_dir`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// Shard file name.
+    /// Shard file name (`manifest.json` for a problem of the manifest as a whole).
     pub shard: String,
     /// Sample index within the shard, when the problem is one record.
     pub sample: Option<u64>,
@@ -531,6 +659,8 @@ pub struct Problem {
     pub key: Option<String>,
     /// The field (lossy UTF-8).
     pub field: Option<String>,
+    /// Which check failed.
+    pub kind: ProblemKind,
     /// What is wrong.
     pub detail: String,
 }
@@ -555,6 +685,11 @@ impl VerifyReport {
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// `true` when some problem is of `kind`.
+    pub fn has(&self, kind: ProblemKind) -> bool {
+        self.problems.iter().any(|p| p.kind == kind)
+    }
 }
 
 /// Verifies the dataset in `dir` even where [`Dataset::open`] would stop at the first bad
@@ -563,92 +698,261 @@ impl VerifyReport {
 pub fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     let dir = dir.as_ref();
     let manifest = read_manifest(dir)?;
-    let mut report = VerifyReport::default();
+    let mut v = Verifier::new(&manifest);
     for (i, meta) in manifest.shards.iter().enumerate() {
         match open_listed_shard(dir, &manifest, i, meta) {
-            Ok(shard) => verify_shard(&shard, meta, &mut report),
-            Err(e) => {
-                report.shards += 1;
+            Ok(shard) => v.shard(i, &shard, meta),
+            Err(e) => v.unopened(meta, &e),
+        }
+    }
+    Ok(v.finish(|i| open_listed_shard(dir, &manifest, i, &manifest.shards[i]).ok()))
+}
+
+/// The dataset-wide state of one verification: the report, per-field sums, key hashes.
+struct Verifier<'m> {
+    manifest: &'m Manifest,
+    report: VerifyReport,
+    /// Per field: records, raw bytes, stored bytes.
+    stats: Vec<(u64, u64, u64)>,
+    /// Every shard opened and every record entry read, so the per-field sums are complete.
+    all_opened: bool,
+    /// (key hash, shard) of every sample of the opened shards.
+    hashes: Vec<(u64, u32)>,
+    buf: Vec<u8>,
+}
+
+fn problem(shard: &str, kind: ProblemKind, detail: String) -> Problem {
+    Problem {
+        shard: shard.to_string(),
+        sample: None,
+        key: None,
+        field: None,
+        kind,
+        detail,
+    }
+}
+
+impl<'m> Verifier<'m> {
+    fn new(manifest: &'m Manifest) -> Verifier<'m> {
+        Verifier {
+            manifest,
+            report: VerifyReport::default(),
+            stats: vec![(0, 0, 0); manifest.fields.len()],
+            all_opened: true,
+            hashes: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn unopened(&mut self, meta: &ShardMeta, e: &Error) {
+        self.report.shards += 1;
+        self.all_opened = false;
+        let kind = ProblemKind::of_error(e, ProblemKind::Shard);
+        self.report
+            .problems
+            .push(problem(&meta.file, kind, e.to_string()));
+    }
+
+    fn shard(&mut self, index: usize, shard: &Shard, meta: &ShardMeta) {
+        let report = &mut self.report;
+        report.shards += 1;
+        let name = meta.file.as_str();
+        let all = shard.bytes.bytes();
+        let mut h = Xxh3::new();
+        for chunk in all.chunks(8 << 20) {
+            h.update(chunk);
+        }
+        report.bytes += all.len() as u64;
+        let sum = h.digest();
+        if all.len() as u64 != meta.bytes || sum != meta.xxh3.0 {
+            report.problems.push(problem(
+                name,
+                ProblemKind::FileHash,
+                format!(
+                    "file is {} bytes with xxh3 {sum:016x}, the manifest says {} bytes with {:016x}",
+                    all.len(),
+                    meta.bytes,
+                    meta.xxh3.0
+                ),
+            ));
+        }
+        if let Err(e) = shard.bytes.check_structure() {
+            let kind = ProblemKind::of_format(&e, ProblemKind::Structure);
+            report
+                .problems
+                .push(problem(name, kind, shard.corrupt(e).to_string()));
+        }
+        for (f, entry) in shard.bytes.fields().iter().enumerate() {
+            let want = self.manifest.fields.get(f).map_or(0, |m| m.dict_bytes);
+            if entry.dict_len != want {
+                report.problems.push(problem(
+                    name,
+                    ProblemKind::FieldStats,
+                    format!(
+                        "field {f} ({:?}) has a {}-byte dictionary, the manifest's dict_bytes \
+                         says {want}",
+                        String::from_utf8_lossy(shard.bytes.field_name(f)),
+                        entry.dict_len
+                    ),
+                ));
+            }
+        }
+        let imagefolder = self.manifest.labels == "imagefolder";
+        let classes = self.manifest.classes.len() as u64;
+        let mut dctx = new_dctx();
+        for local in 0..shard.len() {
+            report.samples += 1;
+            let sample = match shard.sample(local, meta.first_sample + local) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.all_opened = false; // the per-field sums miss this sample
+                    report.problems.push(Problem {
+                        sample: Some(local),
+                        ..problem(
+                            name,
+                            ProblemKind::of_error(&e, ProblemKind::Structure),
+                            e.to_string(),
+                        )
+                    });
+                    continue;
+                }
+            };
+            self.hashes
+                .push((crate::format::key_hash(sample.key()), index as u32));
+            let key = String::from_utf8_lossy(sample.key()).into_owned();
+            if let Some(label) = sample
+                .label()
+                .filter(|&l| imagefolder && u64::from(l) >= classes)
+            {
                 report.problems.push(Problem {
-                    shard: meta.file.clone(),
-                    sample: None,
-                    key: None,
-                    field: None,
-                    detail: e.to_string(),
+                    sample: Some(local),
+                    key: Some(key.clone()),
+                    ..problem(
+                        name,
+                        ProblemKind::LabelOutOfRange,
+                        format!(
+                            "label out of range: sample {local} has label {label}, the manifest \
+                             names {classes} classes (labels 0..{classes}, or none)"
+                        ),
+                    )
                 });
+            }
+            for f in sample.fields() {
+                report.records += 1;
+                let (field, res) = match f {
+                    Ok(f) => {
+                        if let Some(st) = self.stats.get_mut(f.field_index() as usize) {
+                            st.0 += 1;
+                            st.1 += f.raw_len();
+                            st.2 += f.stored().len() as u64;
+                        }
+                        (
+                            Some(String::from_utf8_lossy(f.name()).into_owned()),
+                            f.verify_record(&mut dctx, &mut self.buf),
+                        )
+                    }
+                    Err(e) => {
+                        self.all_opened = false; // the per-field sums miss this record
+                        let kind = ProblemKind::of_error(&e, ProblemKind::Structure);
+                        (None, Err((kind, e)))
+                    }
+                };
+                if let Err((kind, e)) = res {
+                    report.problems.push(Problem {
+                        shard: name.to_string(),
+                        sample: Some(local),
+                        key: Some(key.clone()),
+                        field,
+                        kind,
+                        detail: e.to_string(),
+                    });
+                }
             }
         }
     }
-    Ok(report)
-}
 
-fn verify_shard(shard: &Shard, meta: &ShardMeta, report: &mut VerifyReport) {
-    report.shards += 1;
-    let name = meta.file.clone();
-    let all = shard.bytes.bytes();
-    let mut h = Xxh3::new();
-    for chunk in all.chunks(8 << 20) {
-        h.update(chunk);
-    }
-    report.bytes += all.len() as u64;
-    let sum = h.digest();
-    if all.len() as u64 != meta.bytes || sum != meta.xxh3.0 {
-        report.problems.push(Problem {
-            shard: name.clone(),
-            sample: None,
-            key: None,
-            field: None,
-            detail: format!(
-                "file is {} bytes with xxh3 {sum:016x}, the manifest says {} bytes with {:016x}",
-                all.len(),
-                meta.bytes,
-                meta.xxh3.0
-            ),
-        });
-    }
-    if let Err(e) = shard.bytes.check_structure() {
-        report.problems.push(Problem {
-            shard: name.clone(),
-            sample: None,
-            key: None,
-            field: None,
-            detail: shard.corrupt(e).to_string(),
-        });
-    }
-    let mut buf = Vec::new();
-    for local in 0..shard.len() {
-        report.samples += 1;
-        let sample = match shard.sample(local, meta.first_sample + local) {
-            Ok(s) => s,
-            Err(e) => {
-                report.problems.push(Problem {
-                    shard: name.clone(),
-                    sample: Some(local),
-                    key: None,
-                    field: None,
-                    detail: e.to_string(),
-                });
-                continue;
+    /// The dataset-wide checks (keys unique across shards, per-field statistics); `open`
+    /// gives shard `i` again for naming a duplicate key.
+    fn finish<S: std::borrow::Borrow<Shard>>(
+        mut self,
+        open: impl Fn(usize) -> Option<S>,
+    ) -> VerifyReport {
+        if self.all_opened {
+            for (f, (m, got)) in self.manifest.fields.iter().zip(&self.stats).enumerate() {
+                if (m.records, m.raw_bytes, m.stored_bytes) != *got {
+                    self.report.problems.push(problem(
+                        MANIFEST_FILE,
+                        ProblemKind::FieldStats,
+                        format!(
+                            "field statistics: field {f} ({:?}) has {} records, {} raw bytes and \
+                             {} stored bytes in the shards, the manifest says {}, {} and {}",
+                            m.name.display(),
+                            got.0,
+                            got.1,
+                            got.2,
+                            m.records,
+                            m.raw_bytes,
+                            m.stored_bytes
+                        ),
+                    ));
+                }
             }
-        };
-        let key = String::from_utf8_lossy(sample.key()).into_owned();
-        for f in sample.fields() {
-            report.records += 1;
-            let (field, res) = match f {
-                Ok(f) => (
-                    Some(String::from_utf8_lossy(f.name()).into_owned()),
-                    f.read_into(&mut buf),
-                ),
-                Err(e) => (None, Err(e)),
+        }
+        // Keys repeated across shards (repeats within a shard are the shard's structure
+        // problem). Sorting 12 bytes per sample; only a repeated hash costs any lookups.
+        let mut hashes = std::mem::take(&mut self.hashes);
+        hashes.sort_unstable();
+        let mut i = 0;
+        while i < hashes.len() {
+            let j = i + hashes[i..].partition_point(|h| h.0 == hashes[i].0);
+            let mut shards: Vec<u32> = hashes[i..j].iter().map(|h| h.1).collect();
+            shards.dedup();
+            if shards.len() > 1 {
+                self.cross_shard_duplicates(hashes[i].0, &shards, &open);
+            }
+            i = j;
+        }
+        self.report
+    }
+
+    fn cross_shard_duplicates<S: std::borrow::Borrow<Shard>>(
+        &mut self,
+        hash: u64,
+        shards: &[u32],
+        open: &impl Fn(usize) -> Option<S>,
+    ) {
+        let mut seen: Vec<(Vec<u8>, usize, u64)> = Vec::new();
+        for &s in shards {
+            let Some(shard) = open(s as usize) else {
+                continue;
             };
-            if let Err(e) = res {
-                report.problems.push(Problem {
-                    shard: name.clone(),
-                    sample: Some(local),
-                    key: Some(key.clone()),
-                    field,
-                    detail: e.to_string(),
-                });
+            let shard = shard.borrow();
+            for local in shard.bytes.samples_with_hash(hash) {
+                let Ok(e) = shard.bytes.sample(local) else {
+                    continue;
+                };
+                let key = shard.bytes.key(&e).to_vec();
+                if let Some((_, s0, l0)) = seen
+                    .iter()
+                    .find(|(k, s0, _)| *k == key && *s0 != s as usize)
+                {
+                    let file = &self.manifest.shards[s as usize].file;
+                    self.report.problems.push(Problem {
+                        sample: Some(local),
+                        key: Some(String::from_utf8_lossy(&key).into_owned()),
+                        ..problem(
+                            file,
+                            ProblemKind::DuplicateKey,
+                            format!(
+                                "duplicate key: sample {local} of {file} has the same key as \
+                                 sample {l0} of {}; keys must be unique",
+                                self.manifest.shards[*s0].file
+                            ),
+                        )
+                    });
+                } else {
+                    seen.push((key, s as usize, local));
+                }
             }
         }
     }

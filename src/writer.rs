@@ -15,13 +15,13 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 use crate::codec::{new_cctx, FieldEncoder, DEFAULT_LEVEL};
 use crate::error::{Error, Result};
 use crate::format::{
-    align_up, key_hash, record_checksum, Codec, FieldEntry, Footer, Header, IndexHeader,
-    KeyHashEntry, RecordEntry, SampleEntry, Version, MAX_RECORD_ALIGN, MIN_RECORD_ALIGN, NO_LABEL,
-    REGION_ALIGN,
+    align_up, is_safe_field_name, key_hash, record_checksum, Codec, FieldEntry, Footer, Header,
+    IndexHeader, KeyHashEntry, RecordEntry, SampleEntry, Version, MAX_RECORD_ALIGN,
+    MIN_RECORD_ALIGN, NO_LABEL, REGION_ALIGN,
 };
 use crate::manifest::{
-    shard_file_name, FieldMeta, Hash64, Manifest, Name, ShardMeta, Skipped, FORMAT_NAME,
-    MANIFEST_FILE,
+    shard_file_name, Features, FieldMeta, Hash64, Manifest, Name, ShardMeta, Skipped, WriterId,
+    FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE,
 };
 
 /// Default shard size target: 1 GiB.
@@ -170,6 +170,8 @@ pub struct DatasetWriter {
     /// the caller guarantees unique keys (see [`DatasetWriter::assume_unique_keys`]).
     earlier_keys: Option<HashSet<u64>>,
     finished: bool,
+    /// The largest label appended, checked against the classes at `finish`.
+    max_label: Option<u32>,
     scratch: Vec<u8>,
     cctx: Option<zstd::zstd_safe::CCtx<'static>>,
 }
@@ -213,6 +215,12 @@ impl DatasetWriter {
         if fields.len() > u32::MAX as usize {
             return Err(Error::Options("too many fields".into()));
         }
+        if let Some(f) = fields.iter().find(|f| !is_safe_field_name(&f.name)) {
+            return Err(Error::Options(format!(
+                "field name {:?} contains '/' or a NUL byte; a field name is a file-name suffix",
+                String::from_utf8_lossy(&f.name)
+            )));
+        }
         let mut names = Vec::new();
         let mut states = Vec::with_capacity(fields.len());
         for spec in fields {
@@ -244,6 +252,7 @@ impl DatasetWriter {
             records: 0,
             earlier_keys: Some(HashSet::new()),
             finished: false,
+            max_label: None,
             scratch: Vec::new(),
             cctx: None,
         })
@@ -424,6 +433,7 @@ impl DatasetWriter {
         }
         .encode_into(&mut s.samples);
         s.keys.extend_from_slice(key);
+        self.max_label = self.max_label.max(label);
         s.key_hashes.push(KeyHashEntry {
             hash,
             sample: s.sample_count,
@@ -603,9 +613,20 @@ impl DatasetWriter {
     /// Closes the last shard and writes the manifest (atomically, last). Returns the manifest.
     pub fn finish(mut self, info: DatasetInfo) -> Result<Manifest> {
         self.finish_shard()?;
+        if info.imagefolder_labels {
+            if let Some(l) = self.max_label.filter(|&l| l as usize >= info.classes.len()) {
+                return Err(Error::Options(format!(
+                    "a sample has label {l} but only {} classes are named; ImageFolder labels \
+                     are class ids below the number of classes",
+                    info.classes.len()
+                )));
+            }
+        }
         let manifest = Manifest {
             format: FORMAT_NAME.to_string(),
-            format_version: Version::CURRENT.as_u32(),
+            format_version: FORMAT_VERSION,
+            writer: Some(WriterId::current()),
+            features: Some(Features::default()),
             samples: self.samples,
             records: self.records,
             shards: self.shards.clone(),

@@ -561,3 +561,273 @@ fn fixtures_are_the_documented_edits() {
     assert_eq!(shard_file("manifest-counts", DAMAGED), intact);
     assert_eq!(shard_file("truncated-manifest", DAMAGED), intact);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Broken rules inside consistent files (made by `cargo run --example corrupt-fixtures`, the
+// README's second table): every checksum matches, so only the rule's own check can catch
+// each one, and `verify` names it with its own `ProblemKind`.
+// ---------------------------------------------------------------------------------------------
+
+use shardpack::reader::ProblemKind;
+
+/// Each rule case, the kind `verify` reports for it, and whether `Dataset::open` refuses it.
+const RULE_CASES: &[(&str, ProblemKind, bool)] = &[
+    ("duplicate-key", ProblemKind::DuplicateKey, false),
+    (
+        "duplicate-key-across-shards",
+        ProblemKind::DuplicateKey,
+        false,
+    ),
+    ("empty-sample", ProblemKind::EmptySample, false),
+    ("label-out-of-range", ProblemKind::LabelOutOfRange, false),
+    ("slash-in-field-name", ProblemKind::UnsafeName, true),
+    ("unsafe-key", ProblemKind::UnsafeName, false),
+    ("two-zstd-frames", ProblemKind::TrailingFrame, false),
+    ("skippable-frame", ProblemKind::SkippableFrame, false),
+    ("huge-window", ProblemKind::WindowTooLarge, false),
+    ("dict-without-magic", ProblemKind::DictionaryMagic, true),
+    (
+        "dict-on-zstd-field",
+        ProblemKind::DictionaryOnPlainField,
+        true,
+    ),
+    (
+        "record-codec-mismatch",
+        ProblemKind::RecordCodecMismatch,
+        false,
+    ),
+    ("key-hash-order", ProblemKind::KeyHashOrder, false),
+    ("field-stats", ProblemKind::FieldStats, false),
+];
+
+/// `verify_dir` reports each rule case with its kind, about shard 1 (or the manifest for the
+/// per-field statistics) and nothing else of another kind; `Dataset::verify` agrees for the
+/// cases that open.
+#[test]
+fn verify_names_each_broken_rule() {
+    for &(case, kind, refused) in RULE_CASES {
+        let r = verify_report(case);
+        assert_eq!(r.shards, 3, "{case}");
+        let expected_shard = if kind == ProblemKind::FieldStats {
+            "manifest.json"
+        } else {
+            DAMAGED
+        };
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.kind == kind && p.shard == expected_shard),
+            "{case}: no {kind} problem about {expected_shard}: {:#?}",
+            r.problems
+        );
+        for p in &r.problems {
+            assert_eq!(
+                p.kind, kind,
+                "{case}: another problem besides {kind}: {p:#?}"
+            );
+        }
+        let dir = case_dir(case);
+        match no_panic(case, || Dataset::open(&dir)) {
+            Ok(ds) => {
+                assert!(!refused, "{case}: Dataset::open should refuse it");
+                let r2 = no_panic(case, || ds.verify());
+                assert!(
+                    r2.has(kind),
+                    "{case}: Dataset::verify misses {kind}: {r2:?}"
+                );
+            }
+            Err(e) => {
+                assert!(refused, "{case}: Dataset::open refused it: {e}");
+                assert_eq!(
+                    ProblemKind::of_error(&e, ProblemKind::Shard),
+                    kind,
+                    "{case}: {e}"
+                );
+            }
+        }
+    }
+}
+
+/// Each kind's message names the rule, so a person reading `verify` output sees which.
+#[test]
+fn broken_rule_messages_say_what_is_wrong() {
+    let expect = [
+        ("duplicate-key", "duplicate key: samples 2 and 3"),
+        (
+            "duplicate-key-across-shards",
+            "same key as sample 0 of shard-000000.spk",
+        ),
+        ("empty-sample", "sample 4 has no records"),
+        (
+            "label-out-of-range",
+            "sample 5 has label 2, the manifest names 2 classes",
+        ),
+        ("slash-in-field-name", "contains '/'"),
+        ("unsafe-key", "'..' component"),
+        ("two-zstd-frames", "exactly one zstd frame"),
+        ("skippable-frame", "skippable frame"),
+        ("huge-window", "1073741824-byte window"),
+        ("dict-without-magic", "zstd dictionary magic"),
+        (
+            "dict-on-zstd-field",
+            "has a dictionary but its codec is zstd",
+        ),
+        (
+            "record-codec-mismatch",
+            "stored as zstd but its field's codec is none",
+        ),
+        ("key-hash-order", "key-hash table out of order"),
+        ("field-stats", "the manifest says 31, 3563"),
+    ];
+    for (case, needle) in expect {
+        let r = verify_report(case);
+        assert!(
+            r.problems.iter().any(|p| p.detail.contains(needle)),
+            "{case}: no problem says {needle:?}: {:#?}",
+            r.problems
+        );
+    }
+}
+
+/// The record-level cases open (records are checked when read), and reading the damaged
+/// record fails, through the map and through the Loader, while its sample's other records
+/// read.
+#[test]
+fn broken_records_fail_when_read() {
+    for (case, key, field, needle) in [
+        (
+            "two-zstd-frames",
+            "square/0005",
+            "json",
+            "exactly one zstd frame",
+        ),
+        ("skippable-frame", "square/0005", "json", "skippable frame"),
+        ("huge-window", "circle/0012", "json", "window"),
+        (
+            "record-codec-mismatch",
+            "square/0013",
+            "bin",
+            "field's codec is none",
+        ),
+    ] {
+        let ds = Arc::new(Dataset::open(case_dir(case)).unwrap());
+        let s = ds.get_by_key(key.as_bytes()).unwrap().expect("present");
+        let mut failed = 0;
+        for f in s.fields() {
+            match f.and_then(|f| f.data().map(|d| (f.name().to_vec(), d.len()))) {
+                Ok((name, _)) => assert_ne!(name, field.as_bytes(), "{case}: read"),
+                Err(e) => {
+                    assert!(e.to_string().contains(needle), "{case}: {e}");
+                    failed += 1;
+                }
+            }
+        }
+        assert!(failed >= 1, "{case}: nothing failed");
+        // The Loader plans its reads from the record entries, so a bad entry may stop it
+        // from starting; a bad record's bytes are one error in the sample's place.
+        match Loader::new(ds, loader_opts()) {
+            Ok(l) => assert_eq!(l.filter(Result::is_err).count(), 1, "{case}: one error"),
+            Err(e) => assert!(e.to_string().contains(needle), "{case}: {e}"),
+        }
+    }
+}
+
+/// A key-hash table out of order never answers "absent" for a key that is there: the lookup
+/// that finds nothing checks the table and reports it.
+#[test]
+fn damaged_key_table_is_an_error_not_absent() {
+    let ds = Dataset::open(case_dir("key-hash-order")).unwrap();
+    let intact = Dataset::open(case_dir("intact")).unwrap();
+    let mut errors = 0;
+    for i in 0..SAMPLES {
+        let key = intact.get(i).unwrap().key().to_vec();
+        match ds.get_by_key(&key) {
+            Ok(Some(s)) => assert_eq!(s.key(), &key[..]),
+            Ok(None) => panic!("key {:?} is there but was answered absent", key),
+            Err(e) => {
+                assert!(
+                    matches!(
+                        &e,
+                        Error::Corrupt { source, .. }
+                            if matches!(source.kind, FormatErrorKind::KeyHashOrder { .. })
+                    ),
+                    "{e}"
+                );
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors > 0, "the swapped entries' keys cannot all be found");
+    assert!(matches!(
+        ds.get_by_key(b"no/such/key"),
+        Err(Error::Corrupt { .. })
+    ));
+    assert!(intact.get_by_key(b"no/such/key").unwrap().is_none());
+}
+
+/// Format version 2's feature flags: an unknown required feature is refused with its name,
+/// an unknown optional one is ignored.
+#[test]
+fn unknown_required_features_are_refused_and_optional_ones_ignored() {
+    let case = "unknown-required-feature";
+    let e = open_err(case);
+    match &e {
+        Error::UnsupportedFeatures { path, features } => {
+            assert_eq!(path, &case_dir(case).join("manifest.json"));
+            assert_eq!(features, &["x-example-required".to_string()]);
+        }
+        other => panic!("expected Error::UnsupportedFeatures, got {other:?}"),
+    }
+    assert!(e.to_string().contains("x-example-required"), "{e}");
+    assert!(!e.to_string().contains("x-example-optional"), "{e}");
+    assert!(matches!(
+        verify_dir(case_dir(case)),
+        Err(Error::UnsupportedFeatures { .. })
+    ));
+
+    // The same dataset with the required feature dropped: opens, verifies, and reports the
+    // optional feature as unknown.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in fs::read_dir(case_dir(case)).unwrap() {
+        let f = f.unwrap();
+        fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    let mpath = tmp.path().join("manifest.json");
+    let mut m: shardpack::Manifest = serde_json::from_slice(&fs::read(&mpath).unwrap()).unwrap();
+    m.features.as_mut().unwrap().required.clear();
+    fs::write(&mpath, m.to_json()).unwrap();
+    let ds = Dataset::open(tmp.path()).expect("unknown optional features are ignored");
+    assert_eq!(ds.manifest().format_version, 2);
+    assert_eq!(
+        ds.manifest().unknown_optional_features(),
+        vec!["x-example-optional".to_string()]
+    );
+    assert!(ds.verify().is_ok());
+}
+
+/// The rule cases are the edits the README documents: the other shards as in `intact/`, and
+/// shard 1 (or the manifest) still passing every checksum.
+#[test]
+fn rule_fixtures_keep_their_checksums() {
+    for &(case, kind, _) in RULE_CASES {
+        for other in ["shard-000000.spk", "shard-000002.spk"] {
+            assert_eq!(
+                shard_file(case, other),
+                shard_file("intact", other),
+                "{case}: {other} changed"
+            );
+        }
+        let r = verify_report(case);
+        assert!(
+            !r.problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::FileHash || p.kind == ProblemKind::RecordChecksum),
+            "{case}: a checksum fails, so the fixture does not isolate {kind}: {:#?}",
+            r.problems
+        );
+    }
+    assert_eq!(
+        shard_file("field-stats", DAMAGED),
+        shard_file("intact", DAMAGED)
+    );
+}

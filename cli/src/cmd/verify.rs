@@ -8,8 +8,11 @@ use anyhow::Result;
 use serde_json::json;
 use shardpack::verify_dir;
 
-/// Check every shard and record checksum and that every record decodes. Exits 3 and lists
-/// each problem (shard, sample, key, field) when anything is wrong.
+/// Check every byte and every rule of the format: shard and record checksums, that every
+/// record decodes (one zstd frame, window at most 128 MiB), the index structure (unique keys,
+/// no empty samples, sorted key hashes, safe extraction paths), labels and the manifest's
+/// per-field statistics. Exits 3 and lists each problem (shard, sample, key, field, and its
+/// kind in brackets, e.g. `[duplicate-key]`) when anything is wrong.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The dataset directory.
@@ -28,7 +31,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             .iter()
             .map(|p| {
                 json!({"shard": p.shard, "sample": p.sample, "key": p.key,
-                       "field": p.field, "detail": p.detail})
+                       "field": p.field, "kind": p.kind.name(), "detail": p.detail})
             })
             .collect();
         let v = json!({
@@ -53,7 +56,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             if let Some(f) = &p.field {
                 write!(out, " field {f:?}")?;
             }
-            writeln!(out, ": {}", p.detail)?;
+            writeln!(out, ": {} [{}]", p.detail, p.kind)?;
         }
         let verdict = if r.is_ok() { "OK" } else { "FAILED" };
         writeln!(
