@@ -307,12 +307,6 @@ fn cases() -> Vec<(&'static str, &'static str, ShardEdit, ManifestEdit)> {
             none,
         ),
         (
-            "unsafe-key",
-            "sample 7 of shard 1 gets the key `../escape` (extracted to ../escape.bin ...)",
-            |ms| ms[SHARD].samples[7].key = b"../escape".to_vec(),
-            none,
-        ),
-        (
             "two-zstd-frames",
             "the zstd `json` record of sample 1 of shard 1 holds its frame twice (raw_len doubled)",
             |ms| {

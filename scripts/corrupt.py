@@ -7,6 +7,8 @@ Driven by scripts/make-corrupt-fixtures.sh; each subcommand is also usable on it
     python3 scripts/corrupt.py layout SHARD        # print a shard's regions (format-spec/shard.md)
     python3 scripts/corrupt.py apply CASE DIR [--other OTHER_DATASET]
                                                    # damage the dataset copy in DIR as CASE says
+    python3 scripts/corrupt.py v1-manifest DIR     # rewrite DIR's format-version-2 manifest as
+                                                   # the version-1 manifest of the same shards
 
 The base tree is 30 samples in two ImageFolder classes (`circle`, `square`), each sample three
 files sharing a key: `.bin` (incompressible bytes, stored raw), `.txt` (compressible English-like
@@ -270,6 +272,20 @@ def rewrite_manifest(dir, edit, case):
         f.write(dump(m))
 
 
+def v1_manifest(dir):
+    """The fixtures are format-version-1 datasets. Version 2 changed only the manifest (it added
+    `writer` and `features`; the shards are byte-identical), so a v2 pack becomes the v1
+    dataset of the same shards by dropping those keys and setting `format_version` to 1."""
+
+    def edit(m):
+        if m["format_version"] == 2:
+            del m["writer"]
+            del m["features"]
+            m["format_version"] = 1
+
+    rewrite_manifest(dir, edit, "v1-manifest")
+
+
 def apply(case, dir, other):
     shard_path = os.path.join(dir, SHARD)
     s = Shard(shard_path)
@@ -353,12 +369,16 @@ def main():
     a.add_argument("case")
     a.add_argument("dir")
     a.add_argument("--other")
+    v1 = sub.add_parser("v1-manifest")
+    v1.add_argument("dir")
     args = p.parse_args()
     if args.cmd == "tree":
         make_tree(args.out)
     elif args.cmd == "layout":
         for sh in args.shard:
             print(Shard(sh).describe())
+    elif args.cmd == "v1-manifest":
+        v1_manifest(args.dir)
     else:
         apply(args.case, args.dir, args.other)
 

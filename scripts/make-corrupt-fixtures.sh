@@ -11,7 +11,11 @@
 # two packs are byte-identical; (3) pack it once more with another shuffle seed, giving a
 # second, different dataset of the same shape (for swapped-shard); (4) copy the first dataset
 # into fixtures/corrupt/<case>/ for every case and apply that case's edit with
-# `scripts/corrupt.py apply`. Needs cargo, python3 and the standard tools (cmp, diff).
+# `scripts/corrupt.py apply`; (5) write the broken-rule cases from intact/ with
+# `cargo run --example corrupt-fixtures` (they need xxh3, which Python's standard library lacks).
+# The fixtures are format-version-1 datasets: each pack's manifest is rewritten as version 1
+# (`corrupt.py v1-manifest`; version 2 changed only the manifest). Needs cargo, python3 and the
+# standard tools (cmp, diff).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +43,23 @@ cases=(
     swapped-shard
     truncated-manifest
 )
+# Written by examples/corrupt-fixtures.rs from intact/ (step 5).
+rule_cases=(
+    duplicate-key
+    duplicate-key-across-shards
+    empty-sample
+    label-out-of-range
+    slash-in-field-name
+    two-zstd-frames
+    skippable-frame
+    huge-window
+    dict-without-magic
+    dict-on-zstd-field
+    record-codec-mismatch
+    key-hash-order
+    field-stats
+    unknown-required-feature
+)
 
 cargo build --quiet -p shardpack-cli
 bin="$root/target/debug/shardpack"
@@ -54,6 +75,7 @@ pack() { # pack SEED OUT
     "$bin" pack "$tree" "$2" --quiet --shuffle-seed "$1" --max-samples-per-shard 12 \
         --field-compress bin=none --field-compress txt=zstd-dict --field-compress json=zstd \
         --threads 2 >/dev/null
+    python3 scripts/corrupt.py v1-manifest "$2" >/dev/null
 }
 pack 1 "$work/base"
 pack 1 "$work/base-again"
@@ -66,6 +88,8 @@ for c in "${cases[@]}"; do
     cp -R "$work/base" "$out/$c"
     python3 scripts/corrupt.py apply "$c" "$out/$c" --other "$work/other"
 done
+cargo run --quiet --example corrupt-fixtures -- "$out/intact" "$out"
+cases+=("${rule_cases[@]}")
 
 if [ "$check" = 1 ]; then
     status=0

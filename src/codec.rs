@@ -543,6 +543,80 @@ mod tests {
     }
 
     #[test]
+    fn frame_rules_one_frame_no_skippable_window_at_most_2_27() {
+        let raw = b"frame rules frame rules frame rules frame rules".repeat(20);
+        let f = frame(&raw, true);
+        let h = check_frame(&f).unwrap();
+        assert_eq!(h.content_size, Some(raw.len() as u64));
+        assert!(h.window <= MAX_WINDOW);
+        let mut dctx = new_dctx();
+        let mut out = Vec::new();
+        let n = raw.len() as u64;
+        decode_record(&mut dctx, Codec::Zstd, &f, n, None, &mut out).unwrap();
+        // Two frames: zstd alone would decode both, to twice the length.
+        let two = [f.clone(), f.clone()].concat();
+        assert!(matches!(
+            decode_record(&mut dctx, Codec::Zstd, &two, 2 * n, None, &mut out),
+            Err(DecodeError::TrailingBytes { frame_len, .. }) if frame_len == f.len() as u64
+        ));
+        // A leading skippable frame.
+        let mut skip = vec![0x5f, 0x2a, 0x4d, 0x18, 1, 0, 0, 0, 0];
+        skip.extend_from_slice(&f);
+        assert_eq!(
+            decode_record(&mut dctx, Codec::Zstd, &skip, n, None, &mut out),
+            Err(DecodeError::SkippableFrame)
+        );
+        // Window descriptors: exponent 17 (2^27) passes, 2^27 + 1/8 and 2^30 do not.
+        let with_wd = |wd: u8| {
+            let mut b = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, wd];
+            b.extend_from_slice(&((3u32 << 3) | 1).to_le_bytes()[..3]);
+            b.extend_from_slice(b"abc");
+            b
+        };
+        assert_eq!(check_frame(&with_wd(17 << 3)).unwrap().window, 1 << 27);
+        decode_record(&mut dctx, Codec::Zstd, &with_wd(17 << 3), 3, None, &mut out).unwrap();
+        assert_eq!(out, b"abc");
+        for (wd, window) in [
+            ((17 << 3) | 1, (1u64 << 27) + (1 << 24)),
+            (20 << 3, 1 << 30),
+        ] {
+            assert_eq!(
+                decode_record(&mut dctx, Codec::Zstd, &with_wd(wd), 3, None, &mut out),
+                Err(DecodeError::WindowTooLarge { window })
+            );
+        }
+        // Single-segment frames: the window is the content size.
+        let mut ss = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        ss.extend_from_slice(&(1u64 << 28).to_le_bytes());
+        assert_eq!(
+            frame_header(&ss),
+            Err(DecodeError::WindowTooLarge { window: 1 << 28 })
+        );
+        assert_eq!(frame_header(b"\x28\xb5\x2f"), Err(DecodeError::NotAFrame));
+        assert_eq!(frame_header(b"not zstd"), Err(DecodeError::NotAFrame));
+        assert_eq!(
+            frame_header(&[0x28, 0xb5, 0x2f, 0xfd, 0x08, 0]),
+            Err(DecodeError::BadFrameHeader)
+        );
+    }
+
+    #[test]
+    fn dictionaries_need_the_magic_and_a_dict_field() {
+        assert!(FieldEncoder::new(Codec::ZstdDict, 3, Some(b"raw content, no magic")).is_err());
+        assert!(FieldEncoder::new(Codec::Zstd, 3, Some(&DICT_MAGIC)).is_err());
+        let samples: Vec<Vec<u8>> = (0..100)
+            .map(|i| {
+                format!("{{\"id\": {i}, \"name\": \"sample {i}\", \"tags\": [\"a\", \"b\"]}}")
+                    .into_bytes()
+            })
+            .collect();
+        let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+        let d = train_dictionary(&refs, 1024).unwrap();
+        assert!(has_dict_magic(&d));
+        assert!(FieldEncoder::new(Codec::ZstdDict, 3, Some(&d)).is_ok());
+    }
+
+    #[test]
     fn policies_parse() {
         assert_eq!("auto".parse::<Policy>(), Ok(Policy::Auto));
         assert_eq!("none".parse::<Policy>(), Ok(Policy::None));

@@ -173,16 +173,6 @@ pub enum FormatErrorKind {
         /// The field index.
         field: u64,
     },
-    /// A record's extraction path (`key.field`, or `key` for the empty field) is empty,
-    /// absolute, contains a NUL byte, or has an empty, `.` or `..` component (`verify`).
-    UnsafePath {
-        /// The sample (index within the shard).
-        sample: u64,
-        /// The field index.
-        field: u32,
-        /// Which rule it breaks.
-        reason: &'static str,
-    },
     /// The key-hash table is not sorted by `(hash, sample)` (`verify`, and lookups that meet
     /// the inversion).
     KeyHashOrder {
@@ -247,14 +237,6 @@ impl fmt::Display for FormatError {
                 f,
                 "field {field}'s name contains '/' or a NUL byte; extracting it would write \
                  outside the sample's name"
-            ),
-            FormatErrorKind::UnsafePath {
-                sample,
-                field,
-                reason,
-            } => write!(
-                f,
-                "unsafe path: the extraction path of sample {sample}, field {field} {reason}"
             ),
             FormatErrorKind::KeyHashOrder { entry } => write!(
                 f,
@@ -1362,7 +1344,7 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
 
     /// Checks the index tables as a whole, in O(samples + records): samples cover the record
     /// table in order without gaps, every sample has records, each sample's fields are strictly
-    /// increasing, every extraction path is safe, and the key-hash table is sorted, matches
+    /// increasing, and the key-hash table is sorted, matches
     /// every key, names each sample exactly once and holds no key twice. Open does not do this
     /// (it would be per-sample work); `verify` does.
     pub fn check_structure(&self) -> Result<(), FormatError> {
@@ -1394,7 +1376,6 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                     FormatErrorKind::EmptySample { sample: i },
                 ));
             }
-            let key = self.key(&e);
             let mut last_field = None;
             for r in e.first_record..e.first_record + e.record_count as u64 {
                 let rec = self.record(r)?;
@@ -1407,18 +1388,6 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                     ));
                 }
                 last_field = Some(rec.field);
-                let path = extraction_path(key, self.field_name(rec.field as usize));
-                if let Err(reason) = check_extraction_path(&path) {
-                    return Err(err(
-                        "index/samples",
-                        at,
-                        FormatErrorKind::UnsafePath {
-                            sample: i,
-                            field: rec.field,
-                            reason,
-                        },
-                    ));
-                }
             }
             next_record += e.record_count as u64;
         }
@@ -1588,6 +1557,8 @@ pub fn extraction_path(key: &[u8], field: &[u8]) -> Vec<u8> {
 
 /// Checks an extraction path the way an extractor must before creating a file: not empty,
 /// not absolute, no NUL byte, no empty, `.` or `..` component. The error says which rule.
+/// Keys are raw bytes, so a valid dataset may hold a key that fails this: the format does not
+/// forbid it, extracting it must (`format-spec/manifest.md` section 3).
 pub fn check_extraction_path(path: &[u8]) -> Result<(), &'static str> {
     if path.is_empty() {
         return Err("is empty");
@@ -1763,6 +1734,11 @@ mod tests {
         assert_eq!(SampleEntry::SIZE, 32);
         assert_eq!(RecordEntry::SIZE, 40);
         assert_eq!(KeyHashEntry::SIZE, 16);
+        assert_eq!(
+            MIN_SHARD_LEN,
+            REGION_ALIGN + (IndexHeader::SIZE + Footer::SIZE) as u64
+        );
+        assert_eq!(MIN_SHARD_LEN, 4256);
     }
 
     #[test]
@@ -1809,6 +1785,31 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("version 2"), "{s}");
         assert!(s.contains("1..=1"), "{s}");
+    }
+
+    #[test]
+    fn extraction_paths_and_field_names() {
+        assert_eq!(extraction_path(b"cat/0001", b"jpg"), b"cat/0001.jpg");
+        assert_eq!(extraction_path(b"README", b""), b"README");
+        assert_eq!(extraction_path(b"d/", b"env"), b"d/.env");
+        assert!(check_extraction_path(b"cat/0001.jpg").is_ok());
+        assert!(check_extraction_path(b"d/.env").is_ok());
+        for bad in [
+            &b""[..],
+            b"/etc/passwd",
+            b"a/../b",
+            b"./a",
+            b"a//b",
+            b"d/",
+            b"a\0b",
+        ] {
+            assert!(check_extraction_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_extraction_path(b"a\x00b").is_err());
+        assert!(
+            is_safe_field_name(b"tar.gz") && is_safe_field_name(b"") && is_safe_field_name(b"..")
+        );
+        assert!(!is_safe_field_name(b"a/b") && !is_safe_field_name(b"a\x00"));
     }
 
     #[test]

@@ -557,8 +557,8 @@ pub enum ProblemKind {
     EmptySample,
     /// An ImageFolder label is not below the number of classes.
     LabelOutOfRange,
-    /// A field name contains `/` or NUL, or an extraction path would leave the output
-    /// directory (empty, absolute, NUL, an empty, `.` or `..` component).
+    /// A field name contains `/` or a NUL byte (extracting it would write outside the sample's
+    /// name).
     UnsafeName,
     /// The key-hash table is out of order (lookups by key cannot be trusted).
     KeyHashOrder,
@@ -612,9 +612,7 @@ impl ProblemKind {
         match e.kind {
             FormatErrorKind::DuplicateKey { .. } => ProblemKind::DuplicateKey,
             FormatErrorKind::EmptySample { .. } => ProblemKind::EmptySample,
-            FormatErrorKind::UnsafeFieldName { .. } | FormatErrorKind::UnsafePath { .. } => {
-                ProblemKind::UnsafeName
-            }
+            FormatErrorKind::UnsafeFieldName { .. } => ProblemKind::UnsafeName,
             FormatErrorKind::KeyHashOrder { .. } => ProblemKind::KeyHashOrder,
             FormatErrorKind::DictionaryMagic { .. } => ProblemKind::DictionaryMagic,
             FormatErrorKind::DictionaryOnPlainField { .. } => ProblemKind::DictionaryOnPlainField,

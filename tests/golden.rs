@@ -1,25 +1,32 @@
-//! The frozen format-version-1 fixture.
+//! The frozen golden fixtures of each format version.
 //!
-//! `fixtures/golden-v1/` was packed once from `fixtures/trees/golden/` with [`golden_options`]
-//! (see `fixtures/README.md`) and is never regenerated. These tests check that
+//! `fixtures/golden-v1/` (format version 1) and `fixtures/golden-v2/` (format version 2) were
+//! packed once each from `fixtures/trees/golden/` with [`golden_options`] (see
+//! `fixtures/README.md`) and are never regenerated. Version 2 changed only the manifest (it
+//! added `writer` and `features`); the shards of both are byte-identical. These tests check
+//! that
 //!
-//! - today's `pack` of the same tree with the same options writes the same bytes, file for file
-//!   (the writer is deterministic and its output has not drifted), and
-//! - today's reader opens and verifies the fixture and finds what it held when it was made
-//!   (every release keeps reading version 1).
+//! - today's `pack` of the same tree with the same options writes golden-v2's bytes, file for
+//!   file (the writer is deterministic and its output has not drifted), and golden-v1's shards;
+//! - today's reader opens and verifies both fixtures and finds what they held when they were
+//!   made (every release keeps reading every version).
 //!
-//! If (a) fails after an intended change to what the writer produces, that change is a format
-//! change: bump the format version and add a `golden-v2`, do not edit `golden-v1`.
+//! Identical bytes are promised for the same writer identification (shardpack version, zstd
+//! version, dictionary trainer) and options. When the bytes differ and the zstd library is not
+//! the one that made the fixture, the test says so instead of printing a bare byte diff. If
+//! they differ after an intended change to what the writer produces, that change is a format
+//! change: bump the format version and add a `golden-v3`; do not edit the existing fixtures.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{assert_same_tree, dataset_tree, repo_root, snapshot, Tree};
 use shardpack::codec::Policy;
 use shardpack::compile::{pack, NoProgress, PackOptions};
 use shardpack::format::Codec;
+use shardpack::manifest::{Manifest, WriterId, MANIFEST_FILE};
 use shardpack::writer::WriterOptions;
 use shardpack::Dataset;
 
@@ -31,9 +38,13 @@ fn golden_v1() -> PathBuf {
     repo_root().join("fixtures/golden-v1")
 }
 
-/// The options golden-v1 was packed with: the defaults except the shard size, the sample cap
-/// and a dictionary for `json`. The CLI equivalent is
-/// `shardpack pack fixtures/trees/golden fixtures/golden-v1 --shard-size 22528
+fn golden_v2() -> PathBuf {
+    repo_root().join("fixtures/golden-v2")
+}
+
+/// The options golden-v1 and golden-v2 were packed with: the defaults except the shard size,
+/// the sample cap and a dictionary for `json`. The CLI equivalent is
+/// `shardpack pack fixtures/trees/golden fixtures/golden-vN --shard-size 22528
 /// --max-samples-per-shard 8 --field-compress json=zstd-dict:3`.
 fn golden_options() -> PackOptions {
     PackOptions {
@@ -47,8 +58,67 @@ fn golden_options() -> PackOptions {
     }
 }
 
-#[test]
-fn todays_pack_reproduces_golden_v1_byte_for_byte() {
+fn manifest_of(dir: &Path) -> Manifest {
+    let p = dir.join(MANIFEST_FILE);
+    Manifest::parse(&std::fs::read(&p).unwrap(), &p).unwrap()
+}
+
+/// Compares a fresh pack `out` with the frozen `golden` dataset, file for file, and explains a
+/// difference: `made_by` is the writer identification the golden bytes came from (its zstd and
+/// dictionary trainer are compared with this build's). The manifest is compared with its
+/// `writer` object set to the golden's (a new shardpack version with the same bytes otherwise
+/// is not a drift); everything else must be identical.
+fn reproduction_problem(out: &Path, golden: &Path, made_by: &WriterId) -> Option<String> {
+    let fresh = snapshot(out);
+    let frozen = snapshot(golden);
+    let now = WriterId::current();
+    let shards_differ = frozen
+        .iter()
+        .filter(|(k, _)| k.as_slice() != MANIFEST_FILE.as_bytes())
+        .any(|(k, v)| fresh.get(k) != Some(v))
+        || fresh.len() != frozen.len();
+    if shards_differ && (now.zstd != made_by.zstd || now.dict_trainer != made_by.dict_trainer) {
+        return Some(format!(
+            "the compressor changed: {} was made with zstd {} (dictionary trainer {:?}), this \
+             build links zstd {} ({:?}). Compressed records and trained dictionaries may differ \
+             between zstd versions; identical bytes are promised only for the same writer \
+             identification and options (format-spec/manifest.md section 2.2). Build against \
+             the zstd the fixture records, or treat this as a writer change.",
+            golden.display(),
+            made_by.zstd,
+            made_by.dict_trainer,
+            now.zstd,
+            now.dict_trainer
+        ));
+    }
+    let mut fresh = fresh;
+    if let Some(m) = fresh.get_mut(MANIFEST_FILE.as_bytes()) {
+        let mut parsed = Manifest::parse(m, &out.join(MANIFEST_FILE)).unwrap();
+        parsed.writer = manifest_of(golden).writer;
+        *m = parsed.to_json();
+    }
+    let frozen_m = &frozen[MANIFEST_FILE.as_bytes()];
+    if fresh == frozen {
+        return None;
+    }
+    let what = if !shards_differ && fresh.get(MANIFEST_FILE.as_bytes()) != Some(frozen_m) {
+        "the manifest (besides the writer version)"
+    } else {
+        "the shards"
+    };
+    Some(format!(
+        "today's pack of fixtures/trees/golden differs from {} in {what}, with the same zstd \
+         ({}): the writer's output drifted. If intended, that is a format change: bump the \
+         format version and add a new golden fixture.",
+        golden.display(),
+        now.zstd
+    ))
+}
+
+/// Packs the golden tree with [`golden_options`] at 1 and 3 threads and checks it against
+/// `golden` with [`reproduction_problem`]; on a drift with the same zstd, also prints which
+/// files differ.
+fn assert_pack_reproduces(golden: &Path, made_by: &WriterId, cmp: impl Fn(&Tree, &Tree)) {
     let tmp = common::tempdir();
     let out = tmp.path().join("golden");
     for threads in [1, 3] {
@@ -58,12 +128,131 @@ fn todays_pack_reproduces_golden_v1_byte_for_byte() {
         };
         let _ = std::fs::remove_dir_all(&out);
         pack(&golden_tree(), &out, &opts, &NoProgress).unwrap();
-        assert_same_tree(
-            &snapshot(&out),
-            &snapshot(&golden_v1()),
-            &format!("pack of fixtures/trees/golden ({threads} threads) vs fixtures/golden-v1"),
+        if let Some(p) = reproduction_problem(&out, golden, made_by) {
+            if !p.starts_with("the compressor changed") {
+                cmp(&snapshot(&out), &snapshot(golden));
+            }
+            panic!("{threads} threads: {p}");
+        }
+    }
+}
+
+#[test]
+fn todays_pack_reproduces_golden_v2_byte_for_byte() {
+    let made_by = manifest_of(&golden_v2())
+        .writer
+        .expect("golden-v2 names its writer");
+    assert_pack_reproduces(&golden_v2(), &made_by, |a, b| {
+        assert_same_tree(a, b, "pack of fixtures/trees/golden vs fixtures/golden-v2")
+    });
+}
+
+/// Format version 2 changed only the manifest: today's pack still writes golden-v1's shards
+/// byte for byte, and its manifest is golden-v1's with `format_version` 2 and the `writer`
+/// and `features` keys.
+#[test]
+fn todays_pack_reproduces_golden_v1_shards_byte_for_byte() {
+    let tmp = common::tempdir();
+    let out = tmp.path().join("golden");
+    pack(&golden_tree(), &out, &golden_options(), &NoProgress).unwrap();
+    let mut fresh = snapshot(&out);
+    let mut v1 = snapshot(&golden_v1());
+    let fm = fresh.remove(MANIFEST_FILE.as_bytes()).unwrap();
+    let gm = v1.remove(MANIFEST_FILE.as_bytes()).unwrap();
+    let made_by = manifest_of(&golden_v2()).writer.unwrap();
+    if fresh != v1 && WriterId::current().zstd != made_by.zstd {
+        panic!(
+            "the compressor changed: golden-v1's shards were reproduced by zstd {}, this build \
+             links zstd {}",
+            made_by.zstd,
+            WriterId::current().zstd
         );
     }
+    assert_same_tree(
+        &fresh,
+        &v1,
+        "shards of a pack of fixtures/trees/golden vs golden-v1",
+    );
+    let mut m = Manifest::parse(&fm, &out.join(MANIFEST_FILE)).unwrap();
+    assert_eq!(m.format_version, 2);
+    assert!(m.writer.is_some() && m.features.is_some());
+    m.format_version = 1;
+    m.writer = None;
+    m.features = None;
+    assert!(
+        m.to_json() == gm,
+        "the v2 manifest less its v2 keys is not golden-v1's manifest"
+    );
+}
+
+/// The explanation of a drift names the compressor when the zstd version differs.
+#[test]
+fn a_drift_with_another_zstd_names_the_compressor() {
+    let tmp = common::tempdir();
+    let out = tmp.path().join("golden");
+    pack(&golden_tree(), &out, &golden_options(), &NoProgress).unwrap();
+    let made_by = manifest_of(&golden_v2()).writer.unwrap();
+    assert_eq!(reproduction_problem(&out, &golden_v2(), &made_by), None);
+    // A newer shardpack version with the same bytes is no drift.
+    let newer = WriterId {
+        version: "99.0.0".into(),
+        ..made_by.clone()
+    };
+    assert_eq!(reproduction_problem(&out, &golden_v2(), &newer), None);
+    // Different shard bytes: with another zstd recorded, the message says the compressor
+    // changed; with the same zstd, that the writer drifted.
+    let shard = out.join("shard-000001.spk");
+    let mut b = std::fs::read(&shard).unwrap();
+    b[5000] ^= 1;
+    std::fs::write(&shard, b).unwrap();
+    let other = WriterId {
+        zstd: "1.4.0".into(),
+        dict_trainer: "zdict 1.4.0".into(),
+        ..made_by.clone()
+    };
+    let p = reproduction_problem(&out, &golden_v2(), &other).unwrap();
+    assert!(
+        p.starts_with("the compressor changed") && p.contains("zstd 1.4.0"),
+        "{p}"
+    );
+    let p = reproduction_problem(&out, &golden_v2(), &made_by).unwrap();
+    assert!(p.contains("drifted") && p.contains("the shards"), "{p}");
+}
+
+/// golden-v2 holds what golden-v1 holds: the same shards, and a manifest that differs only by
+/// the version and the two keys version 2 added.
+#[test]
+fn golden_v2_is_golden_v1_with_a_v2_manifest() {
+    let mut v1 = snapshot(&golden_v1());
+    let mut v2 = snapshot(&golden_v2());
+    v1.remove(MANIFEST_FILE.as_bytes());
+    v2.remove(MANIFEST_FILE.as_bytes());
+    assert_same_tree(&v2, &v1, "golden-v2 shards vs golden-v1 shards");
+    let m = manifest_of(&golden_v2());
+    assert_eq!(m.format_version, 2);
+    let w = m.writer.as_ref().unwrap();
+    assert_eq!(w.name, "shardpack");
+    assert!(!w.version.is_empty() && !w.zstd.is_empty() && !w.dict_trainer.is_empty());
+    assert_eq!(m.features, Some(Default::default()));
+}
+
+#[test]
+fn todays_reader_reads_golden_v2() {
+    let ds = Dataset::open(golden_v2()).unwrap();
+    let report = ds.verify();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(ds.manifest().format_version, 2);
+    assert_eq!(ds.len(), 19);
+    let tree: Tree = snapshot(&golden_tree());
+    assert_same_tree(
+        &dataset_tree(&ds),
+        &tree,
+        "golden-v2 vs fixtures/trees/golden",
+    );
+    let v1 = Dataset::open(golden_v1()).unwrap();
+    let keys =
+        |d: &Dataset| -> Vec<Vec<u8>> { d.iter().map(|s| s.unwrap().key().to_vec()).collect() };
+    assert_eq!(keys(&ds), keys(&v1));
 }
 
 /// The fake image bytes of `fixtures/trees/golden/<class c>/<i>.img`: a 31-bit LCG, as the

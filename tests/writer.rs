@@ -602,7 +602,7 @@ fn edited_manifest_is_a_manifest_error() {
         ("record count", |m| m.records -= 1),
         ("first sample", |m| m.shards[1].first_sample = 2),
         ("shard name", |m| m.shards[0].file = "../x.spk".into()),
-        ("format version", |m| m.format_version = 2),
+        ("format version", |m| m.format_version = 3),
         ("labels", |m| m.labels = "folders".into()),
         ("index hash", |m| m.shards[0].index_xxh3 = Hash64(1)),
         ("field name", |m| m.fields[0].name = "jpg".into()),
@@ -623,11 +623,11 @@ fn edited_manifest_is_a_manifest_error() {
     }
     let e = {
         let mut m2 = m.clone();
-        m2.format_version = 2;
+        m2.format_version = 3;
         fs::write(&mpath, m2.to_json()).unwrap();
         Dataset::open(dir).unwrap_err().to_string()
     };
-    assert!(e.contains("version 2") && e.contains("1..=1"), "{e}");
+    assert!(e.contains("version 3") && e.contains("1..=2"), "{e}");
     for junk in [
         &b""[..],
         b"{",

@@ -184,3 +184,65 @@ fn truncated_manifest() {
         .code(1)
         .stderr_has(&needles);
 }
+
+/// The broken-rule cases (README's second table): `verify` exits 3, prints each problem with
+/// its kind in brackets, and `verify --json` gives the same kind as `"kind"`.
+#[test]
+fn verify_names_each_broken_rule_with_its_kind() {
+    for (case, kind, needle) in [
+        ("duplicate-key", "duplicate-key", "duplicate key"),
+        (
+            "duplicate-key-across-shards",
+            "duplicate-key",
+            "same key as sample 0",
+        ),
+        ("empty-sample", "empty-sample", "has no records"),
+        ("label-out-of-range", "label-out-of-range", "label 2"),
+        ("slash-in-field-name", "unsafe-name", "contains '/'"),
+        (
+            "two-zstd-frames",
+            "trailing-frame",
+            "exactly one zstd frame",
+        ),
+        ("skippable-frame", "skippable-frame", "skippable frame"),
+        ("huge-window", "window-too-large", "1073741824-byte window"),
+        ("dict-without-magic", "dictionary-magic", "dictionary magic"),
+        (
+            "dict-on-zstd-field",
+            "dictionary-on-plain-field",
+            "has a dictionary",
+        ),
+        (
+            "record-codec-mismatch",
+            "record-codec-mismatch",
+            "stored as zstd",
+        ),
+        ("key-hash-order", "key-hash-order", "out of order"),
+        ("field-stats", "field-stats", "field statistics"),
+    ] {
+        let dir = case_dir(case);
+        let r = sp(&[&"verify", &dir]).code(3).stdout_has("FAILED:");
+        let out = r.out();
+        assert!(
+            out.lines().any(|l| l.starts_with("BAD ")
+                && l.contains(needle)
+                && l.ends_with(&format!("[{kind}]"))),
+            "{case}: no BAD line with {needle:?} and [{kind}]:\n{out}"
+        );
+        let j = sp(&[&"verify", &"--json", &dir]).code(3).json();
+        let problems = j["problems"].as_array().unwrap();
+        assert!(problems.iter().all(|p| p["kind"] == kind), "{case}: {j}");
+    }
+}
+
+/// An unknown required feature: every command refuses the dataset, naming the feature.
+#[test]
+fn unknown_required_feature_is_refused_by_name() {
+    let dir = case_dir("unknown-required-feature");
+    for cmd in ["verify", "info"] {
+        sp(&[&cmd, &dir]).code(1).stderr_has(&[
+            "shardpack: error:",
+            "requires features this reader does not know: x-example-required",
+        ]);
+    }
+}
