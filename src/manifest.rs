@@ -23,7 +23,7 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const SUPPORTED_FORMAT_VERSIONS: (u32, u32) = (1, 2);
 
 /// Feature names this build understands when a manifest lists them as required. None are
-/// defined yet; `format-spec/manifest.md` section 2.8 keeps the registry.
+/// defined yet; `format-spec/manifest.md` section 2.2.2 keeps the registry.
 pub const KNOWN_FEATURES: &[&str] = &[];
 
 /// File name of shard `i`.
@@ -378,6 +378,70 @@ mod tests {
         assert!(serde_json::from_str::<Name>(r#"{"hex":"f"}"#).is_err());
         assert!(serde_json::from_str::<Name>(r#"{"hex":"+f"}"#).is_err());
         assert!(serde_json::from_str::<Name>(r#"{"hex":"FF"}"#).is_err());
+    }
+
+    /// format-spec/manifest.md 2.1.1: the exact serialization, escapes included.
+    #[test]
+    fn serialization_is_the_specified_one() {
+        let m = Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            writer: Some(WriterId {
+                name: "shardpack".into(),
+                version: "0.1.0".into(),
+                zstd: "1.5.7".into(),
+                dict_trainer: "zdict 1.5.7".into(),
+            }),
+            features: Some(Features::default()),
+            samples: 0,
+            records: 0,
+            shards: vec![],
+            fields: vec![],
+            labels: "imagefolder".into(),
+            classes: vec![
+                Name(b"a\x01\x08\t\n\x0c\r\"\\/\x7f\xc3\xa9".to_vec()),
+                Name(vec![0xff]),
+            ],
+            options: serde_json::from_str(r#"{"b": null, "a": {"z": true, "y": 1}}"#).unwrap(),
+            skipped: vec![],
+        };
+        let want = r#"{
+  "format": "shardpack",
+  "format_version": 2,
+  "writer": {
+    "name": "shardpack",
+    "version": "0.1.0",
+    "zstd": "1.5.7",
+    "dict_trainer": "zdict 1.5.7"
+  },
+  "features": {
+    "required": [],
+    "optional": []
+  },
+  "samples": 0,
+  "records": 0,
+  "shards": [],
+  "fields": [],
+  "labels": "imagefolder",
+  "classes": [
+    "a\u0001\b\t\n\f\r\"\\/DEL-E-ACUTE",
+    {
+      "hex": "ff"
+    }
+  ],
+  "options": {
+    "a": {
+      "y": 1,
+      "z": true
+    },
+    "b": null
+  },
+  "skipped": []
+}
+"#;
+        let got = String::from_utf8(m.to_json()).unwrap();
+        // U+007F and non-ASCII are written unescaped, as their UTF-8 bytes.
+        assert_eq!(got, want.replace("DEL-E-ACUTE", "\u{7f}\u{e9}"));
     }
 
     #[test]
