@@ -829,3 +829,127 @@ fn rule_fixtures_keep_their_checksums() {
         shard_file("intact", DAMAGED)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The writer refuses to write what verify rejects.
+// ---------------------------------------------------------------------------------------------
+
+use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
+
+#[test]
+fn the_writer_refuses_unsafe_field_names() {
+    for name in [&b"a/b"[..], b"a\0b"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = DatasetWriter::create(
+            tmp.path(),
+            vec![FieldSpec::raw(name)],
+            WriterOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Options(_)), "{e:?}");
+        assert!(e.to_string().contains("'/' or a NUL byte"), "{e}");
+    }
+    // The empty name (files without a suffix) and names with dots are fine.
+    let tmp = tempfile::tempdir().unwrap();
+    let fields = vec![
+        FieldSpec::raw(""),
+        FieldSpec::raw(".."),
+        FieldSpec::raw("tar.gz"),
+    ];
+    let mut w = DatasetWriter::create(tmp.path(), fields, WriterOptions::default()).unwrap();
+    w.append(b"k", None, &[(0, b"x"), (1, b"y"), (2, b"z")])
+        .unwrap();
+    w.finish(DatasetInfo::default()).unwrap();
+    assert!(verify_dir(tmp.path()).unwrap().is_ok());
+}
+
+#[test]
+fn the_writer_refuses_dictionaries_the_format_does_not_allow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let with_dict = |codec, dict: &[u8]| FieldSpec {
+        name: b"txt".to_vec(),
+        codec,
+        level: 3,
+        dict: Some(dict.to_vec()),
+    };
+    let samples: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("caption {i}: a small grey cat, number {}", i * 7).into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+    let trained = shardpack::codec::train_dictionary(&refs, 1024).unwrap();
+    for (spec, needle) in [
+        (
+            with_dict(Codec::ZstdDict, b"raw text, no magic"),
+            "dictionary magic",
+        ),
+        (with_dict(Codec::Zstd, &trained), "only a zstd-dict field"),
+        (with_dict(Codec::Raw, &trained), "only a zstd-dict field"),
+    ] {
+        let e =
+            DatasetWriter::create(tmp.path(), vec![spec], WriterOptions::default()).unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn the_writer_refuses_imagefolder_labels_past_the_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = DatasetWriter::create(
+        tmp.path(),
+        vec![FieldSpec::raw("bin")],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    w.append(b"cat/1", Some(0), &[(0, b"x")]).unwrap();
+    w.append(b"dog/1", Some(1), &[(0, b"y")]).unwrap();
+    let info = DatasetInfo {
+        imagefolder_labels: true,
+        classes: vec!["cat".into()],
+        ..DatasetInfo::default()
+    };
+    let e = w.finish(info).unwrap_err();
+    assert!(e.to_string().contains("label 1 but only 1 classes"), "{e}");
+    assert!(!tmp.path().join("manifest.json").exists());
+    // Without ImageFolder labels, a caller's own label ids are stored as given.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = DatasetWriter::create(
+        tmp.path(),
+        vec![FieldSpec::raw("bin")],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    w.append(b"a", Some(41), &[(0, b"x")]).unwrap();
+    w.finish(DatasetInfo::default()).unwrap();
+    let ds = Dataset::open(tmp.path()).unwrap();
+    assert_eq!(ds.get(0).unwrap().label(), Some(41));
+    assert!(ds.verify().is_ok());
+}
+
+/// What today's writer records about itself (format version 2).
+#[test]
+fn the_writer_identifies_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = DatasetWriter::create(
+        tmp.path(),
+        vec![FieldSpec::raw("bin")],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    w.append(b"a", None, &[(0, b"x")]).unwrap();
+    let m = w.finish(DatasetInfo::default()).unwrap();
+    assert_eq!(m.format_version, 2);
+    let id = m.writer.expect("a writer identification");
+    assert_eq!(id.name, "shardpack");
+    assert_eq!(id.version, env!("CARGO_PKG_VERSION"));
+    let v = zstd::zstd_safe::version_number();
+    assert_eq!(
+        id.zstd,
+        format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+    );
+    assert_eq!(id.dict_trainer, format!("zdict {}", id.zstd));
+    assert_eq!(m.features, Some(Default::default()));
+    let text = fs::read_to_string(tmp.path().join("manifest.json")).unwrap();
+    let at = |k: &str| text.find(&format!("\"{k}\"")).unwrap();
+    assert!(at("format_version") < at("writer") && at("writer") < at("features"));
+    assert!(at("features") < at("samples"));
+}
