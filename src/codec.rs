@@ -453,6 +453,140 @@ pub fn decode_record(
     Ok(())
 }
 
+/// Checks a compressed record fed in pieces, in bounded memory: what [`decode_record`] checks
+/// (one frame, window at most [`MAX_WINDOW`], exactly `raw_len` bytes out), through zstd's
+/// streaming decoder into a fixed 1 MiB buffer whose contents are discarded. For records too
+/// large to decode whole (`verify` of a multi-GiB record).
+pub struct StreamCheck<'d> {
+    /// Refers to the dictionary of `'d` (`ZSTD_DCtx_refDDict`) until dropped.
+    dctx: DCtx<'static>,
+    _dict: std::marker::PhantomData<&'d DecodeDict>,
+    out: Vec<u8>,
+    stored_len: u64,
+    raw_len: u64,
+    fed: u64,
+    decoded: u64,
+    /// Where the frame ended, once it has.
+    frame_end: Option<u64>,
+}
+
+impl fmt::Debug for StreamCheck<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamCheck")
+            .field("fed", &self.fed)
+            .field("decoded", &self.decoded)
+            .finish()
+    }
+}
+
+impl<'d> StreamCheck<'d> {
+    /// A check of a `codec` record of `stored_len` bytes that must decode to `raw_len`; `dict`
+    /// must be given for [`Codec::ZstdDict`].
+    pub fn new(
+        codec: Codec,
+        stored_len: u64,
+        raw_len: u64,
+        dict: Option<&'d DecodeDict>,
+    ) -> Result<StreamCheck<'d>, DecodeError> {
+        if raw_len > max_decoded_len(stored_len) {
+            return Err(DecodeError::TooLarge {
+                raw_len,
+                stored_len,
+            });
+        }
+        let mut dctx = new_dctx();
+        match (codec, dict) {
+            (Codec::ZstdDict, Some(d)) => {
+                dctx.ref_ddict(&d.0)
+                    .map_err(|c| DecodeError::Zstd(zstd_safe::get_error_name(c)))?;
+            }
+            (Codec::ZstdDict, None) => return Err(DecodeError::DictionaryMissing),
+            _ => {}
+        }
+        Ok(StreamCheck {
+            dctx,
+            _dict: std::marker::PhantomData,
+            out: vec![0; 1 << 20],
+            stored_len,
+            raw_len,
+            fed: 0,
+            decoded: 0,
+            frame_end: None,
+        })
+    }
+
+    /// Feeds the next piece of the stored bytes. The first piece must hold the whole frame
+    /// header (18 bytes are always enough).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), DecodeError> {
+        if self.fed == 0 {
+            frame_header(chunk)?;
+        }
+        if let Some(end) = self.frame_end {
+            if !chunk.is_empty() {
+                return Err(DecodeError::TrailingBytes {
+                    frame_len: end,
+                    stored_len: self.stored_len,
+                });
+            }
+        }
+        let mut input = zstd_safe::InBuffer::around(chunk);
+        while input.pos() < chunk.len() {
+            let mut output = zstd_safe::OutBuffer::around(&mut self.out[..]);
+            let res = self.dctx.decompress_stream(&mut output, &mut input);
+            self.decoded += output.pos() as u64;
+            match res {
+                Ok(0) => {
+                    let end = self.fed + input.pos() as u64;
+                    self.frame_end = Some(end);
+                    if input.pos() < chunk.len() {
+                        return Err(DecodeError::TrailingBytes {
+                            frame_len: end,
+                            stored_len: self.stored_len,
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(code) => return Err(DecodeError::Zstd(zstd_safe::get_error_name(code))),
+            }
+            if self.decoded > self.raw_len {
+                return Err(DecodeError::LengthMismatch {
+                    decoded: self.decoded,
+                    expected: self.raw_len,
+                });
+            }
+        }
+        // Output zstd still holds once all input is consumed.
+        while self.frame_end.is_none() {
+            let mut output = zstd_safe::OutBuffer::around(&mut self.out[..]);
+            let mut empty = zstd_safe::InBuffer::around(&[]);
+            let res = self.dctx.decompress_stream(&mut output, &mut empty);
+            self.decoded += output.pos() as u64;
+            match res {
+                Ok(0) => self.frame_end = Some(self.fed + chunk.len() as u64),
+                Ok(_) if output.pos() == 0 => break,
+                Ok(_) => {}
+                Err(code) => return Err(DecodeError::Zstd(zstd_safe::get_error_name(code))),
+            }
+        }
+        self.fed += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// After the last piece: the frame ended, and it decoded to exactly `raw_len` bytes.
+    pub fn finish(self) -> Result<(), DecodeError> {
+        if self.frame_end.is_none() {
+            return Err(DecodeError::Zstd("the frame is cut short"));
+        }
+        if self.decoded != self.raw_len {
+            return Err(DecodeError::LengthMismatch {
+                decoded: self.decoded,
+                expected: self.raw_len,
+            });
+        }
+        Ok(())
+    }
+}
+
 fn is_dst_too_small(code: zstd_safe::ErrorCode) -> bool {
     // zstd returns an error as the negated value of its `ZSTD_ErrorCode`.
     code == (zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall as usize)
