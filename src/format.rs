@@ -1788,6 +1788,21 @@ mod tests {
     }
 
     #[test]
+    fn a_file_below_the_smallest_shard_is_truncated() {
+        let mut f = tiny_shard()[..Header::SIZE].to_vec();
+        f.resize(4200, 0);
+        let e = ShardBytes::new(&f[..]).unwrap_err();
+        assert_eq!(
+            e.kind,
+            FormatErrorKind::Truncated {
+                needed: 4256,
+                available: 4200
+            }
+        );
+        assert_eq!((e.region, e.offset), ("footer", 4200 - 96));
+    }
+
+    #[test]
     fn extraction_paths_and_field_names() {
         assert_eq!(extraction_path(b"cat/0001", b"jpg"), b"cat/0001.jpg");
         assert_eq!(extraction_path(b"README", b""), b"README");
