@@ -246,3 +246,30 @@ fn unknown_required_feature_is_refused_by_name() {
         ]);
     }
 }
+
+/// `info` names the writer of a version-2 dataset, and the optional features it ignores.
+#[test]
+fn info_names_the_writer_and_ignored_features() {
+    let golden = repo().join("fixtures/golden-v2");
+    sp(&[&"info", &golden])
+        .ok()
+        .stdout_has("written by:     shardpack 0.1.0 (zstd 1.5.7)");
+    let j = sp(&[&"info", &"--json", &golden]).ok().json();
+    assert_eq!(j["writer"]["zstd"], "1.5.7", "{j}");
+    assert_eq!(j["features"]["required"], serde_json::json!([]), "{j}");
+
+    let tmp = tmp();
+    let src = case_dir("unknown-required-feature");
+    for f in fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    let m = tmp.path().join("manifest.json");
+    let text = fs::read_to_string(&m).unwrap();
+    let text = text.replace("\"x-example-required\"", "");
+    fs::write(&m, text).unwrap();
+    sp(&[&"info", &tmp.path()])
+        .ok()
+        .stdout_has("features:       x-example-optional (optional, not known here: ignored)");
+    sp(&[&"verify", &tmp.path()]).ok();
+}

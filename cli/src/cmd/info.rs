@@ -30,6 +30,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     if a.json {
         let v = json!({
             "format_version": m.format_version,
+            "writer": m.writer,
+            "features": m.features,
             "samples": m.samples,
             "records": m.records,
             "shards": m.shards.len(),
@@ -46,6 +48,21 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     }
     writeln!(out, "dataset:        {}", a.dataset.display())?;
     writeln!(out, "format version: {}", m.format_version)?;
+    if let Some(w) = &m.writer {
+        writeln!(
+            out,
+            "written by:     {} {} (zstd {})",
+            w.name, w.version, w.zstd
+        )?;
+    }
+    let optional = m.unknown_optional_features();
+    if !optional.is_empty() {
+        writeln!(
+            out,
+            "features:       {} (optional, not known here: ignored)",
+            optional.join(", ")
+        )?;
+    }
     writeln!(out, "samples:        {}", m.samples)?;
     writeln!(out, "records:        {}", m.records)?;
     writeln!(
