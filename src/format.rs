@@ -1352,10 +1352,21 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
         self.check_key_hashes()
     }
 
-    /// The sample and record half of [`ShardBytes::check_structure`].
+    /// The sample and record half of [`ShardBytes::check_structure`] (with the field table's
+    /// order, and the records' placement in table order without overlap).
     pub fn check_samples(&self) -> Result<(), FormatError> {
+        for i in 1..self.fields.len() {
+            if self.field_name(i - 1) >= self.field_name(i) {
+                return Err(invalid(
+                    "index/fields",
+                    self.index_abs(self.layout.fields + (i * FieldEntry::SIZE) as u64) as u64,
+                    format!("field {i}'s name does not sort after field {}'s", i - 1),
+                ));
+            }
+        }
         let n = self.index.sample_count;
         let mut next_record = 0u64;
+        let mut data_end = self.footer.data_offset;
         for i in 0..n {
             let e = self.sample(i)?;
             let at = self.index_abs(self.layout.samples + i * SampleEntry::SIZE as u64) as u64;
@@ -1388,6 +1399,18 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                     ));
                 }
                 last_field = Some(rec.field);
+                if rec.offset < data_end {
+                    return Err(invalid(
+                        "index/records",
+                        rat,
+                        format!(
+                            "record {r} at {} overlaps or precedes the record before it (which \
+                             ends at {data_end})",
+                            rec.offset
+                        ),
+                    ));
+                }
+                data_end = rec.offset + rec.stored_len;
             }
             next_record += e.record_count as u64;
         }

@@ -849,23 +849,35 @@ impl<'m> Verifier<'m> {
     fn shard(&mut self, index: usize, shard: &Shard, meta: &ShardMeta) {
         self.report.shards += 1;
         let name = meta.file.as_str();
-        let file = match File::open(shard.path()).and_then(|f| {
-            let h = self.file_hash(&f)?;
-            Ok((f, h))
-        }) {
-            Ok(f) => f,
-            Err(e) => {
-                self.all_opened = false;
-                let e = Error::io(shard.path(), "read", e);
-                self.report
-                    .problems
-                    .push(problem(name, ProblemKind::Shard, e.to_string()));
-                return;
-            }
-        };
-        let (file, (sum, len)) = file;
-        let report = &mut self.report;
         let all = shard.bytes.bytes();
+        // A file of LARGE_RECORD bytes or more is hashed from pieces read with pread (and its
+        // large records checked the same way), so verifying it does not map it all into this
+        // process's memory; smaller files are hashed through the map.
+        let mut file = None;
+        let (sum, len) = if all.len() as u64 >= self.large {
+            match File::open(shard.path()).and_then(|f| {
+                let h = self.file_hash(&f)?;
+                file = Some(f);
+                Ok(h)
+            }) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.all_opened = false;
+                    let e = Error::io(shard.path(), "read", e);
+                    self.report
+                        .problems
+                        .push(problem(name, ProblemKind::Shard, e.to_string()));
+                    return;
+                }
+            }
+        } else {
+            let mut h = Xxh3::new();
+            for chunk in all.chunks(PIECE) {
+                h.update(chunk);
+            }
+            (h.digest(), all.len() as u64)
+        };
+        let report = &mut self.report;
         report.bytes += len;
         if len != all.len() as u64 {
             report.problems.push(problem(
@@ -959,8 +971,10 @@ impl<'m> Verifier<'m> {
                             st.1 += f.raw_len();
                             st.2 += f.stored().len() as u64;
                         }
-                        let res = if f.rec.stored_len >= self.large {
-                            Self::large_record(&mut self.piece, &file, &f)
+                        let res = if let Some(file) =
+                            file.as_ref().filter(|_| f.rec.stored_len >= self.large)
+                        {
+                            Self::large_record(&mut self.piece, file, &f)
                         } else {
                             f.verify_record(&mut dctx, &mut self.buf)
                         };
