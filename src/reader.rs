@@ -112,33 +112,144 @@ impl Shard {
     }
 }
 
+/// What [`Dataset::open_with`] does with a listed shard that cannot be opened or does not
+/// match the manifest (missing, truncated, corrupt header, footer, index or dictionary,
+/// swapped or replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DamagedShards {
+    /// Refuse the whole dataset with the shard's error (what [`Dataset::open`] does).
+    #[default]
+    Refuse,
+    /// Open the dataset anyway and mark the shard damaged: its samples keep their global
+    /// numbers (from the manifest's per-shard counts) and each access to one of them returns
+    /// [`Error::DamagedShard`], naming the shard file and what is wrong with it, while samples
+    /// of the intact shards read as usual. [`Dataset::damaged`] lists the damaged shards.
+    Mark,
+}
+
+/// Options for [`Dataset::open_with`]. `Default` is what [`Dataset::open`] does.
+///
+/// ```no_run
+/// use shardpack::reader::{DamagedShards, OpenOptions};
+/// let opts = OpenOptions { damaged: DamagedShards::Mark, ..OpenOptions::default() };
+/// let ds = shardpack::Dataset::open_with("train.spk", &opts)?;
+/// for d in ds.damaged() {
+///     eprintln!("{}: samples {}..{} unreadable: {}", d.path.display(), d.first_sample,
+///         d.first_sample + d.samples, d.reason);
+/// }
+/// # Ok::<(), shardpack::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// What to do with a shard that fails to open or validate.
+    pub damaged: DamagedShards,
+}
+
+impl OpenOptions {
+    /// Options that mark damaged shards instead of refusing the dataset.
+    pub fn mark_damaged() -> OpenOptions {
+        OpenOptions {
+            damaged: DamagedShards::Mark,
+        }
+    }
+}
+
+/// A listed shard that [`Dataset::open_with`] could not open and marked damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedShard {
+    /// Position of the shard in the manifest.
+    pub index: usize,
+    /// The shard file.
+    pub path: PathBuf,
+    /// Global index of its first sample (from the manifest).
+    pub first_sample: u64,
+    /// Number of samples the manifest lists for it.
+    pub samples: u64,
+    /// Why it could not be opened (the error [`Dataset::open`] would have returned).
+    pub reason: String,
+}
+
+impl DamagedShard {
+    /// The error for sample `sample` (global index) of this shard, or for the shard as a
+    /// whole (`None`).
+    pub fn error(&self, sample: Option<u64>) -> Error {
+        Error::DamagedShard {
+            path: self.path.clone(),
+            shard: self.index,
+            sample,
+            detail: self.reason.clone(),
+        }
+    }
+}
+
+/// Where a manifest shard is: open, or marked damaged.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Index into `Dataset::shards`.
+    Open(usize),
+    /// Index into `Dataset::damaged`.
+    Damaged(usize),
+}
+
 /// An open dataset: the manifest and a memory map per shard.
 #[derive(Debug)]
 pub struct Dataset {
     dir: PathBuf,
     manifest: Manifest,
+    /// The open shards, in manifest order.
     shards: Vec<Shard>,
+    /// Per manifest shard: open or damaged.
+    slots: Vec<Slot>,
+    damaged: Vec<DamagedShard>,
     starts: Vec<u64>,
 }
 
 impl Dataset {
     /// Opens the dataset in `dir`: reads the manifest and maps and validates each shard. Costs
     /// O(shards) plus one checksum pass over each shard's index; no per-sample parsing.
+    /// Refuses the dataset when any listed shard cannot be opened; [`Dataset::open_with`] with
+    /// [`DamagedShards::Mark`] opens the rest instead.
     ///
     /// Datasets are immutable once written: a shard rewritten or truncated by another process
     /// while mapped may return changed bytes (caught by the record checksums) or fault.
     pub fn open(dir: impl AsRef<Path>) -> Result<Dataset> {
+        Dataset::open_with(dir, &OpenOptions::default())
+    }
+
+    /// Opens the dataset in `dir` with `opts` (see [`OpenOptions`]). An unusable manifest is
+    /// always an error.
+    pub fn open_with(dir: impl AsRef<Path>, opts: &OpenOptions) -> Result<Dataset> {
         let dir = dir.as_ref();
         let manifest = read_manifest(dir)?;
         let mut shards = Vec::with_capacity(manifest.shards.len());
+        let mut slots = Vec::with_capacity(manifest.shards.len());
+        let mut damaged = Vec::new();
         for (i, meta) in manifest.shards.iter().enumerate() {
-            shards.push(open_listed_shard(dir, &manifest, i, meta)?);
+            match open_listed_shard(dir, &manifest, i, meta) {
+                Ok(shard) => {
+                    slots.push(Slot::Open(shards.len()));
+                    shards.push(shard);
+                }
+                Err(e) if opts.damaged == DamagedShards::Mark => {
+                    slots.push(Slot::Damaged(damaged.len()));
+                    damaged.push(DamagedShard {
+                        index: i,
+                        path: dir.join(&meta.file),
+                        first_sample: meta.first_sample,
+                        samples: meta.samples,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         let starts = manifest.shards.iter().map(|s| s.first_sample).collect();
         Ok(Dataset {
             dir: dir.to_path_buf(),
             manifest,
             shards,
+            slots,
+            damaged,
             starts,
         })
     }
@@ -153,9 +264,36 @@ impl Dataset {
         &self.manifest
     }
 
-    /// The open shards.
+    /// The open shards, in manifest order. After [`Dataset::open`] these are all the
+    /// manifest's shards (`shards()[i]` is manifest shard `i`); after a tolerant
+    /// [`Dataset::open_with`] the damaged ones are missing from this list: use
+    /// [`Dataset::shard`] to look a shard up by its manifest position.
     pub fn shards(&self) -> &[Shard] {
         &self.shards
+    }
+
+    /// Number of shards the manifest lists (open and damaged).
+    pub fn shard_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Manifest shard `i`: the open shard, [`Error::DamagedShard`] if it was marked damaged,
+    /// [`Error::OutOfRange`] past the last shard.
+    pub fn shard(&self, i: usize) -> Result<&Shard> {
+        match self.slots.get(i) {
+            Some(Slot::Open(k)) => Ok(&self.shards[*k]),
+            Some(Slot::Damaged(k)) => Err(self.damaged[*k].error(None)),
+            None => Err(Error::OutOfRange {
+                index: i as u64,
+                len: self.slots.len() as u64,
+            }),
+        }
+    }
+
+    /// The shards marked damaged by a tolerant [`Dataset::open_with`], in manifest order
+    /// (always empty after [`Dataset::open`]).
+    pub fn damaged(&self) -> &[DamagedShard] {
+        &self.damaged
     }
 
     /// Number of samples.
@@ -168,7 +306,7 @@ impl Dataset {
         self.len() == 0
     }
 
-    /// Which shard holds global sample `i`, and its index there.
+    /// Which shard (manifest position) holds global sample `i`, and its index there.
     #[inline]
     pub fn locate(&self, i: u64) -> Result<(usize, u64)> {
         if i >= self.len() {
@@ -182,30 +320,68 @@ impl Dataset {
     }
 
     /// Sample `i` (0-based, in stored order). Its records are not read or checked until asked
-    /// for.
+    /// for. A sample of a damaged shard is [`Error::DamagedShard`].
     #[inline]
     pub fn get(&self, i: u64) -> Result<Sample<'_>> {
         let (s, local) = self.locate(i)?;
-        self.shards[s].sample(local, i)
+        match self.slots[s] {
+            Slot::Open(k) => self.shards[k].sample(local, i),
+            Slot::Damaged(k) => Err(self.damaged[k].error(Some(i))),
+        }
     }
 
     /// The sample with key `key`, found through each shard's key-hash table (binary search,
-    /// no scan).
+    /// no scan). When the key is in none of the open shards but a shard is damaged, the
+    /// answer is not "absent" but [`Error::DamagedShard`] for the first damaged shard (the key
+    /// may be in it).
     pub fn get_by_key(&self, key: &[u8]) -> Result<Option<Sample<'_>>> {
-        for (s, shard) in self.shards.iter().enumerate() {
+        for shard in &self.shards {
             if let Some(local) = shard.bytes.find_key(key).map_err(|e| shard.corrupt(e))? {
-                return shard.sample(local, self.starts[s] + local).map(Some);
+                let index = shard.bytes.index_header().first_sample + local;
+                return shard.sample(local, index).map(Some);
             }
         }
-        Ok(None)
+        match self.damaged.first() {
+            Some(d) => Err(Error::DamagedShard {
+                path: d.path.clone(),
+                shard: d.index,
+                sample: None,
+                detail: format!(
+                    "{}; no intact shard holds the key {:?}, so it may be in this one",
+                    d.reason,
+                    String::from_utf8_lossy(key)
+                ),
+            }),
+            None => Ok(None),
+        }
     }
 
-    /// All samples in stored order.
+    /// All samples in stored order; each sample of a damaged shard is an
+    /// [`Error::DamagedShard`].
     pub fn iter(&self) -> impl Iterator<Item = Result<Sample<'_>>> + '_ {
-        self.shards.iter().enumerate().flat_map(move |(s, shard)| {
-            let start = self.starts[s];
-            (0..shard.len()).map(move |local| shard.sample(local, start + local))
+        (0..self.slots.len()).flat_map(move |s| self.shard_samples(s))
+    }
+
+    /// The samples of manifest shard `s` in stored order (each an [`Error::DamagedShard`] if
+    /// the shard is damaged; nothing past the last shard).
+    pub fn shard_samples(&self, s: usize) -> impl Iterator<Item = Result<Sample<'_>>> + '_ {
+        let start = self.starts.get(s).copied().unwrap_or(0);
+        let n = self.manifest.shards.get(s).map_or(0, |m| m.samples);
+        let slot = self.slots.get(s).copied();
+        (0..n).map(move |local| match slot {
+            Some(Slot::Open(k)) => self.shards[k].sample(local, start + local),
+            _ => Err(self.damaged_error(s, start + local)),
         })
+    }
+
+    fn damaged_error(&self, s: usize, sample: u64) -> Error {
+        match self.slots.get(s) {
+            Some(Slot::Damaged(k)) => self.damaged[*k].error(Some(sample)),
+            _ => Error::OutOfRange {
+                index: sample,
+                len: self.len(),
+            },
+        }
     }
 
     /// Field names, in field-index order.
@@ -221,8 +397,22 @@ impl Dataset {
     /// every compressed record decodes to its recorded length.
     pub fn verify(&self) -> VerifyReport {
         let mut report = VerifyReport::default();
-        for (i, shard) in self.shards.iter().enumerate() {
-            verify_shard(shard, &self.manifest.shards[i], &mut report);
+        for (i, slot) in self.slots.iter().enumerate() {
+            match *slot {
+                Slot::Open(k) => {
+                    verify_shard(&self.shards[k], &self.manifest.shards[i], &mut report)
+                }
+                Slot::Damaged(k) => {
+                    report.shards += 1;
+                    report.problems.push(Problem {
+                        shard: self.manifest.shards[i].file.clone(),
+                        sample: None,
+                        key: None,
+                        field: None,
+                        detail: self.damaged[k].reason.clone(),
+                    });
+                }
+            }
         }
         report
     }
