@@ -10,7 +10,7 @@ use memmap2::Mmap;
 use xxhash_rust::xxh3::Xxh3;
 use zstd::zstd_safe::DCtx;
 
-use crate::codec::{decode_into, new_dctx, DecodeDict};
+use crate::codec::{decode_into, max_decoded_len, new_dctx, DecodeDict};
 use crate::error::{Error, Result};
 use crate::format::{
     record_checksum, Codec, FormatError, FormatErrorKind, RecordEntry, ShardBytes, NO_LABEL,
@@ -26,6 +26,8 @@ thread_local! {
 #[derive(Debug)]
 pub struct Shard {
     path: PathBuf,
+    /// The open file, for streaming large records with positioned reads.
+    file: File,
     bytes: ShardBytes<Mmap>,
     dicts: Vec<Option<DecodeDict>>,
 }
@@ -57,6 +59,7 @@ impl Shard {
         }
         Ok(Shard {
             path: path.to_path_buf(),
+            file,
             bytes,
             dicts,
         })
@@ -694,6 +697,86 @@ impl<'a> Field<'a> {
         self.decode_unchecked(out)
     }
 
+    /// A reader of the data that holds a bounded amount of memory whatever the record's size,
+    /// for copying large records to a file or a pipe. The record's checksum is checked before
+    /// this returns (for a large record, by a first pass of positioned reads through the
+    /// file), so a damaged record is an error before any byte is read from it; a compressed
+    /// record is then decoded as it is read (zstd's streaming decoder), and a decoded length
+    /// other than the index's is an error at the end. Records up to [`STREAM_ABOVE`] bytes
+    /// (stored and decoded) are simply checked and decoded in memory.
+    ///
+    /// Errors while reading are `io::Error`s of kind `InvalidData` wrapping the
+    /// [`Error::BadRecord`] (or, for a failed read of the shard file, its [`Error::Io`]).
+    pub fn reader(&self) -> Result<FieldReader<'a>> {
+        let stored_len = self.stored.len() as u64;
+        if stored_len <= STREAM_ABOVE && self.rec.raw_len <= STREAM_ABOVE {
+            return Ok(FieldReader {
+                kind: ReaderKind::Mem {
+                    data: self.data()?,
+                    pos: 0,
+                },
+            });
+        }
+        let shard = self.sample.shard;
+        let (start, end) = (self.rec.offset, self.rec.offset + stored_len);
+        // Pass 1: the checksum, in pieces that are not kept.
+        let mut buf = vec![0u8; STREAM_PIECE];
+        let mut h = Xxh3::new();
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            read_exact_at(&shard.file, &mut buf[..n], pos)
+                .map_err(|e| Error::io(&shard.path, "read", e))?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+        let actual = h.digest();
+        if actual != self.rec.checksum {
+            return Err(self.bad(format!(
+                "checksum mismatch (stored {:016x}, computed {actual:016x})",
+                self.rec.checksum
+            )));
+        }
+        let kind = match self.codec {
+            Codec::Raw => ReaderKind::Raw {
+                field: *self,
+                pos: start,
+                end,
+            },
+            Codec::Zstd | Codec::ZstdDict => {
+                if self.rec.raw_len > max_decoded_len(stored_len) {
+                    return Err(self.bad(format!(
+                        "claims {} decoded bytes from {stored_len} stored bytes, more than \
+                         zstd can produce",
+                        self.rec.raw_len
+                    )));
+                }
+                let mut dctx = new_dctx();
+                if self.codec == Codec::ZstdDict {
+                    let dict = shard
+                        .bytes
+                        .field_dict(self.rec.field as usize)
+                        .ok_or_else(|| self.bad("dictionary missing".into()))?;
+                    dctx.load_dictionary(dict).map_err(|c| {
+                        self.bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))
+                    })?;
+                }
+                ReaderKind::Zstd(Box::new(ZstdStream {
+                    field: *self,
+                    dctx,
+                    pos: start,
+                    end,
+                    input: buf,
+                    in_pos: 0,
+                    in_len: 0,
+                    produced: 0,
+                    frame_done: false,
+                }))
+            }
+        };
+        Ok(FieldReader { kind })
+    }
+
     fn decode_unchecked(&self, out: &mut Vec<u8>) -> Result<()> {
         let dict = self.sample.shard.dict(self.rec.field);
         DCTX.with(|d| {
@@ -707,6 +790,165 @@ impl<'a> Field<'a> {
             )
         })
         .map_err(|e| self.bad(e))
+    }
+}
+
+/// Records larger than this (stored or decoded) are streamed by [`Field::reader`] instead of
+/// being checked and decoded in memory.
+pub const STREAM_ABOVE: u64 = 8 << 20;
+
+/// Bytes [`Field::reader`] reads from the shard file at a time when streaming.
+const STREAM_PIECE: usize = 1 << 20;
+
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let n = crate::sys::read_full_at(file, buf, offset)?;
+    if n < buf.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the file ends at byte {} inside a record that ends at {}",
+                offset + n as u64,
+                offset + buf.len() as u64
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The data of one record as an [`std::io::Read`] in bounded memory; see [`Field::reader`].
+#[derive(Debug)]
+pub struct FieldReader<'a> {
+    kind: ReaderKind<'a>,
+}
+
+enum ReaderKind<'a> {
+    /// A small record, checked and decoded.
+    Mem { data: Cow<'a, [u8]>, pos: usize },
+    /// A large raw record: positioned reads of `pos..end`.
+    Raw {
+        field: Field<'a>,
+        pos: u64,
+        end: u64,
+    },
+    /// A large compressed record through zstd's streaming decoder.
+    Zstd(Box<ZstdStream<'a>>),
+}
+
+impl std::fmt::Debug for ReaderKind<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReaderKind::Mem { .. } => "Mem",
+            ReaderKind::Raw { .. } => "Raw",
+            ReaderKind::Zstd(_) => "Zstd",
+        })
+    }
+}
+
+struct ZstdStream<'a> {
+    field: Field<'a>,
+    dctx: DCtx<'static>,
+    /// Next stored byte to read from the file, and the end of the record.
+    pos: u64,
+    end: u64,
+    input: Vec<u8>,
+    in_pos: usize,
+    in_len: usize,
+    produced: u64,
+    frame_done: bool,
+}
+
+fn invalid(e: Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+impl ZstdStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let raw_len = self.field.rec.raw_len;
+        let shard = self.field.sample.shard;
+        loop {
+            if self.frame_done {
+                if self.in_pos < self.in_len || self.pos < self.end {
+                    return Err(invalid(
+                        self.field
+                            .bad("bytes follow the end of the zstd frame".into()),
+                    ));
+                }
+                if self.produced != raw_len {
+                    return Err(invalid(self.field.bad(format!(
+                        "decoded to {} bytes, the index says {raw_len}",
+                        self.produced
+                    ))));
+                }
+                return Ok(0);
+            }
+            if self.in_pos == self.in_len && self.pos < self.end {
+                let n = ((self.end - self.pos) as usize).min(self.input.len());
+                read_exact_at(&shard.file, &mut self.input[..n], self.pos)
+                    .map_err(|e| invalid(Error::io(&shard.path, "read", e)))?;
+                self.pos += n as u64;
+                self.in_pos = 0;
+                self.in_len = n;
+            }
+            if out.is_empty() {
+                return Ok(0);
+            }
+            let mut inb = zstd::zstd_safe::InBuffer::around(&self.input[self.in_pos..self.in_len]);
+            let mut outb = zstd::zstd_safe::OutBuffer::around(&mut *out);
+            let hint = self
+                .dctx
+                .decompress_stream(&mut outb, &mut inb)
+                .map_err(|c| {
+                    invalid(
+                        self.field
+                            .bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c))),
+                    )
+                })?;
+            let (consumed, written) = (inb.pos(), outb.pos());
+            self.in_pos += consumed;
+            self.produced += written as u64;
+            if self.produced > raw_len {
+                return Err(invalid(self.field.bad(format!(
+                    "decodes to more than the {raw_len} bytes the index says"
+                ))));
+            }
+            if hint == 0 {
+                self.frame_done = true;
+            } else if consumed == 0
+                && written == 0
+                && self.in_pos == self.in_len
+                && self.pos >= self.end
+            {
+                return Err(invalid(
+                    self.field
+                        .bad("the zstd frame ends early (truncated record)".into()),
+                ));
+            }
+            if written > 0 {
+                return Ok(written);
+            }
+        }
+    }
+}
+
+impl std::io::Read for FieldReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.kind {
+            ReaderKind::Mem { data, pos } => {
+                let n = (data.len() - *pos).min(out.len());
+                out[..n].copy_from_slice(&data[*pos..*pos + n]);
+                *pos += n;
+                Ok(n)
+            }
+            ReaderKind::Raw { field, pos, end } => {
+                let n = ((*end - *pos) as usize).min(out.len());
+                let shard = field.sample.shard;
+                read_exact_at(&shard.file, &mut out[..n], *pos)
+                    .map_err(|e| invalid(Error::io(&shard.path, "read", e)))?;
+                *pos += n as u64;
+                Ok(n)
+            }
+            ReaderKind::Zstd(z) => z.read(out),
+        }
     }
 }
 

@@ -402,3 +402,145 @@ fn loader_options_from_older_json() {
     .unwrap();
     assert_eq!(o.on_error, ErrorPolicy::Skip);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Field::reader: large records in bounded memory (issue 8, item 9, read side)
+// ---------------------------------------------------------------------------------------------
+
+mod stream {
+    use std::io::Read;
+
+    use shardpack::codec::train_dictionary;
+    use shardpack::format::Codec;
+    use shardpack::reader::STREAM_ABOVE;
+    use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
+    use shardpack::{Dataset, Error};
+
+    /// Text-like bytes that zstd compresses but not to nothing.
+    fn big_text(len: usize, seed: u64) -> Vec<u8> {
+        let words = [
+            &b"alpha "[..],
+            b"beta ",
+            b"gamma ",
+            b"delta ",
+            b"epsilon\n",
+            b"zeta ",
+        ];
+        let mut x = seed;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            out.extend_from_slice(words[(x >> 60) as usize % words.len()]);
+            out.extend_from_slice(&(x >> 40).to_le_bytes()[..1]);
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Fields: raw `a_raw`, zstd `b_zstd`, zstd-dict `c_dict`; sample 0 large in every field, sample
+    /// 1 small.
+    fn dataset(dir: &std::path::Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let small: Vec<Vec<u8>> = (0..3).map(|k| big_text(3000, 10 + k)).collect();
+        let many: Vec<Vec<u8>> = (0..300).map(|k| big_text(500, 100 + k)).collect();
+        let refs: Vec<&[u8]> = many.iter().map(|v| &v[..]).collect();
+        let dict = train_dictionary(&refs, 4096);
+        let dict = dict.expect("a dictionary trains on text");
+        let fields = vec![
+            FieldSpec::raw("a_raw"),
+            FieldSpec::zstd("b_zstd"),
+            FieldSpec {
+                name: b"c_dict".to_vec(),
+                codec: Codec::ZstdDict,
+                level: 3,
+                dict: Some(dict),
+            },
+        ];
+        let big: Vec<Vec<u8>> = (0..3)
+            .map(|k| big_text(STREAM_ABOVE as usize * 2 + 12345, k))
+            .collect();
+        let mut w = DatasetWriter::create(dir, fields, WriterOptions::default()).unwrap();
+        w.append(b"big", None, &[(0, &big[0]), (1, &big[1]), (2, &big[2])])
+            .unwrap();
+        w.append(
+            b"small",
+            None,
+            &[(0, &small[0]), (1, &small[1]), (2, &small[2])],
+        )
+        .unwrap();
+        w.finish(DatasetInfo::default()).unwrap();
+        (big, small)
+    }
+
+    fn read_all(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 100_000]; // odd size: pieces do not line up with anything
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn reader_streams_every_codec_byte_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (big, small) = dataset(tmp.path());
+        let ds = Dataset::open(tmp.path()).unwrap();
+        for (i, want) in [(0u64, &big), (1, &small)] {
+            let s = ds.get(i).unwrap();
+            let fields: Vec<_> = s.fields().map(|f| f.unwrap()).collect();
+            assert_eq!(fields.len(), 3);
+            let codecs: Vec<Codec> = fields.iter().map(|f| f.codec()).collect();
+            assert_eq!(
+                codecs,
+                [Codec::Raw, Codec::Zstd, Codec::ZstdDict],
+                "sample {i}"
+            );
+            for (f, want) in fields.iter().zip(want.iter()) {
+                let got = read_all(&mut f.reader().unwrap()).unwrap();
+                assert!(got == *want, "sample {i} field {:?}", f.name());
+            }
+        }
+    }
+
+    /// Flips one byte of each large record in turn: the reader refuses before handing out a
+    /// byte, with the record's error.
+    #[test]
+    fn reader_checks_before_the_first_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        dataset(tmp.path());
+        let shard = tmp.path().join("shard-000000.spk");
+        let offsets: Vec<(u64, u64)> = {
+            let ds = Dataset::open(tmp.path()).unwrap();
+            let s = ds.get(0).unwrap();
+            s.fields()
+                .map(|f| {
+                    let f = f.unwrap();
+                    (f.offset(), f.stored().len() as u64)
+                })
+                .collect()
+        };
+        for (k, (off, len)) in offsets.into_iter().enumerate() {
+            let orig = std::fs::read(&shard).unwrap();
+            let mut bad = orig.clone();
+            bad[(off + len / 2) as usize] ^= 0x10;
+            std::fs::write(&shard, &bad).unwrap();
+            {
+                let ds = Dataset::open(tmp.path()).unwrap();
+                let f = ds.get(0).unwrap().fields().nth(k).unwrap().unwrap();
+                match f.reader() {
+                    Err(Error::BadRecord { detail, field, .. }) => {
+                        assert!(detail.contains("checksum mismatch"), "{detail}");
+                        assert_eq!(field.as_bytes(), f.name());
+                    }
+                    other => panic!("field {k}: expected BadRecord, got {other:?}"),
+                }
+            }
+            std::fs::write(&shard, &orig).unwrap();
+        }
+    }
+}
