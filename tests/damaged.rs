@@ -543,4 +543,52 @@ mod stream {
             std::fs::write(&shard, &orig).unwrap();
         }
     }
+
+    /// Stored bytes whose checksum is right but whose zstd frame is wrong (as a faulty writer
+    /// could make): the streaming reader fails with the record's error, never a short or long
+    /// success.
+    #[test]
+    fn reader_rejects_a_bad_frame_while_streaming() {
+        use shardpack::codec::{new_cctx, FieldEncoder};
+        use shardpack::writer::EncodedRecord;
+        let raw = big_text(STREAM_ABOVE as usize * 2, 7);
+        let enc = FieldEncoder::new(Codec::Zstd, 3, None).unwrap();
+        let mut frame = Vec::new();
+        assert_eq!(enc.encode(&mut new_cctx(), &raw, &mut frame), Codec::Zstd);
+        let n = raw.len() as u64;
+        let cases: [(&str, &[u8], u64, &str); 3] = [
+            ("cut", &frame[..frame.len() / 2], n, "ends early"),
+            ("short", &frame, n + 1, "decoded to"),
+            ("long", &frame, n - 1, "decodes to more"),
+        ];
+        for (name, stored, raw_len, words) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut w = DatasetWriter::create(
+                tmp.path(),
+                vec![FieldSpec::zstd("z")],
+                WriterOptions::default(),
+            )
+            .unwrap();
+            let rec = EncodedRecord {
+                field: 0,
+                codec: Codec::Zstd,
+                stored,
+                raw_len,
+            };
+            w.append_encoded(b"k", None, &[rec]).unwrap();
+            w.finish(DatasetInfo::default()).unwrap();
+            let ds = Dataset::open(tmp.path()).unwrap();
+            let f = ds.get(0).unwrap().fields().next().unwrap().unwrap();
+            let mut r = f.reader().expect("the checksum is right");
+            let e = read_all(&mut r).expect_err(name);
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{name}");
+            let inner = e.into_inner().unwrap().downcast::<Error>().unwrap();
+            match *inner {
+                Error::BadRecord { ref detail, .. } => {
+                    assert!(detail.contains(words), "{name}: {detail}")
+                }
+                ref other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
 }

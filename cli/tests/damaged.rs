@@ -346,6 +346,48 @@ fn extract_skip_errors_salvages_around_a_bad_record() {
     assert_same_tree(&read_tree(&all), &source_tree(), "intact");
 }
 
+/// A record that fails only while it is being streamed (a cut zstd frame whose checksum is
+/// right, as a faulty writer could store): the partial file is removed and nothing is kept;
+/// with `--skip-errors` only that sample is left out.
+#[test]
+fn extract_removes_a_file_that_fails_midway() {
+    use shardpack::codec::{new_cctx, FieldEncoder};
+    use shardpack::format::Codec;
+    use shardpack::reader::STREAM_ABOVE;
+    use shardpack::writer::{DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, WriterOptions};
+    let t = tmp();
+    let ds = t.path().join("ds");
+    fs::create_dir(&ds).unwrap();
+    let raw = text(3, STREAM_ABOVE as usize * 2);
+    let mut frame = Vec::new();
+    let enc = FieldEncoder::new(Codec::Zstd, 3, None).unwrap();
+    assert_eq!(enc.encode(&mut new_cctx(), &raw, &mut frame), Codec::Zstd);
+    let mut w =
+        DatasetWriter::create(&ds, vec![FieldSpec::zstd("txt")], WriterOptions::default()).unwrap();
+    w.append(b"a/good", None, &[(0, b"fine")]).unwrap();
+    let cut = EncodedRecord {
+        field: 0,
+        codec: Codec::Zstd,
+        stored: &frame[..frame.len() * 3 / 4],
+        raw_len: raw.len() as u64,
+    };
+    w.append_encoded(b"b/bad", None, &[cut]).unwrap();
+    w.finish(DatasetInfo::default()).unwrap();
+
+    let out = t.path().join("out");
+    sp(&[&"extract", &ds, &out])
+        .code(1)
+        .stderr_has(&["b/bad", "ends early", "nothing was kept"]);
+    assert!(!out.exists(), "extract created {}", disp(&out));
+
+    sp(&[&"extract", &"--skip-errors", &ds, &out])
+        .code(1)
+        .stderr_has(&["left out: corrupt record", "b/bad", "left out 1 sample "]);
+    let got = read_tree(&out);
+    assert_eq!(got.keys().collect::<Vec<_>>(), [&b"a/good.txt".to_vec()]);
+    assert_eq!(entries(&out), ["a"], "no temporary names are left");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 9 (read side): cat and extract stream a large record in bounded memory
 // ---------------------------------------------------------------------------------------------

@@ -187,6 +187,13 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                     for p in &written {
                         let _ = fs::remove_file(p);
                     }
+                    // And the folders only this sample needed (a non-empty one stays).
+                    let mut dir = join_bytes(&staging, sample.key());
+                    while dir.pop() && dir.starts_with(&staging) && dir != staging {
+                        if fs::remove_dir(&dir).is_err() {
+                            break;
+                        }
+                    }
                     left_out_samples += 1;
                     left_out.push(format!("{e:#}"));
                 }
