@@ -1064,7 +1064,9 @@ impl Loader {
         })
     }
 
-    /// Samples this rank gets in the epoch (the same on every rank).
+    /// Samples this rank gets in the epoch (the same on every rank). Under
+    /// [`ErrorPolicy::Skip`] this is the planned count: `len() - skipped_count()` are
+    /// delivered.
     pub fn len(&self) -> u64 {
         self.shared.plan.len
     }
