@@ -388,6 +388,37 @@ fn extract_removes_a_file_that_fails_midway() {
     assert_eq!(entries(&out), ["a"], "no temporary names are left");
 }
 
+/// Keys that would escape DIR or collide with extract's own temporary names are refused (and
+/// with `--skip-errors`, left out and listed), and nothing escapes.
+#[test]
+fn extract_refuses_escaping_and_reserved_paths() {
+    use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
+    for key in [&b"../escaped"[..], b".shardpack-extract.tmp/x"] {
+        let t = tmp();
+        let ds = t.path().join("ds");
+        fs::create_dir(&ds).unwrap();
+        let mut w =
+            DatasetWriter::create(&ds, vec![FieldSpec::raw("bin")], WriterOptions::default())
+                .unwrap();
+        w.append(b"a/ok", None, &[(0, b"fine")]).unwrap();
+        if w.append(key, None, &[(0, b"bad")]).is_err() {
+            eprintln!("the writer refuses {key:?} itself");
+            continue;
+        }
+        w.finish(DatasetInfo::default()).unwrap();
+        let out = t.path().join("out");
+        sp(&[&"extract", &ds, &out])
+            .code(1)
+            .stderr_has(&["would escape", "nothing was kept"]);
+        assert!(!out.exists());
+        sp(&[&"extract", &"--skip-errors", &ds, &out])
+            .code(1)
+            .stderr_has(&["left out", "would escape", "left out 1 sample "]);
+        assert_eq!(entries(&out), ["a"]);
+        assert!(!t.path().join("escaped.bin").exists());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 9 (read side): cat and extract stream a large record in bounded memory
 // ---------------------------------------------------------------------------------------------

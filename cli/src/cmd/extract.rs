@@ -158,7 +158,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                 }
                 if !safe_rel(&rel) || rel.starts_with(RESERVED) {
                     result = Err(Failure::Data(anyhow!(
-                        "sample {} has the unsafe path {:?}; refusing to write outside {}",
+                        "sample {} has the path {:?}, which would escape {} or is reserved \
+                         for extract's temporary files; refusing to write it",
                         sample.index(),
                         String::from_utf8_lossy(&rel),
                         a.dir.display()
