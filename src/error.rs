@@ -45,6 +45,18 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// A sample (or key) of a shard that a tolerant `Dataset::open_with` marked damaged: the
+    /// shard could not be opened or does not match the manifest.
+    DamagedShard {
+        /// The shard file.
+        path: PathBuf,
+        /// The shard's position in the manifest.
+        shard: usize,
+        /// The global sample asked for, if one was.
+        sample: Option<u64>,
+        /// Why the shard could not be opened.
+        detail: String,
+    },
     /// The manifest is missing, unparsable, or disagrees with the shards.
     Manifest {
         /// The manifest (or dataset directory).
@@ -135,6 +147,23 @@ impl fmt::Display for Error {
                  {offset}: {detail}",
                 path.display()
             ),
+            Error::DamagedShard {
+                path,
+                shard,
+                sample,
+                detail,
+            } => {
+                if let Some(i) = sample {
+                    write!(
+                        f,
+                        "sample {i} is in damaged shard {shard} ({}), which could not be read: ",
+                        path.display()
+                    )?;
+                } else {
+                    write!(f, "damaged shard {shard} ({}): ", path.display())?;
+                }
+                write!(f, "{detail}")
+            }
             Error::Manifest { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Input { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::UnsupportedFeatures { path, features } => write!(

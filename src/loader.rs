@@ -34,6 +34,12 @@
 //! epoch boundaries, create the next epoch's loader a little before the current one ends: a
 //! loader starts reading as soon as it is created, under its own budget.
 //!
+//! A sample that cannot be delivered (a record failing its checksum or not decoding, a read
+//! error, a sample of a damaged shard) is handed out as its error by default; with
+//! [`LoaderOptions::on_error`] set to [`ErrorPolicy::Skip`] it is left out instead, the rest
+//! of its batch still delivered, and [`Loader::skipped`] says which samples were left out and
+//! why. The order does not change either way (see [`ErrorPolicy`] for ranks and resume).
+//!
 //! [`LoaderState`] records `(seed, epoch, samples_consumed)` (with rank and world size); a
 //! loader built from it continues with exactly the samples that would have come next, without
 //! replaying the skipped ones: it starts at the window holding the next sample, skips the
@@ -107,9 +113,46 @@ pub enum DirectIo {
     Auto,
 }
 
+/// What the loader does with a sample it cannot deliver (a record whose checksum fails or
+/// that does not decode, an unreadable index entry, a read error, a sample of a shard that a
+/// tolerant [`Dataset::open_with`](crate::reader::Dataset::open_with) marked damaged).
+///
+/// Skipping never changes the order: the epoch's order stays the pure function described in
+/// the module docs (and [`epoch_order`] still lists every planned sample); a skipped sample
+/// is simply not delivered, and the next one takes its place in the batch. Positions count
+/// planned samples, so [`Loader::consumed`], [`LoaderState::samples_consumed`] and resume
+/// include the skipped ones and a resumed loader continues exactly where it stopped. Every
+/// rank still plans the same number of samples ([`Loader::len`]), but a rank that skips `k`
+/// samples delivers `len() - k`: ranks that must take the same number of steps (distributed
+/// data parallel training) should either keep the default [`ErrorPolicy::Fail`] or agree on a
+/// step count below every rank's deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorPolicy {
+    /// Hand out the error in the sample's place (the default): it names the shard file, the
+    /// sample, its key and the field where the index can still be read.
+    /// [`Loader::next_batch`] then returns the error for the whole batch.
+    #[default]
+    Fail,
+    /// Leave the sample out and record it in [`Loader::skipped`]; the good samples of the
+    /// same batch are still delivered.
+    Skip,
+}
+
+/// A sample the loader left out under [`ErrorPolicy::Skip`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedSample {
+    /// Its position in this rank's epoch (0-based, counting skipped samples).
+    pub position: u64,
+    /// Its global sample index in the dataset.
+    pub index: u64,
+    /// Why it was left out: the error's message (shard file, sample, key, field).
+    pub reason: String,
+}
+
 /// Loader options. `Default` gives seed 0, epoch 0, rank 0 of 1, batches of 256, chunked
-/// shuffle with 4 MiB chunks mixed 16 at a time, 8 I/O threads, a 256 MiB prefetch budget and
-/// automatic direct I/O.
+/// shuffle with 4 MiB chunks mixed 16 at a time, 8 I/O threads, a 256 MiB prefetch budget,
+/// automatic direct I/O and failing on a bad sample.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoaderOptions {
     /// Shuffle seed.
@@ -136,6 +179,10 @@ pub struct LoaderOptions {
     pub prefetch_bytes: u64,
     /// Direct I/O policy.
     pub direct_io: DirectIo,
+    /// What to do with a sample that cannot be delivered (absent in older serialized
+    /// options: [`ErrorPolicy::Fail`]).
+    #[serde(default)]
+    pub on_error: ErrorPolicy,
 }
 
 impl Default for LoaderOptions {
@@ -152,6 +199,7 @@ impl Default for LoaderOptions {
             io_threads: 8,
             prefetch_bytes: 256 << 20,
             direct_io: DirectIo::Auto,
+            on_error: ErrorPolicy::Fail,
         }
     }
 }
@@ -271,7 +319,25 @@ fn mix(parts: &[u64]) -> u64 {
 
 fn chunks_of(ds: &Dataset, chunk_bytes: u64) -> Result<Vec<Piece>> {
     let mut chunks = Vec::new();
-    for (s, shard) in ds.shards().iter().enumerate() {
+    for (s, meta) in ds.manifest().shards.iter().enumerate() {
+        let Ok(shard) = ds.shard(s) else {
+            // A damaged shard's index cannot be read: cut its manifest sample count into
+            // chunks of the manifest's average stored size (a pure function of the manifest),
+            // so its samples keep their places and each fails or is skipped on its own.
+            let avg = meta.bytes / meta.samples.max(1);
+            let per_chunk = (chunk_bytes / avg.max(1)).max(1);
+            let mut first = 0;
+            while first < meta.samples {
+                let count = per_chunk.min(meta.samples - first);
+                chunks.push(Piece {
+                    shard: s as u32,
+                    first,
+                    count,
+                });
+                first += count;
+            }
+            continue;
+        };
         let b = shard.bytes();
         let (mut first, mut bytes) = (0u64, 0u64);
         for local in 0..shard.len() {
@@ -489,7 +555,8 @@ impl Budget {
 struct Shared {
     ds: Arc<Dataset>,
     plan: Plan,
-    files: Vec<File>,
+    /// Per manifest shard, the file to read; `None` for a damaged shard.
+    files: Vec<Option<File>>,
     /// Global number of the first piece of each window, and the total at the end: work item
     /// `k` is a piece of window `w` where `piece_starts[w] <= k < piece_starts[w + 1]`.
     piece_starts: Vec<usize>,
@@ -600,7 +667,7 @@ struct Extent {
 }
 
 fn extent_of(sh: &Shared, piece: Piece) -> Result<Extent> {
-    let shard = &sh.ds.shards()[piece.shard as usize];
+    let shard = sh.ds.shard(piece.shard as usize)?;
     let b = shard.bytes();
     let corrupt = |e| Error::corrupt(shard.path(), e);
     let (mut lo, mut hi, mut decoded) = (u64::MAX, 0u64, 0u64);
@@ -665,7 +732,8 @@ fn load_piece(
         .collect()
 }
 
-/// The same error for every wanted sample of a piece.
+/// The error of a piece that could not be read, for each of its wanted samples (naming the
+/// sample).
 fn failed_piece(
     sh: &Shared,
     w: usize,
@@ -673,16 +741,30 @@ fn failed_piece(
     piece: Piece,
     e: Error,
 ) -> Vec<Option<Result<LoadedSample>>> {
-    let path = sh.ds.shards()[piece.shard as usize].path();
+    let meta = &sh.ds.manifest().shards[piece.shard as usize];
+    let path = sh.ds.dir().join(&meta.file);
+    let first = meta.first_sample + piece.first;
     let msg = e.to_string();
     (0..piece.count as usize)
         .map(|at| {
-            sh.wanted(w, pi, at).then(|| {
-                Err(Error::Io {
-                    path: path.to_path_buf(),
+            let sample = first + at as u64;
+            sh.wanted(w, pi, at).then(|| match &e {
+                Error::DamagedShard {
+                    path,
+                    shard,
+                    detail,
+                    ..
+                } => Err(Error::DamagedShard {
+                    path: path.clone(),
+                    shard: *shard,
+                    sample: Some(sample),
+                    detail: detail.clone(),
+                }),
+                _ => Err(Error::Io {
+                    path: path.clone(),
                     op: "read",
-                    source: std::io::Error::other(msg.clone()),
-                })
+                    source: std::io::Error::other(format!("sample {sample}: {msg}")),
+                }),
             })
         })
         .collect()
@@ -693,13 +775,16 @@ fn read_extent(sh: &Shared, piece: Piece, e: &Extent, buf: &mut PooledBuf) -> Re
     if e.len == 0 {
         return Ok(());
     }
-    let shard = &sh.ds.shards()[piece.shard as usize];
-    let n = read_full_at(
-        &sh.files[piece.shard as usize],
-        buf.buf_mut().resize(e.len),
-        e.start,
-    )
-    .map_err(|err| Error::io(shard.path(), "read", err))?;
+    let shard = sh.ds.shard(piece.shard as usize)?;
+    let Some(file) = &sh.files[piece.shard as usize] else {
+        return Err(Error::io(
+            shard.path(),
+            "read",
+            std::io::Error::other("the shard was not opened"),
+        ));
+    };
+    let n = read_full_at(file, buf.buf_mut().resize(e.len), e.start)
+        .map_err(|err| Error::io(shard.path(), "read", err))?;
     if (n as u64) < e.end - e.start {
         return Err(Error::io(
             shard.path(),
@@ -725,7 +810,7 @@ fn decode_sample(
     buf: &Arc<PooledBuf>,
     dctx: &mut zstd::zstd_safe::DCtx<'static>,
 ) -> Result<LoadedSample> {
-    let shard = &sh.ds.shards()[shard_no as usize];
+    let shard = sh.ds.shard(shard_no as usize)?;
     let global = sh.ds.manifest().shards[shard_no as usize].first_sample + local;
     let sample = shard.sample(local, global)?;
     let data = buf.buf().as_slice();
@@ -804,7 +889,8 @@ pub struct Loader {
     rx: Option<Receiver<PieceResult>>,
     threads: Vec<JoinHandle<()>>,
     pending: BTreeMap<usize, PendingWindow>,
-    current: std::vec::IntoIter<Result<LoadedSample>>,
+    /// The current window's samples in output order, with their global indices.
+    current: std::vec::IntoIter<(u64, Result<LoadedSample>)>,
     /// The window samples are being taken from, and the memory granted to it.
     current_window: Option<(usize, u64)>,
     next_window: usize,
@@ -812,6 +898,9 @@ pub struct Loader {
     batch_size: usize,
     direct: bool,
     notes: Vec<String>,
+    on_error: ErrorPolicy,
+    skipped: Vec<SkippedSample>,
+    skipped_total: u64,
 }
 
 impl std::fmt::Debug for Loader {
@@ -868,9 +957,13 @@ impl Loader {
             DirectIo::Auto => memory_available().is_some_and(|m| total > m / 2),
         };
         let mut notes = Vec::new();
-        let mut files = Vec::with_capacity(ds.shards().len());
+        let mut files = Vec::with_capacity(ds.shard_count());
         let mut direct = want_direct;
-        for shard in ds.shards() {
+        for s in 0..ds.shard_count() {
+            let Ok(shard) = ds.shard(s) else {
+                files.push(None); // damaged: each of its samples fails or is skipped
+                continue;
+            };
             let (f, d) = open_read(shard.path(), want_direct)
                 .map_err(|e| Error::io(shard.path(), "open shard", e))?;
             if want_direct && !d && direct {
@@ -880,7 +973,7 @@ impl Loader {
                 ));
                 direct = false;
             }
-            files.push(f);
+            files.push(Some(f));
         }
         let first_window = plan
             .starts
@@ -965,10 +1058,15 @@ impl Loader {
             batch_size: opts.batch_size,
             direct,
             notes,
+            on_error: opts.on_error,
+            skipped: Vec::new(),
+            skipped_total: 0,
         })
     }
 
-    /// Samples this rank gets in the epoch (the same on every rank).
+    /// Samples this rank gets in the epoch (the same on every rank). Under
+    /// [`ErrorPolicy::Skip`] this is the planned count: `len() - skipped_count()` are
+    /// delivered.
     pub fn len(&self) -> u64 {
         self.shared.plan.len
     }
@@ -978,9 +1076,28 @@ impl Loader {
         self.len() == 0
     }
 
-    /// Samples handed out so far in this epoch (including those skipped by a resume).
+    /// Samples handed out so far in this epoch (including those skipped by a resume and
+    /// those left out under [`ErrorPolicy::Skip`]): the position in this rank's order.
     pub fn consumed(&self) -> u64 {
         self.consumed
+    }
+
+    /// The samples left out under [`ErrorPolicy::Skip`] so far (since the last
+    /// [`Loader::take_skipped`]), in the order they were met, each with its reason.
+    pub fn skipped(&self) -> &[SkippedSample] {
+        &self.skipped
+    }
+
+    /// Takes the list of [`Loader::skipped`] samples, leaving it empty (for a long epoch that
+    /// reports and forgets them as it goes).
+    pub fn take_skipped(&mut self) -> Vec<SkippedSample> {
+        std::mem::take(&mut self.skipped)
+    }
+
+    /// How many samples this loader has left out under [`ErrorPolicy::Skip`] (including those
+    /// already taken with [`Loader::take_skipped`]).
+    pub fn skipped_count(&self) -> u64 {
+        self.skipped_total
     }
 
     /// The position to resume from.
@@ -1007,9 +1124,21 @@ impl Loader {
     /// The next sample, or `None` at the end of the epoch.
     pub fn next_sample(&mut self) -> Option<Result<LoadedSample>> {
         loop {
-            if let Some(s) = self.current.next() {
+            if let Some((index, s)) = self.current.next() {
+                let position = self.consumed;
                 self.consumed += 1;
-                return Some(s);
+                match s {
+                    Err(e) if self.on_error == ErrorPolicy::Skip => {
+                        self.skipped.push(SkippedSample {
+                            position,
+                            index,
+                            reason: e.to_string(),
+                        });
+                        self.skipped_total += 1;
+                        continue;
+                    }
+                    s => return Some(s),
+                }
             }
             if let Some((w, charge)) = self.current_window.take() {
                 self.shared.budget.release(w, charge);
@@ -1053,7 +1182,7 @@ impl Loader {
         &self,
         w: usize,
         pieces: Vec<Option<Vec<Option<Result<LoadedSample>>>>>,
-    ) -> Vec<Result<LoadedSample>> {
+    ) -> Vec<(u64, Result<LoadedSample>)> {
         let sh = &self.shared;
         let win = &sh.plan.windows[w];
         let mut pieces: Vec<_> = pieces
@@ -1067,17 +1196,21 @@ impl Loader {
         order
             .into_iter()
             .map(|(pi, local)| {
-                let at = (local - win.pieces[pi as usize].first) as usize;
-                pieces[pi as usize][at]
+                let piece = &win.pieces[pi as usize];
+                let at = (local - piece.first) as usize;
+                let index = sh.ds.manifest().shards[piece.shard as usize].first_sample + local;
+                let s = pieces[pi as usize][at]
                     .take()
-                    .expect("every wanted sample is loaded and handed out once")
+                    .expect("every wanted sample is loaded and handed out once");
+                (index, s)
             })
             .collect()
     }
 
     /// The next batch of up to `batch_size` samples (the last one of an epoch may be shorter),
-    /// or `None` at the end of the epoch. An error in any sample is returned as the batch's
-    /// error.
+    /// or `None` at the end of the epoch. Under [`ErrorPolicy::Fail`] an error in any sample
+    /// is returned as the batch's error; under [`ErrorPolicy::Skip`] a bad sample is left out
+    /// (see [`Loader::skipped`]) and the batch filled from the samples after it.
     pub fn next_batch(&mut self) -> Option<Result<Vec<LoadedSample>>> {
         let mut batch = Vec::with_capacity(self.batch_size);
         while batch.len() < self.batch_size {

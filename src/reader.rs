@@ -10,7 +10,9 @@ use memmap2::Mmap;
 use xxhash_rust::xxh3::Xxh3;
 use zstd::zstd_safe::DCtx;
 
-use crate::codec::{decode_into, decode_record, new_dctx, DecodeDict, DecodeError, StreamCheck};
+use crate::codec::{
+    decode_into, decode_record, max_decoded_len, new_dctx, DecodeDict, DecodeError, StreamCheck,
+};
 use crate::error::{Error, Result};
 use crate::format::{
     record_checksum, Codec, FormatError, FormatErrorKind, RecordEntry, ShardBytes, NO_LABEL,
@@ -26,6 +28,8 @@ thread_local! {
 #[derive(Debug)]
 pub struct Shard {
     path: PathBuf,
+    /// The open file, for streaming large records with positioned reads.
+    file: File,
     bytes: ShardBytes<Mmap>,
     dicts: Vec<Option<DecodeDict>>,
 }
@@ -57,6 +61,7 @@ impl Shard {
         }
         Ok(Shard {
             path: path.to_path_buf(),
+            file,
             bytes,
             dicts,
         })
@@ -112,33 +117,144 @@ impl Shard {
     }
 }
 
+/// What [`Dataset::open_with`] does with a listed shard that cannot be opened or does not
+/// match the manifest (missing, truncated, corrupt header, footer, index or dictionary,
+/// swapped or replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DamagedShards {
+    /// Refuse the whole dataset with the shard's error (what [`Dataset::open`] does).
+    #[default]
+    Refuse,
+    /// Open the dataset anyway and mark the shard damaged: its samples keep their global
+    /// numbers (from the manifest's per-shard counts) and each access to one of them returns
+    /// [`Error::DamagedShard`], naming the shard file and what is wrong with it, while samples
+    /// of the intact shards read as usual. [`Dataset::damaged`] lists the damaged shards.
+    Mark,
+}
+
+/// Options for [`Dataset::open_with`]. `Default` is what [`Dataset::open`] does.
+///
+/// ```no_run
+/// use shardpack::reader::{DamagedShards, OpenOptions};
+/// let opts = OpenOptions { damaged: DamagedShards::Mark, ..OpenOptions::default() };
+/// let ds = shardpack::Dataset::open_with("train.spk", &opts)?;
+/// for d in ds.damaged() {
+///     eprintln!("{}: samples {}..{} unreadable: {}", d.path.display(), d.first_sample,
+///         d.first_sample + d.samples, d.reason);
+/// }
+/// # Ok::<(), shardpack::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// What to do with a shard that fails to open or validate.
+    pub damaged: DamagedShards,
+}
+
+impl OpenOptions {
+    /// Options that mark damaged shards instead of refusing the dataset.
+    pub fn mark_damaged() -> OpenOptions {
+        OpenOptions {
+            damaged: DamagedShards::Mark,
+        }
+    }
+}
+
+/// A listed shard that [`Dataset::open_with`] could not open and marked damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedShard {
+    /// Position of the shard in the manifest.
+    pub index: usize,
+    /// The shard file.
+    pub path: PathBuf,
+    /// Global index of its first sample (from the manifest).
+    pub first_sample: u64,
+    /// Number of samples the manifest lists for it.
+    pub samples: u64,
+    /// Why it could not be opened (the error [`Dataset::open`] would have returned).
+    pub reason: String,
+}
+
+impl DamagedShard {
+    /// The error for sample `sample` (global index) of this shard, or for the shard as a
+    /// whole (`None`).
+    pub fn error(&self, sample: Option<u64>) -> Error {
+        Error::DamagedShard {
+            path: self.path.clone(),
+            shard: self.index,
+            sample,
+            detail: self.reason.clone(),
+        }
+    }
+}
+
+/// Where a manifest shard is: open, or marked damaged.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Index into `Dataset::shards`.
+    Open(usize),
+    /// Index into `Dataset::damaged`.
+    Damaged(usize),
+}
+
 /// An open dataset: the manifest and a memory map per shard.
 #[derive(Debug)]
 pub struct Dataset {
     dir: PathBuf,
     manifest: Manifest,
+    /// The open shards, in manifest order.
     shards: Vec<Shard>,
+    /// Per manifest shard: open or damaged.
+    slots: Vec<Slot>,
+    damaged: Vec<DamagedShard>,
     starts: Vec<u64>,
 }
 
 impl Dataset {
     /// Opens the dataset in `dir`: reads the manifest and maps and validates each shard. Costs
     /// O(shards) plus one checksum pass over each shard's index; no per-sample parsing.
+    /// Refuses the dataset when any listed shard cannot be opened; [`Dataset::open_with`] with
+    /// [`DamagedShards::Mark`] opens the rest instead.
     ///
     /// Datasets are immutable once written: a shard rewritten or truncated by another process
     /// while mapped may return changed bytes (caught by the record checksums) or fault.
     pub fn open(dir: impl AsRef<Path>) -> Result<Dataset> {
+        Dataset::open_with(dir, &OpenOptions::default())
+    }
+
+    /// Opens the dataset in `dir` with `opts` (see [`OpenOptions`]). An unusable manifest is
+    /// always an error.
+    pub fn open_with(dir: impl AsRef<Path>, opts: &OpenOptions) -> Result<Dataset> {
         let dir = dir.as_ref();
         let manifest = read_manifest(dir)?;
         let mut shards = Vec::with_capacity(manifest.shards.len());
+        let mut slots = Vec::with_capacity(manifest.shards.len());
+        let mut damaged = Vec::new();
         for (i, meta) in manifest.shards.iter().enumerate() {
-            shards.push(open_listed_shard(dir, &manifest, i, meta)?);
+            match open_listed_shard(dir, &manifest, i, meta) {
+                Ok(shard) => {
+                    slots.push(Slot::Open(shards.len()));
+                    shards.push(shard);
+                }
+                Err(e) if opts.damaged == DamagedShards::Mark => {
+                    slots.push(Slot::Damaged(damaged.len()));
+                    damaged.push(DamagedShard {
+                        index: i,
+                        path: dir.join(&meta.file),
+                        first_sample: meta.first_sample,
+                        samples: meta.samples,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         let starts = manifest.shards.iter().map(|s| s.first_sample).collect();
         Ok(Dataset {
             dir: dir.to_path_buf(),
             manifest,
             shards,
+            slots,
+            damaged,
             starts,
         })
     }
@@ -153,9 +269,36 @@ impl Dataset {
         &self.manifest
     }
 
-    /// The open shards.
+    /// The open shards, in manifest order. After [`Dataset::open`] these are all the
+    /// manifest's shards (`shards()[i]` is manifest shard `i`); after a tolerant
+    /// [`Dataset::open_with`] the damaged ones are missing from this list: use
+    /// [`Dataset::shard`] to look a shard up by its manifest position.
     pub fn shards(&self) -> &[Shard] {
         &self.shards
+    }
+
+    /// Number of shards the manifest lists (open and damaged).
+    pub fn shard_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Manifest shard `i`: the open shard, [`Error::DamagedShard`] if it was marked damaged,
+    /// [`Error::OutOfRange`] past the last shard.
+    pub fn shard(&self, i: usize) -> Result<&Shard> {
+        match self.slots.get(i) {
+            Some(Slot::Open(k)) => Ok(&self.shards[*k]),
+            Some(Slot::Damaged(k)) => Err(self.damaged[*k].error(None)),
+            None => Err(Error::OutOfRange {
+                index: i as u64,
+                len: self.slots.len() as u64,
+            }),
+        }
+    }
+
+    /// The shards marked damaged by a tolerant [`Dataset::open_with`], in manifest order
+    /// (always empty after [`Dataset::open`]).
+    pub fn damaged(&self) -> &[DamagedShard] {
+        &self.damaged
     }
 
     /// Number of samples.
@@ -168,7 +311,7 @@ impl Dataset {
         self.len() == 0
     }
 
-    /// Which shard holds global sample `i`, and its index there.
+    /// Which shard (manifest position) holds global sample `i`, and its index there.
     #[inline]
     pub fn locate(&self, i: u64) -> Result<(usize, u64)> {
         if i >= self.len() {
@@ -182,30 +325,68 @@ impl Dataset {
     }
 
     /// Sample `i` (0-based, in stored order). Its records are not read or checked until asked
-    /// for.
+    /// for. A sample of a damaged shard is [`Error::DamagedShard`].
     #[inline]
     pub fn get(&self, i: u64) -> Result<Sample<'_>> {
         let (s, local) = self.locate(i)?;
-        self.shards[s].sample(local, i)
+        match self.slots[s] {
+            Slot::Open(k) => self.shards[k].sample(local, i),
+            Slot::Damaged(k) => Err(self.damaged[k].error(Some(i))),
+        }
     }
 
     /// The sample with key `key`, found through each shard's key-hash table (binary search,
-    /// no scan).
+    /// no scan). When the key is in none of the open shards but a shard is damaged, the
+    /// answer is not "absent" but [`Error::DamagedShard`] for the first damaged shard (the key
+    /// may be in it).
     pub fn get_by_key(&self, key: &[u8]) -> Result<Option<Sample<'_>>> {
-        for (s, shard) in self.shards.iter().enumerate() {
+        for shard in &self.shards {
             if let Some(local) = shard.bytes.find_key(key).map_err(|e| shard.corrupt(e))? {
-                return shard.sample(local, self.starts[s] + local).map(Some);
+                let index = shard.bytes.index_header().first_sample + local;
+                return shard.sample(local, index).map(Some);
             }
         }
-        Ok(None)
+        match self.damaged.first() {
+            Some(d) => Err(Error::DamagedShard {
+                path: d.path.clone(),
+                shard: d.index,
+                sample: None,
+                detail: format!(
+                    "{}; no intact shard holds the key {:?}, so it may be in this one",
+                    d.reason,
+                    String::from_utf8_lossy(key)
+                ),
+            }),
+            None => Ok(None),
+        }
     }
 
-    /// All samples in stored order.
+    /// All samples in stored order; each sample of a damaged shard is an
+    /// [`Error::DamagedShard`].
     pub fn iter(&self) -> impl Iterator<Item = Result<Sample<'_>>> + '_ {
-        self.shards.iter().enumerate().flat_map(move |(s, shard)| {
-            let start = self.starts[s];
-            (0..shard.len()).map(move |local| shard.sample(local, start + local))
+        (0..self.slots.len()).flat_map(move |s| self.shard_samples(s))
+    }
+
+    /// The samples of manifest shard `s` in stored order (each an [`Error::DamagedShard`] if
+    /// the shard is damaged; nothing past the last shard).
+    pub fn shard_samples(&self, s: usize) -> impl Iterator<Item = Result<Sample<'_>>> + '_ {
+        let start = self.starts.get(s).copied().unwrap_or(0);
+        let n = self.manifest.shards.get(s).map_or(0, |m| m.samples);
+        let slot = self.slots.get(s).copied();
+        (0..n).map(move |local| match slot {
+            Some(Slot::Open(k)) => self.shards[k].sample(local, start + local),
+            _ => Err(self.damaged_error(s, start + local)),
         })
+    }
+
+    fn damaged_error(&self, s: usize, sample: u64) -> Error {
+        match self.slots.get(s) {
+            Some(Slot::Damaged(k)) => self.damaged[*k].error(Some(sample)),
+            _ => Error::OutOfRange {
+                index: sample,
+                len: self.len(),
+            },
+        }
     }
 
     /// Field names, in field-index order.
@@ -223,10 +404,14 @@ impl Dataset {
     /// [`ProblemKind`].
     pub fn verify(&self) -> VerifyReport {
         let mut v = Verifier::new(&self.manifest);
-        for (i, shard) in self.shards.iter().enumerate() {
-            v.shard(i, shard, &self.manifest.shards[i]);
+        for (i, slot) in self.slots.iter().enumerate() {
+            let meta = &self.manifest.shards[i];
+            match *slot {
+                Slot::Open(k) => v.shard(i, &self.shards[k], meta),
+                Slot::Damaged(k) => v.unopened(meta, &self.damaged[k].error(None)),
+            }
         }
-        v.finish(|i| self.shards.get(i))
+        v.finish(|i| self.shard(i).ok())
     }
 }
 
@@ -523,6 +708,86 @@ impl<'a> Field<'a> {
             .map_err(|e| (ProblemKind::of_decode(&e), self.bad(e.to_string())))
     }
 
+    /// A reader of the data that holds a bounded amount of memory whatever the record's size,
+    /// for copying large records to a file or a pipe. The record's checksum is checked before
+    /// this returns (for a large record, by a first pass of positioned reads through the
+    /// file), so a damaged record is an error before any byte is read from it; a compressed
+    /// record is then decoded as it is read (zstd's streaming decoder), and a decoded length
+    /// other than the index's is an error at the end. Records up to [`STREAM_ABOVE`] bytes
+    /// (stored and decoded) are simply checked and decoded in memory.
+    ///
+    /// Errors while reading are `io::Error`s of kind `InvalidData` wrapping the
+    /// [`Error::BadRecord`] (or, for a failed read of the shard file, its [`Error::Io`]).
+    pub fn reader(&self) -> Result<FieldReader<'a>> {
+        let stored_len = self.stored.len() as u64;
+        if stored_len <= STREAM_ABOVE && self.rec.raw_len <= STREAM_ABOVE {
+            return Ok(FieldReader {
+                kind: ReaderKind::Mem {
+                    data: self.data()?,
+                    pos: 0,
+                },
+            });
+        }
+        let shard = self.sample.shard;
+        let (start, end) = (self.rec.offset, self.rec.offset + stored_len);
+        // Pass 1: the checksum, in pieces that are not kept.
+        let mut buf = vec![0u8; STREAM_PIECE];
+        let mut h = Xxh3::new();
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            read_exact_at(&shard.file, &mut buf[..n], pos)
+                .map_err(|e| Error::io(&shard.path, "read", e))?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+        let actual = h.digest();
+        if actual != self.rec.checksum {
+            return Err(self.bad(format!(
+                "checksum mismatch (stored {:016x}, computed {actual:016x})",
+                self.rec.checksum
+            )));
+        }
+        let kind = match self.codec {
+            Codec::Raw => ReaderKind::Raw {
+                field: *self,
+                pos: start,
+                end,
+            },
+            Codec::Zstd | Codec::ZstdDict => {
+                if self.rec.raw_len > max_decoded_len(stored_len) {
+                    return Err(self.bad(format!(
+                        "claims {} decoded bytes from {stored_len} stored bytes, more than \
+                         zstd can produce",
+                        self.rec.raw_len
+                    )));
+                }
+                let mut dctx = new_dctx();
+                if self.codec == Codec::ZstdDict {
+                    let dict = shard
+                        .bytes
+                        .field_dict(self.rec.field as usize)
+                        .ok_or_else(|| self.bad("dictionary missing".into()))?;
+                    dctx.load_dictionary(dict).map_err(|c| {
+                        self.bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))
+                    })?;
+                }
+                ReaderKind::Zstd(Box::new(ZstdStream {
+                    field: *self,
+                    dctx,
+                    pos: start,
+                    end,
+                    input: buf,
+                    in_pos: 0,
+                    in_len: 0,
+                    produced: 0,
+                    frame_done: false,
+                }))
+            }
+        };
+        Ok(FieldReader { kind })
+    }
+
     fn decode_unchecked(&self, out: &mut Vec<u8>) -> Result<()> {
         let dict = self.sample.shard.dict(self.rec.field);
         DCTX.with(|d| {
@@ -643,6 +908,165 @@ impl ProblemKind {
 impl std::fmt::Display for ProblemKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Records larger than this (stored or decoded) are streamed by [`Field::reader`] instead of
+/// being checked and decoded in memory.
+pub const STREAM_ABOVE: u64 = 8 << 20;
+
+/// Bytes [`Field::reader`] reads from the shard file at a time when streaming.
+const STREAM_PIECE: usize = 1 << 20;
+
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let n = crate::sys::read_full_at(file, buf, offset)?;
+    if n < buf.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the file ends at byte {} inside a record that ends at {}",
+                offset + n as u64,
+                offset + buf.len() as u64
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The data of one record as an [`std::io::Read`] in bounded memory; see [`Field::reader`].
+#[derive(Debug)]
+pub struct FieldReader<'a> {
+    kind: ReaderKind<'a>,
+}
+
+enum ReaderKind<'a> {
+    /// A small record, checked and decoded.
+    Mem { data: Cow<'a, [u8]>, pos: usize },
+    /// A large raw record: positioned reads of `pos..end`.
+    Raw {
+        field: Field<'a>,
+        pos: u64,
+        end: u64,
+    },
+    /// A large compressed record through zstd's streaming decoder.
+    Zstd(Box<ZstdStream<'a>>),
+}
+
+impl std::fmt::Debug for ReaderKind<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReaderKind::Mem { .. } => "Mem",
+            ReaderKind::Raw { .. } => "Raw",
+            ReaderKind::Zstd(_) => "Zstd",
+        })
+    }
+}
+
+struct ZstdStream<'a> {
+    field: Field<'a>,
+    dctx: DCtx<'static>,
+    /// Next stored byte to read from the file, and the end of the record.
+    pos: u64,
+    end: u64,
+    input: Vec<u8>,
+    in_pos: usize,
+    in_len: usize,
+    produced: u64,
+    frame_done: bool,
+}
+
+fn invalid(e: Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+impl ZstdStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let raw_len = self.field.rec.raw_len;
+        let shard = self.field.sample.shard;
+        loop {
+            if self.frame_done {
+                if self.in_pos < self.in_len || self.pos < self.end {
+                    return Err(invalid(
+                        self.field
+                            .bad("bytes follow the end of the zstd frame".into()),
+                    ));
+                }
+                if self.produced != raw_len {
+                    return Err(invalid(self.field.bad(format!(
+                        "decoded to {} bytes, the index says {raw_len}",
+                        self.produced
+                    ))));
+                }
+                return Ok(0);
+            }
+            if self.in_pos == self.in_len && self.pos < self.end {
+                let n = ((self.end - self.pos) as usize).min(self.input.len());
+                read_exact_at(&shard.file, &mut self.input[..n], self.pos)
+                    .map_err(|e| invalid(Error::io(&shard.path, "read", e)))?;
+                self.pos += n as u64;
+                self.in_pos = 0;
+                self.in_len = n;
+            }
+            if out.is_empty() {
+                return Ok(0);
+            }
+            let mut inb = zstd::zstd_safe::InBuffer::around(&self.input[self.in_pos..self.in_len]);
+            let mut outb = zstd::zstd_safe::OutBuffer::around(&mut *out);
+            let hint = self
+                .dctx
+                .decompress_stream(&mut outb, &mut inb)
+                .map_err(|c| {
+                    invalid(
+                        self.field
+                            .bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c))),
+                    )
+                })?;
+            let (consumed, written) = (inb.pos(), outb.pos());
+            self.in_pos += consumed;
+            self.produced += written as u64;
+            if self.produced > raw_len {
+                return Err(invalid(self.field.bad(format!(
+                    "decodes to more than the {raw_len} bytes the index says"
+                ))));
+            }
+            if hint == 0 {
+                self.frame_done = true;
+            } else if consumed == 0
+                && written == 0
+                && self.in_pos == self.in_len
+                && self.pos >= self.end
+            {
+                return Err(invalid(
+                    self.field
+                        .bad("the zstd frame ends early (truncated record)".into()),
+                ));
+            }
+            if written > 0 {
+                return Ok(written);
+            }
+        }
+    }
+}
+
+impl std::io::Read for FieldReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.kind {
+            ReaderKind::Mem { data, pos } => {
+                let n = (data.len() - *pos).min(out.len());
+                out[..n].copy_from_slice(&data[*pos..*pos + n]);
+                *pos += n;
+                Ok(n)
+            }
+            ReaderKind::Raw { field, pos, end } => {
+                let n = ((*end - *pos) as usize).min(out.len());
+                let shard = field.sample.shard;
+                read_exact_at(&shard.file, &mut out[..n], *pos)
+                    .map_err(|e| invalid(Error::io(&shard.path, "read", e)))?;
+                *pos += n as u64;
+                Ok(n)
+            }
+            ReaderKind::Zstd(z) => z.read(out),
+        }
     }
 }
 

@@ -4,14 +4,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde_json::json;
+use shardpack::reader::OpenOptions;
 use shardpack::Dataset;
 
 use crate::util::human_bytes;
 
 /// Summarize a dataset: format version, samples, shards, fields with counts, sizes and
-/// compression, classes.
+/// compression, classes. A shard that cannot be opened is reported (with the samples it holds
+/// and why) after the description of the rest, and the exit code is then 1.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The dataset directory.
@@ -23,9 +25,23 @@ pub struct Args {
 
 /// Runs `info`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
-    // Opening validates every shard's header, footer and index against the manifest.
-    let ds = Dataset::open(&a.dataset)?;
+    // Opening validates every shard's header, footer and index against the manifest; a shard
+    // that fails is marked damaged, and the manifest still describes the rest.
+    let ds = Dataset::open_with(&a.dataset, &OpenOptions::mark_damaged())?;
     let m = ds.manifest();
+    let damaged: Vec<_> = ds
+        .damaged()
+        .iter()
+        .map(|d| {
+            json!({
+                "shard": d.index,
+                "file": m.shards[d.index].file,
+                "first_sample": d.first_sample,
+                "samples": d.samples,
+                "reason": d.reason,
+            })
+        })
+        .collect();
     let shard_bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     if a.json {
         let v = json!({
@@ -41,10 +57,11 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             "classes": m.classes,
             "skipped": m.skipped.len(),
             "options": m.options,
+            "damaged": damaged,
         });
         serde_json::to_writer_pretty(&mut *out, &v)?;
         writeln!(out)?;
-        return Ok(ExitCode::SUCCESS);
+        return damage_verdict(&ds);
     }
     writeln!(out, "dataset:        {}", a.dataset.display())?;
     writeln!(out, "format version: {}", m.format_version)?;
@@ -120,5 +137,42 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             m.skipped.len()
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    if !ds.damaged().is_empty() {
+        let unreadable: u64 = ds.damaged().iter().map(|d| d.samples).sum();
+        writeln!(
+            out,
+            "damaged shards: {} of {} ({unreadable} samples unreadable)",
+            ds.damaged().len(),
+            m.shards.len()
+        )?;
+        for d in ds.damaged() {
+            writeln!(
+                out,
+                "  {}  samples {}..{}  {}",
+                m.shards[d.index].file,
+                d.first_sample,
+                d.first_sample + d.samples,
+                d.reason
+            )?;
+        }
+    }
+    damage_verdict(&ds)
+}
+
+/// Success, or (after the description is written) an error naming each damaged shard.
+fn damage_verdict(ds: &Dataset) -> Result<ExitCode> {
+    let Some(first) = ds.damaged().first() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    for d in &ds.damaged()[1..] {
+        eprintln!("shardpack: error: {}", d.error(None));
+    }
+    bail!(
+        "{}{}",
+        first.error(None),
+        match ds.damaged().len() {
+            1 => String::new(),
+            n => format!(" (and {} more damaged shards, above)", n - 1),
+        }
+    )
 }
