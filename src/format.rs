@@ -215,8 +215,8 @@ impl fmt::Display for FormatError {
             }
             FormatErrorKind::UnsupportedVersion(v) => write!(
                 f,
-                "format version {v} is not supported by this reader (it reads versions {}..={}); \
-                 upgrade shardpack",
+                "shard format version {v} is not supported by this reader (it reads shard \
+                 versions {}..={}); upgrade shardpack",
                 Version::SUPPORTED.0,
                 Version::SUPPORTED.1
             ),

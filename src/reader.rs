@@ -1154,7 +1154,7 @@ struct Verifier<'m> {
 }
 
 /// Records of at least this many stored bytes are verified in bounded memory: read in
-/// [`PIECE`]-byte pieces with `pread` (not touched through the map), checksummed piece by
+/// 8 MiB pieces with `pread` (not touched through the map), checksummed piece by
 /// piece, and zstd records decoded by streaming into a fixed buffer.
 pub const LARGE_RECORD: u64 = 64 << 20;
 

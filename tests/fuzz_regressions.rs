@@ -323,3 +323,61 @@ fn a_huge_claim_is_an_error_not_an_abort() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `verify`'s streaming check of large records (`codec::StreamCheck`, fed in pieces) accepts
+/// exactly what the one-shot decoder accepts, on the saved inputs and on frames that break
+/// the format's frame rules (what the `record_decode` target also asserts).
+#[test]
+fn streaming_check_agrees_with_one_shot_decoding() {
+    let raw = b"the streaming check and the one-shot decoder agree. ".repeat(200);
+    let frame = zstd::bulk::compress(&raw, 3).unwrap();
+    let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 2, 0, 0, 0, 9, 9];
+    skippable.extend_from_slice(&frame);
+    let mut huge_window = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xa0];
+    huge_window.extend_from_slice(&((3u32 << 3) | 1).to_le_bytes()[..3]);
+    huge_window.extend_from_slice(b"abc");
+    let n = raw.len() as u64;
+    let made: Vec<(Vec<u8>, u64)> = vec![
+        (frame.clone(), n),
+        (frame.clone(), n - 1),
+        (frame.clone(), n + 1),
+        ([frame.clone(), frame.clone()].concat(), 2 * n),
+        (frame[..frame.len() / 2].to_vec(), n),
+        (skippable, n),
+        (huge_window, 3),
+        (b"not a frame at all, just bytes".to_vec(), 5),
+    ];
+    let mut inputs: Vec<Vec<u8>> = saved("record_decode")
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    for (stored, raw_len) in &made {
+        inputs.push(
+            RecordInput {
+                codec: Codec::Zstd,
+                raw_len: *raw_len,
+                dict: None,
+                stored,
+            }
+            .encode(),
+        );
+    }
+    for data in &inputs {
+        let Some(r) = RecordInput::parse(data) else {
+            continue;
+        };
+        if r.codec == Codec::Raw {
+            continue;
+        }
+        let one_shot = r.decode();
+        let dict = r.dict.and_then(DecodeDict::new);
+        for piece in [1, 7, 4096] {
+            let streamed = r.streamed(dict.as_ref(), piece);
+            assert_eq!(
+                one_shot.is_ok(),
+                streamed.is_ok(),
+                "piece {piece}: one-shot {one_shot:?}, streamed {streamed:?}"
+            );
+        }
+    }
+}

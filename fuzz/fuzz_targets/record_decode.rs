@@ -2,7 +2,9 @@
 //! field dictionary (format: `support/src/record_input.rs`) into `codec::decode_into`. It
 //! must not panic or allocate without bound; a success yields exactly `raw_len` bytes (the
 //! stored bytes themselves for raw); and a decompression context reused across records (as
-//! the reader's thread-local one is) gives the same result as a fresh one.
+//! the reader's thread-local one is) gives the same result as a fresh one; and for compressed
+//! records the streaming check of `verify` (`codec::StreamCheck`, fed in pieces) accepts
+//! exactly what the one-shot decoder accepts.
 #![no_main]
 
 use std::cell::RefCell;
@@ -59,5 +61,14 @@ fuzz_target!(|data: &[u8]| {
     );
     if res.is_ok() {
         assert_eq!(out, fresh_out, "a reused context decodes differently");
+    }
+    if r.codec != Codec::Raw {
+        let piece = 1 + data.len() % 97;
+        let streamed = r.streamed(dict.as_ref(), piece);
+        assert_eq!(
+            res.is_ok(),
+            streamed.is_ok(),
+            "the streaming check disagrees with the one-shot decoder: {res:?} vs {streamed:?}"
+        );
     }
 });

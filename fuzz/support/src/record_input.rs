@@ -8,6 +8,7 @@
 //! then          the dictionary bytes, then the stored bytes (the rest of the input)
 //! ```
 
+use shardpack::codec::{DecodeDict, DecodeError, StreamCheck};
 use shardpack::format::Codec;
 
 /// One record to decode.
@@ -65,5 +66,18 @@ impl<'a> RecordInput<'a> {
         }
         out.extend_from_slice(self.stored);
         out
+    }
+
+    /// The record through `codec::StreamCheck` (the bounded-memory check `verify` uses for large
+    /// records), fed in pieces of `piece` bytes (the first at least 18, a whole frame header).
+    /// For a compressed record it must agree with the one-shot decoder.
+    pub fn streamed(&self, dict: Option<&DecodeDict>, piece: usize) -> Result<(), DecodeError> {
+        let mut c = StreamCheck::new(self.codec, self.stored.len() as u64, self.raw_len, dict)?;
+        let first = piece.max(18).min(self.stored.len());
+        c.feed(&self.stored[..first])?;
+        for p in self.stored[first..].chunks(piece.max(1)) {
+            c.feed(p)?;
+        }
+        c.finish()
     }
 }
