@@ -9,6 +9,40 @@
 //! Memory is bounded: besides one small entry per file (its relative path and size), at most
 //! a few windows of [`PackOptions::window_bytes`] file contents are in memory at once, however
 //! many files the tree holds.
+//!
+//! # Output directory: where a pack writes
+//!
+//! - **OUT is new or an empty directory**: the dataset is built in OUT itself. A marker file
+//!   [`PACK_MARKER_FILE`](crate::writer::PACK_MARKER_FILE) is created first and locked
+//!   (`flock`) for as long as the pack runs; shards go under `.tmp` names, are synced and
+//!   renamed; `manifest.json` comes last (the commit); then the marker is removed.
+//! - **OUT holds a dataset and `--force` is given**: the new dataset is built beside it, in the
+//!   staging directory `.<OUT's name>.shardpack-new.<pid>` in OUT's parent (with its own locked
+//!   marker). Only when it is complete and synced are the two swapped, in one atomic
+//!   `renameat2(RENAME_EXCHANGE)` on Linux; the old dataset, now under the staging name, is
+//!   then removed. Where the exchange is not available (another OS, or a file system that
+//!   refuses it) two renames do it: OUT to `.<OUT's name>.shardpack-old.<pid>`, then the
+//!   staging directory to OUT. The old dataset needs no free space; the new one needs its own.
+//!
+//! ## Crash windows (SIGKILL, power loss) and what comes after
+//!
+//! | killed while | OUT holds | `Dataset::open(OUT)` | the next `pack` |
+//! | --- | --- | --- | --- |
+//! | building in OUT | the marker, some shards, no manifest | refuses: an interrupted pack, run it again | removes those files (the marker is unlocked) and packs; a foreign file there makes it refuse without touching anything |
+//! | after the commit, before the marker is removed | the new dataset and the marker | opens the new dataset | removes the marker; `--force` needed as for any dataset |
+//! | `--force`, building beside OUT | the old dataset, untouched | opens the old dataset | removes the staging directory |
+//! | `--force`, after the exchange | the new dataset (and the marker) | opens the new dataset | removes the marker, and the old dataset left under the staging name |
+//! | `--force` without exchange, between the two renames | nothing: OUT does not exist | refuses, naming `.<name>.shardpack-old.<pid>` and what to do | renames the old dataset back to OUT first, then packs |
+//!
+//! A staging directory or marker is recognised as a pack's own only by its exact name, a marker
+//! that no running process holds locked, and contents that are all shardpack file names
+//! (`manifest.json`, `manifest.json.tmp`, `shard-*.spk`, `shard-*.spk.tmp`, the marker); anything
+//! else is left alone and named in a note or an error. One pack per OUT at a time.
+//!
+//! An error, or a cancel through [`Progress::cancelled`] (the CLI's SIGINT/SIGTERM, Python's
+//! Ctrl-C), needs no next pack: the workers stop, and everything this pack wrote is removed
+//! before `pack` returns (OUT too if it created it; a staging directory, leaving the old
+//! dataset as it was).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -28,6 +62,8 @@ use crate::format::Codec;
 use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
 use crate::rng::SplitMix64;
 use crate::writer::{DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, WriterOptions};
+
+mod out;
 
 /// The shuffle seed used when none is given.
 pub const DEFAULT_SHUFFLE_SEED: u64 = 0x5348_5244_5041_434B; // "SHRDPACK"
@@ -231,7 +267,12 @@ fn split_name(name: &[u8], mode: KeyMode) -> (usize, usize) {
     }
 }
 
-fn walk(src: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<Tree> {
+fn walk(
+    src: &Path,
+    opts: &PackOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel<'_>,
+) -> Result<Tree> {
     let mut tree = Tree {
         arena: Vec::new(),
         files: Vec::new(),
@@ -253,6 +294,7 @@ fn walk(src: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<Tree>
         out
     };
     for entry in walker {
+        cancel.stop()?;
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
@@ -463,7 +505,13 @@ const TRIAL_BYTES: u64 = 16 << 20;
 const DICT_MAX: usize = 112 * 1024;
 
 /// Reads a deterministic, evenly spread sample of a field's files.
-fn trial_inputs(src: &Path, tree: &Tree, plan: &Plan, field: u32) -> Vec<Vec<u8>> {
+fn trial_inputs(
+    src: &Path,
+    tree: &Tree,
+    plan: &Plan,
+    field: u32,
+    cancel: &Cancel<'_>,
+) -> Vec<Vec<u8>> {
     let idx: Vec<usize> = (0..tree.files.len())
         .filter(|&i| plan.file_field[i] == field)
         .collect();
@@ -480,6 +528,9 @@ fn trial_inputs(src: &Path, tree: &Tree, plan: &Plan, field: u32) -> Vec<Vec<u8>
     picked
         .par_iter()
         .filter_map(|&i| {
+            if cancel.check() {
+                return None;
+            }
             let f = &tree.files[i];
             let mut buf = Vec::new();
             File::open(join_bytes(src, tree.path(f)))
@@ -627,119 +678,6 @@ fn choose(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output directory
-// ---------------------------------------------------------------------------------------------
-
-fn is_our_file(name: &str) -> bool {
-    name == MANIFEST_FILE
-        || name == format!("{MANIFEST_FILE}.tmp")
-        || (name.starts_with("shard-") && (name.ends_with(".spk") || name.ends_with(".spk.tmp")))
-}
-
-/// The absolute, symlink-free form of `p`, which may not exist yet: its nearest existing
-/// ancestor is canonicalized and the missing components appended.
-fn resolve_nonexistent(p: &Path) -> std::io::Result<PathBuf> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    };
-    let mut missing = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        match fs::canonicalize(cur) {
-            Ok(mut c) => {
-                for m in missing.iter().rev() {
-                    c.push(m);
-                }
-                return Ok(c);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (Some(parent), Some(name)) = (cur.parent(), cur.file_name()) else {
-                    return Err(e);
-                };
-                missing.push(name.to_os_string());
-                cur = parent;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Prepares OUT: creates it, or checks it is empty, or (with `force`) removes a previous
-/// dataset from it (manifest first, so it never looks complete). Returns whether it was created.
-fn prepare_out(src: &Path, out: &Path, force: bool) -> Result<bool> {
-    let src_c = fs::canonicalize(src).map_err(|e| Error::io(src, "resolve", e))?;
-    let out_c = resolve_nonexistent(out).map_err(|e| Error::io(out, "resolve", e))?;
-    if out_c.starts_with(&src_c) {
-        return Err(Error::input(
-            out,
-            format!(
-                "the output is inside the source tree {}; choose an output outside it",
-                src.display()
-            ),
-        ));
-    }
-    match fs::read_dir(out) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(out).map_err(|e| Error::io(out, "create directory", e))?;
-            Ok(true)
-        }
-        Err(e) => {
-            if out.exists() && !out.is_dir() {
-                return Err(Error::input(
-                    out,
-                    "exists and is not a directory; choose another output path",
-                ));
-            }
-            Err(Error::io(out, "read directory", e))
-        }
-        Ok(rd) => {
-            let names: Vec<String> = rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            if names.is_empty() {
-                return Ok(false);
-            }
-            if !force {
-                return Err(Error::input(
-                    out,
-                    format!(
-                        "exists and is not empty ({} entries); pass --force to replace a previous \
-                         dataset there, or choose an empty or new directory",
-                        names.len()
-                    ),
-                ));
-            }
-            if let Some(foreign) = names.iter().find(|n| !is_our_file(n)) {
-                return Err(Error::input(
-                    out,
-                    format!(
-                        "holds {foreign:?}, which is not a shardpack file; --force only replaces \
-                         a dataset, so move other files away first"
-                    ),
-                ));
-            }
-            // The manifest goes first: from here on the directory is not a dataset.
-            let m = out.join(MANIFEST_FILE);
-            if m.exists() {
-                fs::remove_file(&m).map_err(|e| Error::io(&m, "remove", e))?;
-            }
-            for n in names {
-                let p = out.join(n);
-                match fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(&p, "remove", e)),
-                }
-            }
-            Ok(false)
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Pack
 // ---------------------------------------------------------------------------------------------
 
@@ -806,8 +744,10 @@ fn policy_options(opts: &PackOptions) -> Map<String, Value> {
     m
 }
 
-/// Packs the tree at `src` into a dataset at `out`. On error, everything this call wrote is
-/// removed (and `out` too if this call created it); `src` is only ever read.
+/// Packs the tree at `src` into a dataset at `out`. On error or cancel (see
+/// [`Progress::cancelled`]), everything this call wrote is removed (and `out` too if this call
+/// created it); a dataset that `force` replaces stays until the new one is complete (see the
+/// module docs for every crash window). `src` is only ever read.
 pub fn pack(
     src: &Path,
     out: &Path,
@@ -832,12 +772,48 @@ pub fn pack(
         }
         Ok(_) => {}
     }
-    let created = prepare_out(src, out, opts.force)?;
-    let result = pack_into(src, out, opts, progress, started);
-    if result.is_err() && created {
-        let _ = fs::remove_dir(out);
+    let target = out::prepare(src, out, opts.force, progress)?;
+    let cancel = Cancel::new(progress);
+    let mut summary = pack_into(src, target.build_dir(), opts, progress, &cancel, started)?;
+    target.commit(progress)?;
+    summary.out = out.to_path_buf();
+    Ok(summary)
+}
+
+/// Polls [`Progress::cancelled`] and remembers a `true`, so every thread that asks later sees
+/// it even if the callback were to change its mind.
+struct Cancel<'a> {
+    progress: &'a dyn Progress,
+    seen: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Cancel<'a> {
+    fn new(progress: &'a dyn Progress) -> Self {
+        Cancel {
+            progress,
+            seen: std::sync::atomic::AtomicBool::new(false),
+        }
     }
-    result
+
+    fn check(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.seen.load(Relaxed) {
+            return true;
+        }
+        let c = self.progress.cancelled();
+        if c {
+            self.seen.store(true, Relaxed);
+        }
+        c
+    }
+
+    fn stop(&self) -> Result<()> {
+        if self.check() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 fn pack_into(
@@ -845,6 +821,7 @@ fn pack_into(
     out: &Path,
     opts: &PackOptions,
     progress: &dyn Progress,
+    cancel: &Cancel<'_>,
     started: Instant,
 ) -> Result<PackSummary> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -861,7 +838,7 @@ fn pack_into(
     let cpu = pool(threads, "compress")?;
     let io = pool(io_threads, "read")?;
 
-    let mut tree = walk(src, opts, progress)?;
+    let mut tree = walk(src, opts, progress, cancel)?;
     if tree.files.is_empty() {
         let detail = if tree.skipped.is_empty() {
             "source holds no files; nothing to pack".to_string()
@@ -885,13 +862,15 @@ fn pack_into(
     let mut notes = Vec::new();
     let mut specs = Vec::with_capacity(plan.fields.len());
     for (fi, name) in plan.fields.iter().enumerate() {
+        cancel.stop()?;
         let policy = *opts.field_compress.get(name).unwrap_or(&opts.compress);
         let inputs = match policy {
             Policy::Auto | Policy::ZstdDict(_) => {
-                io.install(|| trial_inputs(src, &tree, &plan, fi as u32))
+                io.install(|| trial_inputs(src, &tree, &plan, fi as u32, cancel))
             }
             _ => Vec::new(),
         };
+        cancel.stop()?;
         specs.push(choose(
             name,
             policy,
@@ -904,6 +883,7 @@ fn pack_into(
     for n in &notes {
         progress.note(n);
     }
+    cancel.stop()?;
 
     // Sample order.
     let mut order: Vec<u32> = (0..plan.samples.len() as u32).collect();
@@ -962,6 +942,9 @@ fn pack_into(
         let encoders = &encoders;
         scope.spawn(move || {
             for range in windows {
+                if cancel.check() {
+                    return;
+                }
                 let samples: Vec<u32> = order[range.clone()].to_vec();
                 let file_ids: Vec<u32> = samples
                     .iter()
@@ -977,11 +960,18 @@ fn pack_into(
                             let f = &tree.files[fid as usize];
                             ReadFile {
                                 file: fid,
-                                data: read_one(&join_bytes(src, tree.path(f)), f.size),
+                                data: if cancel.check() {
+                                    Err(String::new()) // never committed: see below
+                                } else {
+                                    read_one(&join_bytes(src, tree.path(f)), f.size)
+                                },
                             }
                         })
                         .collect()
                 });
+                if cancel.check() {
+                    return; // a window read while cancelling is never sent
+                }
                 if tx.send(Window { samples, files }).is_err() {
                     return; // the consumer stopped (an error); stop reading
                 }
@@ -989,12 +979,14 @@ fn pack_into(
         });
 
         for window in rx {
+            cancel.stop()?;
             // Compress every file of the window on the CPU pool.
             let encoded: Vec<(Codec, Vec<u8>)> = cpu.install(|| {
                 window
                     .files
                     .par_iter()
                     .map_init(new_cctx, |cctx, rf| match &rf.data {
+                        Ok(_) if cancel.check() => (Codec::Raw, Vec::new()),
                         Ok(raw) => {
                             let enc = &encoders[plan.file_field[rf.file as usize] as usize];
                             let mut out = Vec::new();
@@ -1007,7 +999,9 @@ fn pack_into(
             });
             // Commit in order.
             let mut at = 0usize;
+            cancel.stop()?;
             for &s in &window.samples {
+                cancel.stop()?;
                 let sr = plan.samples[s as usize];
                 let mut recs = Vec::with_capacity(sr.count as usize);
                 let (mut nfiles, mut nbytes) = (0u64, 0u64);
@@ -1051,7 +1045,7 @@ fn pack_into(
                 progress.advance(sr.count as u64, nbytes);
             }
         }
-        Ok(())
+        cancel.stop()
     });
     result?;
     if writer.samples() == 0 {
@@ -1068,6 +1062,8 @@ fn pack_into(
         options: policy_options(opts),
         skipped,
     };
+    // The last chance to stop: after this the dataset is committed.
+    cancel.stop()?;
     let manifest = writer.finish(info)?;
     let skipped = manifest.skipped.clone();
     let output_bytes = manifest.shards.iter().map(|s| s.bytes).sum::<u64>()

@@ -27,6 +27,60 @@ use crate::manifest::{
 /// Default shard size target: 1 GiB.
 pub const DEFAULT_SHARD_SIZE: u64 = 1 << 30;
 
+/// The marker file a pack keeps in the directory it is writing, locked for as long as it runs.
+/// A dataset directory holding it with no running pack is the leftover of an interrupted pack:
+/// readers ignore it, and the next pack into the same output removes it (and, when there is no
+/// `manifest.json`, the shard files it left).
+pub const PACK_MARKER_FILE: &str = ".shardpack-writing";
+
+/// The name of a staging directory beside the output `out_name`: `.<out_name>.shardpack-<kind>.<pid>`,
+/// where `kind` is `new` (a dataset being built to replace OUT) or `old` (the replaced one
+/// while it is being removed).
+pub(crate) fn stage_name(out_name: &std::ffi::OsStr, kind: &str, pid: u32) -> std::ffi::OsString {
+    let mut s = std::ffi::OsString::from(".");
+    s.push(out_name);
+    s.push(format!(".shardpack-{kind}.{pid}"));
+    s
+}
+
+/// If `name` is a staging directory name of the output `out_name` (see [`stage_name`]), its
+/// kind (`"new"` or `"old"`).
+pub(crate) fn parse_stage_name(
+    name: &std::ffi::OsStr,
+    out_name: &std::ffi::OsStr,
+) -> Option<&'static str> {
+    let name = name.as_encoded_bytes();
+    let rest = name
+        .strip_prefix(b".")?
+        .strip_prefix(out_name.as_encoded_bytes())?
+        .strip_prefix(b".shardpack-")?;
+    let (kind, pid) = if let Some(p) = rest.strip_prefix(b"new.") {
+        ("new", p)
+    } else {
+        ("old", rest.strip_prefix(b"old.")?)
+    };
+    (!pid.is_empty() && pid.len() <= 10 && pid.iter().all(u8::is_ascii_digit)).then_some(kind)
+}
+
+/// When `out` does not exist but a staging directory `old` beside it holds a dataset: the
+/// previous dataset of a `pack --force` interrupted between its two renames (only where the
+/// atomic exchange is not available). Returns that directory.
+pub(crate) fn interrupted_swap(out: &Path) -> Option<PathBuf> {
+    if fs::symlink_metadata(out).is_ok() {
+        return None;
+    }
+    let name = out.file_name()?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::read_dir(parent).ok()?.flatten().find_map(|e| {
+        let n = e.file_name();
+        let p = parent.join(&n);
+        (parse_stage_name(&n, name) == Some("old") && p.join(MANIFEST_FILE).is_file()).then_some(p)
+    })
+}
+
 /// A field of the dataset: its name and how its records are encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldSpec {

@@ -906,3 +906,118 @@ fn a_file_that_grows_while_packing_is_skipped_with_skip_errors() {
     assert!(ds.verify().is_ok());
     assert_eq!(shard_files(&out).len(), 1);
 }
+
+#[test]
+fn a_file_that_grows_during_pack_force_leaves_the_previous_dataset() {
+    // The new pack fails late (at the read of that file); the old dataset was never touched.
+    let tmp = common::tempdir();
+    let src = tmp.path().join("src");
+    let out = tmp.path().join("out");
+    let grown = growing_tree(&src);
+    pack(
+        &src,
+        &out,
+        &PackOptions::default(),
+        &shardpack::compile::NoProgress,
+    )
+    .unwrap();
+    let before = snapshot(&out);
+    let opts = PackOptions {
+        force: true,
+        ..PackOptions::default()
+    };
+    let e = pack(&src, &out, &opts, &Grow { path: grown }).unwrap_err();
+    assert!(e.to_string().contains("changed size"), "{e}");
+    assert_eq!(snapshot(&out), before, "the previous dataset changed");
+    assert!(Dataset::open(&out).unwrap().verify().is_ok());
+    assert_eq!(
+        entries(tmp.path()),
+        ["out", "src"],
+        "a staging directory is left"
+    );
+}
+
+/// Asks `pack` to stop once `after` files are committed (0: from the start).
+struct CancelAfter {
+    after: u64,
+    done: std::sync::atomic::AtomicU64,
+    polled: std::sync::atomic::AtomicU64,
+}
+
+impl CancelAfter {
+    fn new(after: u64) -> Self {
+        CancelAfter {
+            after,
+            done: 0.into(),
+            polled: 0.into(),
+        }
+    }
+}
+
+impl Progress for CancelAfter {
+    fn advance(&self, files: u64, _bytes: u64) {
+        self.done
+            .fetch_add(files, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn cancelled(&self) -> bool {
+        self.polled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.done.load(std::sync::atomic::Ordering::Relaxed) >= self.after
+    }
+}
+
+fn many_samples(root: &Path) {
+    let mut t = Tree::new();
+    for i in 0..400u64 {
+        t.insert(
+            format!("c{}/{i:04}.bin", i % 3).into_bytes(),
+            common::random_bytes(i, 2000),
+        );
+    }
+    write_tree(root, &t);
+}
+
+#[test]
+fn a_cancelled_pack_stops_and_removes_everything_it_wrote() {
+    let tmp = common::tempdir();
+    let src = tmp.path().join("src");
+    many_samples(&src);
+    let opts = PackOptions {
+        writer: opts(16 << 10, None, 8),
+        threads: 2,
+        ..PackOptions::default()
+    };
+    // At once (during the walk), and part-way (after shards were written).
+    for after in [0, 150] {
+        let out = tmp.path().join(format!("out-{after}"));
+        let p = CancelAfter::new(after);
+        let e = pack(&src, &out, &opts, &p).unwrap_err();
+        assert!(matches!(e, Error::Cancelled), "{e:?}");
+        assert!(!out.exists(), "cancel after {after}: OUT is left");
+        let done = p.done.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            done <= after + 1,
+            "kept committing after the cancel: {done}"
+        );
+        assert!(p.polled.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+    // An existing empty OUT stays, empty.
+    let out = tmp.path().join("empty");
+    fs::create_dir(&out).unwrap();
+    let e = pack(&src, &out, &opts, &CancelAfter::new(100)).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e:?}");
+    assert_eq!(entries(&out), Vec::<String>::new());
+    // --force over a dataset: the dataset stays as it was.
+    let out = tmp.path().join("ds");
+    pack(&src, &out, &opts, &shardpack::compile::NoProgress).unwrap();
+    let before = snapshot(&out);
+    let force = PackOptions {
+        force: true,
+        shuffle_seed: Some(5),
+        ..opts.clone()
+    };
+    let e = pack(&src, &out, &force, &CancelAfter::new(200)).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e:?}");
+    assert_eq!(snapshot(&out), before);
+    assert_eq!(entries(tmp.path()), ["ds", "empty", "src"]);
+}

@@ -70,7 +70,9 @@ pub struct Args {
     /// the summary.
     #[arg(long)]
     pub skip_errors: bool,
-    /// Replace a dataset already in OUT.
+    /// Replace a dataset already in OUT. The new dataset is built beside it (in
+    /// .OUT.shardpack-new.PID in OUT's parent) and swapped in only when complete, so a failure
+    /// or an interrupt keeps the old one.
     #[arg(long)]
     pub force: bool,
     /// Print the summary as one JSON object (for CI).
@@ -134,6 +136,9 @@ impl Progress for Bar {
     }
     fn note(&self, msg: &str) {
         self.bar.suspend(|| eprintln!("shardpack: {msg}"));
+    }
+    fn cancelled(&self) -> bool {
+        crate::signal::received().is_some()
     }
 }
 

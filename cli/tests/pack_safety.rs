@@ -1,0 +1,516 @@
+//! `shardpack pack` never loses data on a failure path, end to end on the real binary:
+//!
+//! 1. `--force` builds the new dataset beside the old one and swaps only when it is complete:
+//!    a full disk, a file size limit or a signal during `--force` leaves the old dataset
+//!    complete (it passes `verify`); every intermediate state a crash can leave is handled by
+//!    `open` and by the next `pack`, which removes only what it recognises as its own.
+//! 2. SIGINT and SIGTERM stop the pack, remove what it wrote, and exit 130 and 143 with one
+//!    line on stderr.
+
+#![cfg(unix)]
+
+mod util;
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+const MARKER: &str = ".shardpack-writing";
+
+/// The names in `dir`, sorted (empty when it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+/// The staging directories of `out` in its parent.
+fn stages(out: &Path) -> Vec<String> {
+    let prefix = format!(".{}.shardpack-", out.file_name().unwrap().to_string_lossy());
+    names(out.parent().unwrap())
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// `shardpack pack -q SRC OUT EXTRA...`.
+fn pack_cmd(src: &Path, out: &Path, extra: &[&str]) -> Cmd {
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"pack", &"-q", &src, &out];
+    args.extend(extra.iter().map(|a| a as &dyn AsRef<OsStr>));
+    shardpack(&args)
+}
+
+/// `count` files of `size` bytes of noise (seeded by `seed`) in two classes.
+fn noise_tree(src: &Path, count: u64, size: usize, seed: u64) {
+    for i in 0..count {
+        put(
+            src,
+            format!("c{}/{i:04}.jpg", i % 2).as_bytes(),
+            &noise(seed * 100_000 + i, size),
+        );
+    }
+}
+
+/// Asserts OUT holds exactly the dataset `want` (read with `read_tree` before) and that it
+/// verifies, and that no staging directory is left beside it.
+#[track_caller]
+fn assert_old_dataset_intact(out: &Path, want: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) {
+    assert_same_tree(&read_tree(out), want, "the previous dataset");
+    sp(&[&"verify", &out]).ok().stdout_has("OK:");
+    assert_eq!(
+        stages(out),
+        Vec::<String>::new(),
+        "staging directories left"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. --force never loses the old dataset
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn force_on_a_full_disk_keeps_the_old_dataset() {
+    let t = tmp();
+    let disk = t.path().join("disk");
+    let _mount = match mount_tmpfs(&disk, "20m") {
+        Ok(m) => m,
+        Err(why) => {
+            skip("force_on_a_full_disk_keeps_the_old_dataset", &why);
+            return;
+        }
+    };
+    // 12 MiB of noise: the old dataset fits, the new one beside it does not.
+    let src = t.path().join("src");
+    noise_tree(&src, 48, 256 << 10, 1);
+    let out = disk.join("ds");
+    pack_cmd(&src, &out, &["--shard-size", "2MiB"]).run().ok();
+    let old = read_tree(&out);
+    // The tree changes; the new pack runs out of space part-way.
+    fs::remove_dir_all(&src).unwrap();
+    noise_tree(&src, 48, 256 << 10, 2);
+    let r = pack_cmd(&src, &out, &["--shard-size", "2MiB", "--force"]).run();
+    let r = r
+        .code(1)
+        .stderr_has(&[&disp(&out), "No space left on device", "cannot write"]);
+    assert!(
+        r.stderr.contains(".ds.shardpack-new."),
+        "the error names the staging file: {}",
+        r.stderr
+    );
+    assert_old_dataset_intact(&out, &old);
+    assert_eq!(names(&disk), ["ds"]);
+    // With room again (the old dataset removed by hand), the same command succeeds.
+    fs::remove_dir_all(&out).unwrap();
+    pack_cmd(&src, &out, &["--shard-size", "2MiB", "--force"])
+        .run()
+        .ok();
+    sp(&[&"verify", &out]).ok();
+}
+
+/// `bash -c 'trap "" XFSZ; ulimit -f KIB; exec shardpack ARGS...'`: files above KIB KiB cannot
+/// grow, and with SIGXFSZ ignored the write fails with EFBIG instead of killing the process.
+fn under_file_size_limit(kib: u64, cmd_args: &[&dyn AsRef<OsStr>]) -> Run {
+    let prefix: Vec<OsString> = [
+        "bash",
+        "-c",
+        &format!("trap '' XFSZ; ulimit -f {kib} && exec \"$0\" \"$@\""),
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    wrapped(&prefix, cmd_args).run()
+}
+
+#[test]
+fn force_that_fails_late_keeps_the_old_dataset() {
+    // No mount needed: a file size limit makes the new pack fail at its last, large shard,
+    // after many small ones were written beside the old dataset.
+    let t = tmp();
+    let src = t.path().join("src");
+    noise_tree(&src, 40, 20 << 10, 1);
+    let out = t.path().join("ds");
+    pack_cmd(&src, &out, &["--shard-size", "64KiB"]).run().ok();
+    let old = read_tree(&out);
+    put(&src, b"c1/zzzz-big.jpg", &noise(7, 600 << 10));
+    let args: [&dyn AsRef<OsStr>; 9] = [
+        &"pack",
+        &"-q",
+        &src,
+        &out,
+        &"--shard-size",
+        &"64KiB",
+        &"--no-shuffle",
+        &"--force",
+        &"--compress=none",
+    ];
+    let r = under_file_size_limit(256, &args);
+    if r.code == 0 {
+        skip(
+            "force_that_fails_late_keeps_the_old_dataset",
+            "`ulimit -f` with an ignored SIGXFSZ does not stop writes here",
+        );
+        return;
+    }
+    r.code(1)
+        .stderr_has(&[&disp(&out), "File too large", ".ds.shardpack-new."]);
+    assert_old_dataset_intact(&out, &old);
+}
+
+/// A fresh dataset of the small sample tree in `t/ds`; returns (src, out, its files).
+fn packed(
+    t: &tempfile::TempDir,
+) -> (
+    PathBuf,
+    PathBuf,
+    std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    let src = t.path().join("src");
+    sample_tree(&src);
+    let out = t.path().join("ds");
+    pack_cmd(&src, &out, &[]).run().ok();
+    let files = read_tree(&out);
+    (src, out, files)
+}
+
+#[test]
+fn force_replaces_in_one_swap_and_leaves_no_staging_directory() {
+    let t = tmp();
+    let (src, out, _) = packed(&t);
+    let fresh = t.path().join("fresh");
+    pack_cmd(&src, &fresh, &["--shuffle-seed", "9"]).run().ok();
+    pack_cmd(&src, &out, &["--shuffle-seed", "9", "--force"])
+        .run()
+        .ok();
+    assert_same_tree(&read_tree(&out), &read_tree(&fresh), "--force vs fresh");
+    assert_eq!(names(t.path()), ["ds", "fresh", "src"]);
+}
+
+#[test]
+fn open_and_the_next_pack_handle_an_interrupted_two_rename_swap() {
+    // Where RENAME_EXCHANGE is not available, --force moves OUT aside and then the new dataset
+    // in; a crash between the two leaves OUT missing and the old dataset beside it.
+    let t = tmp();
+    let (src, out, files) = packed(&t);
+    let old = t.path().join(".ds.shardpack-old.4194999");
+    fs::rename(&out, &old).unwrap();
+    for cmd in ["info", "verify"] {
+        sp(&[&cmd, &out]).code(1).stderr_has(&[
+            &disp(&out),
+            "does not exist",
+            "interrupted",
+            &disp(&old),
+            "run the same pack again",
+        ]);
+    }
+    let Err(e) = shardpack::Dataset::open(&out) else {
+        panic!("open accepts a missing OUT");
+    };
+    assert!(e.to_string().contains(&disp(&old)), "{e}");
+    // The next pack moves the old dataset back first; without --force it then refuses to
+    // replace it, with --force it replaces it.
+    pack_cmd(&src, &out, &[]).run().code(1).stderr_has(&[
+        "restored the previous dataset",
+        "not empty",
+        "--force",
+    ]);
+    assert_old_dataset_intact(&out, &files);
+    pack_cmd(&src, &out, &["--force"]).run().ok();
+    sp(&[&"verify", &out]).ok();
+    assert_eq!(names(t.path()), ["ds", "src"]);
+}
+
+#[test]
+fn the_next_pack_removes_stale_staging_directories_and_only_those() {
+    let t = tmp();
+    let (src, out, files) = packed(&t);
+    let p = t.path();
+    // Left by an interrupted --force before its swap: a partial new dataset and its marker.
+    let partial = p.join(".ds.shardpack-new.4194301");
+    put(&partial, b"shard-000000.spk", b"partial");
+    put(&partial, b"shard-000001.spk.tmp", b"partial");
+    put(&partial, MARKER.as_bytes(), b"pid");
+    // Left after its swap: the old dataset under the staging name, no marker.
+    let swapped = p.join(".ds.shardpack-new.4194302");
+    for (k, v) in &files {
+        put(&swapped, k, v);
+    }
+    // Named like a staging directory, but holding a file shardpack never writes.
+    let foreign = p.join(".ds.shardpack-new.4194303");
+    put(&foreign, b"shard-000000.spk", b"x");
+    put(&foreign, b"notes.txt", b"mine");
+    // Named almost like one.
+    let almost = [
+        ".ds.shardpack-new.12a",
+        ".ds.shardpack-new.",
+        ".dsx.shardpack-new.1",
+        ".ds.shardpack-tmp.1",
+    ];
+    for a in almost {
+        put(&p.join(a), b"shard-000000.spk", b"x");
+    }
+    // A running pack's: its marker is locked.
+    let live = p.join(".ds.shardpack-new.4194304");
+    put(&live, b"shard-000000.spk.tmp", b"x");
+    put(&live, MARKER.as_bytes(), b"pid");
+    let lock = fs::File::open(live.join(MARKER)).unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock only reads its integer arguments; the descriptor is open.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+
+    let r = pack_cmd(&src, &out, &["--force"]).run().ok();
+    for gone in [&partial, &swapped] {
+        assert!(!gone.exists(), "{} is left", disp(gone));
+        assert!(
+            r.stderr.contains(&disp(gone)),
+            "no note for {}: {}",
+            disp(gone),
+            r.stderr
+        );
+    }
+    assert!(r.stderr.contains("notes.txt"), "{}", r.stderr);
+    assert_eq!(names(&foreign), ["notes.txt", "shard-000000.spk"]);
+    for a in almost {
+        assert_eq!(names(&p.join(a)), ["shard-000000.spk"], "{a}");
+    }
+    assert_eq!(names(&live), [MARKER, "shard-000000.spk.tmp"]);
+    drop(lock);
+    sp(&[&"verify", &out]).ok();
+}
+
+#[test]
+fn an_interrupted_pack_in_out_is_removed_by_the_next_pack_unless_foreign_files_are_there() {
+    let t = tmp();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    let fresh = t.path().join("fresh");
+    pack_cmd(&src, &fresh, &[]).run().ok();
+    let out = t.path().join("ds");
+    let leftovers = |out: &Path| {
+        put(
+            out,
+            b"shard-000000.spk",
+            b"committed shard of a killed pack",
+        );
+        put(out, b"shard-000001.spk.tmp", b"half a shard");
+        put(out, MARKER.as_bytes(), b"shardpack pack (process 1)");
+    };
+    leftovers(&out);
+    for cmd in ["info", "verify"] {
+        sp(&[&cmd, &out])
+            .code(1)
+            .stderr_has(&["interrupted", "run the pack again"]);
+    }
+    // A file that is not shardpack's: refused, and nothing is removed.
+    put(&out, b"thesis.tex", b"years of work");
+    let before = snapshot(&out);
+    pack_cmd(&src, &out, &[]).run().code(1).stderr_has(&[
+        "interrupted pack",
+        "thesis.tex",
+        "move it away",
+    ]);
+    pack_cmd(&src, &out, &["--force"])
+        .run()
+        .code(1)
+        .stderr_has(&["thesis.tex"]);
+    assert_unchanged(&out, &before, "refused packs");
+    // Without it, the next pack (no --force needed) removes the leftovers and packs.
+    fs::remove_file(out.join("thesis.tex")).unwrap();
+    let r = pack_cmd(&src, &out, &[]).run().ok();
+    r.stderr_has(&["removed 3 files", "interrupted pack"]);
+    assert_same_tree(&read_tree(&out), &read_tree(&fresh), "pack after leftovers");
+    // A marker that a running pack holds: refused.
+    let busy = t.path().join("busy");
+    leftovers(&busy);
+    let lock = fs::File::open(busy.join(MARKER)).unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock only reads its integer arguments; the descriptor is open.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    for extra in [&[][..], &["--force"][..]] {
+        pack_cmd(&src, &busy, extra)
+            .run()
+            .code(1)
+            .stderr_has(&["another pack is writing into it"]);
+    }
+    assert_eq!(names(&busy).len(), 3);
+}
+
+#[test]
+fn a_committed_dataset_with_a_stale_marker_opens_and_is_replaced_with_force() {
+    let t = tmp();
+    let (src, out, files) = packed(&t);
+    put(&out, MARKER.as_bytes(), b"shardpack pack (process 1)");
+    sp(&[&"verify", &out]).ok();
+    pack_cmd(&src, &out, &[])
+        .run()
+        .code(1)
+        .stderr_has(&["not empty", "--force"]);
+    assert!(!out.join(MARKER).exists(), "the stale marker is removed");
+    assert_old_dataset_intact(&out, &files);
+    pack_cmd(&src, &out, &["--force"]).run().ok();
+    assert_eq!(names(&out).iter().filter(|n| *n == MARKER).count(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. SIGINT and SIGTERM
+// ---------------------------------------------------------------------------------------------
+
+/// About 1,200 files of noise, packed into 128 KiB shards on one thread: long enough to be
+/// interrupted part-way.
+fn slow_tree(src: &Path) {
+    noise_tree(src, 1200, 3000, 5);
+}
+
+fn slow_pack(src: &Path, out: &Path, force: bool) -> Child {
+    let mut extra = vec![
+        "--shard-size",
+        "128KiB",
+        "--threads",
+        "1",
+        "--compress",
+        "none",
+    ];
+    if force {
+        extra.push("--force");
+    }
+    let mut c: Command = pack_cmd(src, out, &extra).into_command();
+    c.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the pack has renamed its second shard into the directory it builds (OUT, or
+/// the staging directory beside it), then sends `sig`; returns the exit status and stderr.
+fn interrupt(mut child: Child, out: &Path, sig: i32) -> (std::process::ExitStatus, String) {
+    let started = Instant::now();
+    // With --force over a dataset, OUT holds the old shards: watch the staging directory.
+    let force = out.join("manifest.json").exists();
+    loop {
+        let mut dirs: Vec<PathBuf> = stages(out)
+            .iter()
+            .map(|s| out.parent().unwrap().join(s))
+            .collect();
+        if !force {
+            dirs.push(out.to_path_buf());
+        }
+        let written = dirs
+            .iter()
+            .any(|d| names(d).iter().any(|n| n == "shard-000001.spk"));
+        if written {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pack ended before it could be interrupted"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no shard written"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill only reads its integer arguments; the child has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    let o = child.wait_with_output().unwrap();
+    (o.status, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[track_caller]
+fn assert_interrupted(status: std::process::ExitStatus, stderr: &str, code: i32, name: &str) {
+    assert_eq!(
+        status.code(),
+        Some(code),
+        "exit status {status:?} (signal {:?}); stderr:\n{stderr}",
+        status.signal()
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr:\n{stderr}");
+    assert!(
+        lines[0].contains(&format!("interrupted by {name}")) && lines[0].contains("removed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigint_and_sigterm_stop_the_pack_and_remove_what_it_wrote() {
+    let t = tmp();
+    let src = t.path().join("src");
+    slow_tree(&src);
+    let before = snapshot(&src);
+
+    // A new OUT: gone afterwards.
+    let out = t.path().join("new");
+    let (st, err) = interrupt(slow_pack(&src, &out, false), &out, libc::SIGINT);
+    assert_interrupted(st, &err, 130, "SIGINT");
+    assert!(!out.exists(), "left {:?}", names(&out));
+
+    // An empty OUT that existed: stays, empty.
+    let out = t.path().join("empty");
+    fs::create_dir(&out).unwrap();
+    let (st, err) = interrupt(slow_pack(&src, &out, false), &out, libc::SIGTERM);
+    assert_interrupted(st, &err, 143, "SIGTERM");
+    assert_eq!(names(&out), Vec::<String>::new());
+
+    // --force over a dataset: the old dataset stays, the staging directory goes.
+    let out = t.path().join("ds");
+    pack_cmd(&src, &out, &["--shard-size", "1MiB"]).run().ok();
+    let old = read_tree(&out);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let (st, err) = interrupt(slow_pack(&src, &out, true), &out, sig);
+        let (code, name) = if sig == libc::SIGINT {
+            (130, "SIGINT")
+        } else {
+            (143, "SIGTERM")
+        };
+        assert_interrupted(st, &err, code, name);
+        assert_old_dataset_intact(&out, &old);
+    }
+    assert_eq!(names(t.path()), ["ds", "empty", "src"]);
+    assert_unchanged(&src, &before, "interrupted packs");
+}
+
+#[test]
+fn after_sigkill_the_next_pack_removes_the_leftovers() {
+    let t = tmp();
+    let src = t.path().join("src");
+    slow_tree(&src);
+    let fresh = t.path().join("fresh");
+    slow_pack(&src, &fresh, false).wait().unwrap();
+    // Killed while building in OUT, and while building beside a dataset with --force.
+    let out = t.path().join("ds");
+    let (st, _) = interrupt(slow_pack(&src, &out, false), &out, libc::SIGKILL);
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    assert!(names(&out).iter().any(|n| n == MARKER), "{:?}", names(&out));
+    let o = slow_pack(&src, &out, false).wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_tree(&read_tree(&out), &read_tree(&fresh), "after a kill in OUT");
+
+    let (st, _) = interrupt(slow_pack(&src, &out, true), &out, libc::SIGKILL);
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    assert_eq!(stages(&out).len(), 1);
+    assert_same_tree(
+        &read_tree(&out),
+        &read_tree(&fresh),
+        "old dataset after a kill",
+    );
+    let o = slow_pack(&src, &out, true).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("left by an interrupted pack"), "{err}");
+    assert_eq!(stages(&out), Vec::<String>::new());
+    assert_same_tree(
+        &read_tree(&out),
+        &read_tree(&fresh),
+        "after a kill with --force",
+    );
+}
