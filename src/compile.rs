@@ -86,6 +86,58 @@ pub enum KeyMode {
     LastDot,
 }
 
+/// What `pack` does with symbolic links in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SymlinkPolicy {
+    /// Follow links to files and folders, as torchvision's `ImageFolder` does (`os.walk` with
+    /// `followlinks=True`): a link is packed with its target's bytes under the link's own
+    /// path. A loop or a dangling link is an error (or skipped with `skip_errors`).
+    #[default]
+    Follow,
+    /// Leave links out; each is listed as skipped (and counts towards
+    /// [`PackOptions::max_skipped_share`]).
+    Skip,
+    /// Refuse a tree holding any symbolic link.
+    Error,
+}
+
+impl std::str::FromStr for SymlinkPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "follow" => Ok(SymlinkPolicy::Follow),
+            "skip" => Ok(SymlinkPolicy::Skip),
+            "error" => Ok(SymlinkPolicy::Error),
+            _ => Err(format!("{s:?} is not follow, skip or error")),
+        }
+    }
+}
+
+/// What `pack` does with samples that get no label under [`LabelMode::ImageFolder`]: files at
+/// the top level of the tree, outside any class folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnlabeledPolicy {
+    /// Pack them without a label; the summary counts them and names the first few.
+    #[default]
+    Allow,
+    /// Refuse the tree, naming the first few.
+    Error,
+}
+
+impl std::str::FromStr for UnlabeledPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "allow" => Ok(UnlabeledPolicy::Allow),
+            "error" => Ok(UnlabeledPolicy::Error),
+            _ => Err(format!("{s:?} is not allow or error")),
+        }
+    }
+}
+
+/// The default of [`PackOptions::max_skipped_share`]: 1% of the inputs.
+pub const DEFAULT_MAX_SKIPPED_SHARE: f64 = 0.01;
+
 /// Everything `pack` needs to know.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
@@ -105,14 +157,36 @@ pub struct PackOptions {
     pub labels: LabelMode,
     /// Key derivation.
     pub key: KeyMode,
-    /// Follow symbolic links (loops are detected and reported).
+    /// Follow symbolic links whatever [`PackOptions::symlinks`] says (kept for compatibility:
+    /// following is now the default policy).
     pub follow_symlinks: bool,
+    /// What to do with symbolic links (default: follow them).
+    pub symlinks: SymlinkPolicy,
+    /// Without `skip_errors`, the pack fails when more than this share (0 to 1) of its inputs
+    /// is skipped (links under `SymlinkPolicy::Skip`, special files): a tree of links packed
+    /// with almost nothing in it must not look like success. With `skip_errors` it packs, and
+    /// the summary warns. Default 1%.
+    pub max_skipped_share: f64,
+    /// What to do with samples outside any class folder under ImageFolder labels.
+    pub unlabeled: UnlabeledPolicy,
     /// Skip unreadable inputs (listed in the manifest and summary) instead of failing.
     pub skip_errors: bool,
     /// Replace an existing dataset in the output directory.
     pub force: bool,
     /// File bytes read ahead per window; about three windows are in memory at once.
     pub window_bytes: u64,
+}
+
+impl PackOptions {
+    /// The symbolic-link policy in effect: [`SymlinkPolicy::Follow`] when `follow_symlinks`
+    /// is set, else `symlinks`.
+    pub fn symlink_policy(&self) -> SymlinkPolicy {
+        if self.follow_symlinks {
+            SymlinkPolicy::Follow
+        } else {
+            self.symlinks
+        }
+    }
 }
 
 impl Default for PackOptions {
@@ -127,6 +201,9 @@ impl Default for PackOptions {
             labels: LabelMode::ImageFolder,
             key: KeyMode::FirstDot,
             follow_symlinks: false,
+            symlinks: SymlinkPolicy::Follow,
+            max_skipped_share: DEFAULT_MAX_SKIPPED_SHARE,
+            unlabeled: UnlabeledPolicy::Allow,
             skip_errors: false,
             force: false,
             window_bytes: 32 << 20,
@@ -186,7 +263,20 @@ pub struct PackSummary {
     pub fields: Vec<FieldMeta>,
     /// Inputs left out (as in the manifest).
     pub skipped: Vec<Skipped>,
+    /// `skipped` over all inputs (packed files plus skipped entries); 0 when none.
+    pub skipped_share: f64,
+    /// Samples packed without a label under ImageFolder labels (files at the top level of the
+    /// tree); 0 with `--labels none`.
+    pub unlabeled: u64,
+    /// The first few (at most 5, in key order) of those samples' keys.
+    pub unlabeled_examples: Vec<Name>,
+    /// What the user should not miss: more skipped than `max_skipped_share` allows (only
+    /// possible with `skip_errors`), a class folder left without samples.
+    pub warnings: Vec<String>,
 }
+
+/// How many unlabeled keys the summary names.
+const UNLABELED_EXAMPLES: usize = 5;
 
 // ---------------------------------------------------------------------------------------------
 // Paths as bytes
@@ -239,6 +329,8 @@ struct Tree {
     arena: Vec<u8>,
     files: Vec<FileEnt>,
     skipped: Vec<Skipped>,
+    /// The folders at the first level (the class folders under ImageFolder labels).
+    class_dirs: Vec<Vec<u8>>,
 }
 
 impl Tree {
@@ -267,6 +359,58 @@ fn split_name(name: &[u8], mode: KeyMode) -> (usize, usize) {
     }
 }
 
+/// The `/`-separated bytes of `p` relative to the tree root `src`: every path `pack` records
+/// (skip entries, reasons, the summary) is of this form, so the output does not depend on how
+/// the source was spelled.
+fn rel_bytes(src: &Path, p: &Path) -> Vec<u8> {
+    let rel = p.strip_prefix(src).unwrap_or(p);
+    let mut out = Vec::new();
+    for (i, c) in rel.components().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(&os_to_bytes(c.as_os_str()));
+    }
+    out
+}
+
+/// Why the walk could not take `path`: a loop, a dangling link or an I/O error, said without
+/// any path outside the tree. `hint` adds what to do (for errors, not for skip entries).
+fn walk_error_reason(src: &Path, path: &Path, e: &walkdir::Error, hint: bool) -> String {
+    if let Some(anc) = e.loop_ancestor() {
+        let to = rel_bytes(src, anc);
+        let to = if to.is_empty() {
+            "the root of the tree".to_string()
+        } else {
+            lossy(&to)
+        };
+        let mut r = format!("symbolic link loop: it leads back to {to}");
+        if hint {
+            r.push_str("; remove the link, or pack with --symlinks skip");
+        }
+        return r;
+    }
+    let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let io = e.io_error();
+    if is_link && io.is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+        let mut r = "dangling symlink: its target does not exist".to_string();
+        if hint {
+            r.push_str("; fix or remove the link, pass --symlinks skip, or --skip-errors");
+        }
+        return r;
+    }
+    let msg = io.map_or_else(|| e.to_string(), |io| io.to_string());
+    let mut r = format!("cannot read: {msg}");
+    if hint {
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) {
+            r.push_str("; fix the permissions or pass --skip-errors");
+        } else {
+            r.push_str("; pass --skip-errors to leave it out");
+        }
+    }
+    r
+}
+
 fn walk(
     src: &Path,
     opts: &PackOptions,
@@ -277,22 +421,13 @@ fn walk(
         arena: Vec::new(),
         files: Vec::new(),
         skipped: Vec::new(),
+        class_dirs: Vec::new(),
     };
+    let policy = opts.symlink_policy();
     let walker = walkdir::WalkDir::new(src)
         .min_depth(1)
-        .follow_links(opts.follow_symlinks)
+        .follow_links(policy == SymlinkPolicy::Follow)
         .sort_by(|a, b| a.file_name().cmp(b.file_name()));
-    let rel_of = |p: &Path| -> Vec<u8> {
-        let rel = p.strip_prefix(src).unwrap_or(p);
-        let mut out = Vec::new();
-        for (i, c) in rel.components().enumerate() {
-            if i > 0 {
-                out.push(b'/');
-            }
-            out.extend_from_slice(&os_to_bytes(c.as_os_str()));
-        }
-        out
-    };
     for entry in walker {
         cancel.stop()?;
         let entry = match entry {
@@ -302,42 +437,37 @@ fn walk(
                     .path()
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| src.into());
-                let reason = if let Some(anc) = e.loop_ancestor() {
-                    format!(
-                        "symbolic link loop: it leads back to {}; remove the link or pack \
-                         without --follow-symlinks",
-                        anc.display()
-                    )
-                } else {
-                    let io = e
-                        .io_error()
-                        .map(|io| io.to_string())
-                        .unwrap_or_else(|| e.to_string());
-                    if opts.skip_errors {
-                        format!("cannot read: {io}")
-                    } else {
-                        format!("cannot read: {io}; fix the permissions or pass --skip-errors")
-                    }
-                };
                 if opts.skip_errors {
                     tree.skipped.push(Skipped {
-                        path: Name(rel_of(&path)),
-                        reason,
+                        path: Name(rel_bytes(src, &path)),
+                        reason: walk_error_reason(src, &path, &e, false),
                     });
                     continue;
                 }
-                return Err(Error::input(path, reason));
+                return Err(Error::input(&path, walk_error_reason(src, &path, &e, true)));
             }
         };
         let ft = entry.file_type();
+        let rel = rel_bytes(src, entry.path());
         if ft.is_dir() {
+            if entry.depth() == 1 {
+                tree.class_dirs.push(rel);
+            }
             continue;
         }
-        let rel = rel_of(entry.path());
         if ft.is_symlink() {
+            if policy == SymlinkPolicy::Error {
+                return Err(Error::input(
+                    entry.path(),
+                    "is a symbolic link, and --symlinks error refuses them; pass --symlinks \
+                     follow (the default) to pack what links point to, or --symlinks skip",
+                ));
+            }
             tree.skipped.push(Skipped {
                 path: Name(rel),
-                reason: "symbolic link not followed (use --follow-symlinks to follow links)".into(),
+                reason: "symbolic link not followed (--symlinks skip; --symlinks follow packs \
+                         what it points to)"
+                    .into(),
             });
             continue;
         }
@@ -351,7 +481,11 @@ fn walk(
         let size = match entry.metadata() {
             Ok(m) => m.len(),
             Err(e) => {
-                let reason = format!("cannot stat: {e}");
+                let reason = format!(
+                    "cannot stat: {}",
+                    e.io_error()
+                        .map_or_else(|| e.to_string(), |io| io.to_string())
+                );
                 if opts.skip_errors {
                     tree.skipped.push(Skipped {
                         path: Name(rel),
@@ -739,7 +873,10 @@ fn policy_options(opts: &PackOptions) -> Map<String, Value> {
             KeyMode::LastDot => "last-dot",
         }),
     );
-    m.insert("follow_symlinks".into(), json!(opts.follow_symlinks));
+    m.insert(
+        "follow_symlinks".into(),
+        json!(opts.symlink_policy() == SymlinkPolicy::Follow),
+    );
     m.insert("skip_errors".into(), json!(opts.skip_errors));
     m
 }
@@ -758,6 +895,12 @@ pub fn pack(
     opts.writer.validate()?;
     if opts.window_bytes == 0 {
         return Err(Error::Options("window size must be above 0".into()));
+    }
+    if !(0.0..=1.0).contains(&opts.max_skipped_share) {
+        return Err(Error::Options(format!(
+            "the largest skipped share must be between 0 and 1, not {}",
+            opts.max_skipped_share
+        )));
     }
     match fs::metadata(src) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -816,6 +959,45 @@ impl<'a> Cancel<'a> {
     }
 }
 
+/// Fails (`fail`) or describes the pack when more than `max_skipped_share` of its inputs is
+/// skipped. Returns the warning when the share is above it and `fail` is off.
+fn check_skipped_share(
+    src: &Path,
+    skipped: &[Skipped],
+    packed: usize,
+    opts: &PackOptions,
+    fail: bool,
+) -> Result<Option<String>> {
+    let total = packed + skipped.len();
+    if skipped.is_empty() || total == 0 {
+        return Ok(None);
+    }
+    let share = skipped.len() as f64 / total as f64;
+    if share <= opts.max_skipped_share {
+        return Ok(None);
+    }
+    let what = format!(
+        "{} of {} inputs ({:.1}%) were skipped, more than the {}% allowed (e.g. {}: {})",
+        skipped.len(),
+        total,
+        100.0 * share,
+        100.0 * opts.max_skipped_share,
+        skipped[0].path.display(),
+        skipped[0].reason
+    );
+    if fail {
+        return Err(Error::input(
+            src,
+            format!(
+                "{what}; a dataset missing that much is probably not what you meant: fix the \
+                 inputs (for symbolic links, --symlinks follow packs what they point to), raise \
+                 --max-skipped-share, or pass --skip-errors to pack anyway"
+            ),
+        ));
+    }
+    Ok(Some(what))
+}
+
 fn pack_into(
     src: &Path,
     out: &Path,
@@ -852,7 +1034,68 @@ fn pack_into(
         };
         return Err(Error::input(src, detail));
     }
+    if !opts.skip_errors {
+        check_skipped_share(src, &tree.skipped, tree.files.len(), opts, true)?;
+    }
     let plan = plan(src, &mut tree, opts)?;
+    let mut warnings = Vec::new();
+    if opts.labels == LabelMode::ImageFolder {
+        // A class folder whose every input was skipped (or that is empty) would silently drop
+        // out of the class list and shift every later label id.
+        for dir in &tree.class_dirs {
+            if plan.classes.binary_search(dir).is_ok() {
+                continue;
+            }
+            let mut prefix = dir.clone();
+            prefix.push(b'/');
+            let inside = tree
+                .skipped
+                .iter()
+                .filter(|k| k.path.as_bytes().starts_with(&prefix))
+                .count();
+            let what = if inside == 0 {
+                format!("class folder {} is empty", lossy(dir))
+            } else {
+                format!(
+                    "class folder {} has no packable file (all {inside} inputs in it are skipped)",
+                    lossy(dir)
+                )
+            };
+            if !opts.skip_errors {
+                return Err(Error::input(
+                    join_bytes(src, dir),
+                    format!(
+                        "{what}: a class without samples would vanish from the class list and \
+                         shift the label ids; fix or remove the folder, or pass --skip-errors to \
+                         pack without it"
+                    ),
+                ));
+            }
+            warnings.push(format!("{what}; it is not in the class list"));
+        }
+        let unlabeled: Vec<&SampleRef> = plan
+            .samples
+            .iter()
+            .filter(|s| s.label == crate::format::NO_LABEL)
+            .collect();
+        if opts.unlabeled == UnlabeledPolicy::Error && !unlabeled.is_empty() {
+            let names: Vec<String> = unlabeled
+                .iter()
+                .take(5)
+                .map(|s| lossy(tree.path(&tree.files[s.first as usize])))
+                .collect();
+            return Err(Error::input(
+                src,
+                format!(
+                    "{} samples are at the top level of the tree, outside any class folder, so \
+                     they get no label under --labels imagefolder (e.g. {}); move them into a \
+                     class folder, or pass --labels none or --unlabeled allow",
+                    unlabeled.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
 
     // Per-field policy and trial.
     let mut field_bytes = vec![0u64; plan.fields.len()];
@@ -904,6 +1147,8 @@ fn pack_into(
     progress.start(tree.files.len() as u64, total_bytes);
 
     let mut skipped = std::mem::take(&mut tree.skipped);
+    let mut unlabeled = 0u64;
+    let mut unlabeled_examples: BTreeSet<Name> = BTreeSet::new();
     let mut packed_files = 0u64;
     let mut packed_bytes = 0u64;
 
@@ -1039,6 +1284,13 @@ fn pack_into(
                     let key = tree.key(&tree.files[sr.first as usize]);
                     let label = (sr.label != crate::format::NO_LABEL).then_some(sr.label);
                     writer.append_encoded(key, label, &recs)?;
+                    if label.is_none() && opts.labels == LabelMode::ImageFolder {
+                        unlabeled += 1;
+                        unlabeled_examples.insert(Name(key.to_vec()));
+                        if unlabeled_examples.len() > UNLABELED_EXAMPLES {
+                            unlabeled_examples.pop_last();
+                        }
+                    }
                 }
                 packed_files += nfiles;
                 packed_bytes += nbytes;
@@ -1056,6 +1308,17 @@ fn pack_into(
     }
 
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    let skipped_share = if skipped.is_empty() {
+        0.0
+    } else {
+        skipped.len() as f64 / (packed_files as usize + skipped.len()) as f64
+    };
+    if let Some(w) = check_skipped_share(src, &skipped, packed_files as usize, opts, false)? {
+        warnings.insert(0, w);
+    }
+    for w in &warnings {
+        progress.note(&format!("WARNING: {w}"));
+    }
     let info = DatasetInfo {
         imagefolder_labels: opts.labels == LabelMode::ImageFolder,
         classes: plan.classes.iter().map(|c| Name(c.clone())).collect(),
@@ -1087,6 +1350,10 @@ fn pack_into(
         classes: manifest.classes.len() as u64,
         fields: manifest.fields.clone(),
         skipped,
+        skipped_share,
+        unlabeled,
+        unlabeled_examples: unlabeled_examples.into_iter().collect(),
+        warnings,
     })
 }
 

@@ -743,7 +743,18 @@ fn a_file_size_limit_gives_a_clear_error_and_leaves_nothing() {
     }
     let before = snapshot(&src);
     let out = t.path().join("links-out");
-    let args: [&dyn AsRef<OsStr>; 6] = [&"pack", &"-q", &src, &out, &"--shard-size", &"32KiB"];
+    let args: [&dyn AsRef<OsStr>; 10] = [
+        &"pack",
+        &"-q",
+        &src,
+        &out,
+        &"--shard-size",
+        &"32KiB",
+        &"--symlinks",
+        &"skip",
+        &"--max-skipped-share",
+        &"100%",
+    ];
     assert_failed_cleanly(
         pack_under_ulimit(64, &args),
         &out,

@@ -514,3 +514,265 @@ fn after_sigkill_the_next_pack_removes_the_leftovers() {
         "after a kill with --force",
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. Symbolic links, skipped inputs, empty classes
+// ---------------------------------------------------------------------------------------------
+
+/// A tree of links as DVC and git-annex make: every file of `src` (two classes of 50) is a
+/// symbolic link into a cache folder outside the tree. Returns (src, the cache).
+fn linked_tree(t: &tempfile::TempDir) -> (PathBuf, PathBuf) {
+    let cache = t.path().join("cache");
+    let src = t.path().join("src");
+    for i in 0..100u64 {
+        let obj = cache.join(format!("{i:02x}"));
+        put(
+            &cache,
+            format!("{i:02x}").as_bytes(),
+            &noise(i, 500 + i as usize),
+        );
+        let link = at(&src, format!("c{}/{i:03}.jpg", i % 2).as_bytes());
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&obj, &link).unwrap();
+    }
+    (src, cache)
+}
+
+#[test]
+fn a_tree_of_symlinks_packs_what_they_point_to_by_default() {
+    let t = tmp();
+    let (src, cache) = linked_tree(&t);
+    let out = t.path().join("ds");
+    let r = pack_cmd(&src, &out, &["--json"]).run().ok();
+    let v = r.json();
+    assert_eq!(v["samples"], 100, "{v:#}");
+    assert_eq!(v["files"], 100, "{v:#}");
+    assert_eq!(v["classes"], 2, "{v:#}");
+    assert_eq!(v["skipped"], serde_json::json!([]));
+    assert_eq!(
+        sp(&[&"cat", &out, &"c1/007", &"jpg"]).ok().stdout,
+        fs::read(cache.join("07")).unwrap()
+    );
+    // The old flag still works and gives the same bytes.
+    let alias = t.path().join("alias");
+    // (before c0/real.jpg is added below)
+    pack_cmd(&src, &alias, &["--follow-symlinks"]).run().ok();
+    assert_same_tree(&read_tree(&alias), &read_tree(&out), "--follow-symlinks");
+    pack_cmd(
+        &src,
+        &t.path().join("x"),
+        &["--follow-symlinks", "--symlinks", "skip"],
+    )
+    .run()
+    .code(2);
+
+    // Skipped, they are almost all of the inputs: refused unless --skip-errors.
+    put(&src, b"c0/real.jpg", b"a real file");
+    let skipped = t.path().join("skipped");
+    pack_cmd(&src, &skipped, &["--symlinks", "skip"])
+        .run()
+        .code(1)
+        .stderr_has(&[
+            "100 of 101 inputs (99.0%)",
+            "more than the 1% allowed",
+            "--symlinks follow",
+            "--skip-errors",
+        ]);
+    assert!(!skipped.exists());
+
+    // --symlinks error refuses the first link, naming it.
+    pack_cmd(&src, &skipped, &["--symlinks", "error"])
+        .run()
+        .code(1)
+        .stderr_has(&[&disp(&src.join("c0/000.jpg")), "symbolic link"]);
+}
+
+#[test]
+fn more_skipped_than_allowed_fails_or_warns_loudly_with_skip_errors() {
+    let t = tmp();
+    let src = t.path().join("src");
+    for i in 0..20u64 {
+        put(
+            &src,
+            format!("c{}/{i:03}.jpg", i % 2).as_bytes(),
+            &noise(i, 300),
+        );
+    }
+    // 2 links in 22 inputs: 9.1% skipped under --symlinks skip.
+    for i in 0..2 {
+        std::os::unix::fs::symlink("000.jpg", src.join(format!("c0/link{i}.jpg"))).unwrap();
+    }
+    let out = t.path().join("ds");
+    pack_cmd(&src, &out, &["--symlinks", "skip"])
+        .run()
+        .code(1)
+        .stderr_has(&["2 of 22 inputs (9.1%)", "c0/link0.jpg"]);
+    pack_cmd(
+        &src,
+        &out,
+        &["--symlinks", "skip", "--max-skipped-share", "10%"],
+    )
+    .run()
+    .ok();
+    let out = t.path().join("ds2");
+    let r = pack_cmd(&src, &out, &["--symlinks", "skip", "--skip-errors"])
+        .run()
+        .ok();
+    assert!(
+        r.out()
+            .starts_with("WARNING: 2 of 22 inputs (9.1%) were skipped"),
+        "{}",
+        r.out()
+    );
+    assert!(r.stderr.contains("WARNING"), "{}", r.stderr);
+    let out = t.path().join("ds3");
+    let v = pack_cmd(
+        &src,
+        &out,
+        &["--symlinks", "skip", "--skip-errors", "--json"],
+    )
+    .run()
+    .ok()
+    .json();
+    let share = v["skipped_share"].as_f64().unwrap();
+    assert!((share - 2.0 / 22.0).abs() < 1e-9, "{v:#}");
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 1, "{v:#}");
+    pack_cmd(&src, &out, &["--max-skipped-share", "2"])
+        .run()
+        .code(2);
+}
+
+#[test]
+fn a_class_left_without_samples_is_an_error() {
+    let t = tmp();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    fs::create_dir(src.join("empty")).unwrap();
+    let out = t.path().join("ds");
+    pack_cmd(&src, &out, &[]).run().code(1).stderr_has(&[
+        "class folder empty is empty",
+        "label ids",
+        "--skip-errors",
+    ]);
+    let v = pack_cmd(&src, &out, &["--skip-errors", "--json"])
+        .run()
+        .ok()
+        .json();
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("empty"),
+        "{v:#}"
+    );
+    // A class whose only file is a dangling link: the link's own message first.
+    fs::remove_dir(src.join("empty")).unwrap();
+    let lost = src.join("lost");
+    fs::create_dir(&lost).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/x.jpg", lost.join("x.jpg")).unwrap();
+    let out = t.path().join("ds2");
+    let r = pack_cmd(&src, &out, &[]).run().code(1);
+    assert!(r.stderr.contains("dangling symlink"), "{}", r.stderr);
+    assert!(!r.stderr.contains("permissions"), "{}", r.stderr);
+    let r = pack_cmd(&src, &out, &["--skip-errors", "--max-skipped-share", "50%"])
+        .run()
+        .ok();
+    assert!(
+        r.out().contains("class folder lost has no packable file"),
+        "{}",
+        r.out()
+    );
+    let m = manifest(&out);
+    assert_eq!(m["skipped"][0]["path"], "lost/x.jpg", "{m:#}");
+    assert!(
+        m["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("dangling symlink"),
+        "{m:#}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Files outside any class folder
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn top_level_files_are_counted_named_or_refused() {
+    let t = tmp();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    for n in [
+        "README", "setup.py", "LICENSE", "a.txt", "b.txt", "c.txt", "d.txt",
+    ] {
+        put(&src, n.as_bytes(), b"top level");
+    }
+    let out = t.path().join("ds");
+    let r = pack_cmd(&src, &out, &[]).run().ok();
+    assert!(
+        r.out().contains("unlabeled: 8 samples at the top level")
+            && r.out().contains("e.g. LICENSE, README, a, b, c, ...)"),
+        "{}",
+        r.out()
+    );
+    let v = pack_cmd(&src, &t.path().join("j"), &["--json"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["unlabeled"], 8, "{v:#}");
+    assert_eq!(
+        v["unlabeled_examples"],
+        serde_json::json!(["LICENSE", "README", "a", "b", "c"]),
+        "{v:#}"
+    );
+    let v = pack_cmd(&src, &t.path().join("n"), &["--json", "--labels", "none"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["unlabeled"], 0, "{v:#}");
+    let refused = t.path().join("refused");
+    pack_cmd(&src, &refused, &["--unlabeled", "error"])
+        .run()
+        .code(1)
+        .stderr_has(&["8 samples are at the top level", "LICENSE", "--labels none"]);
+    assert!(!refused.exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Recorded paths are relative to the tree
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_same_tree_through_an_absolute_and_a_relative_path_gives_identical_bytes() {
+    let t = tmp();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    std::os::unix::fs::symlink("..", src.join("dog/loop")).unwrap();
+    std::os::unix::fs::symlink("gone.jpg", src.join("cat/dangling.jpg")).unwrap();
+    let flags = ["--skip-errors", "--max-skipped-share", "100%"];
+    let abs = t.path().join("abs");
+    pack_cmd(&src, &abs, &flags).run().ok();
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"pack", &"-q", &"./src/", &"rel"];
+    // (sample_tree also has a top-level file: packed without a label either way.)
+    args.extend(flags.iter().map(|a| a as &dyn AsRef<OsStr>));
+    shardpack(&args).current_dir(t.path()).run().ok();
+    assert_same_tree(
+        &read_tree(&t.path().join("rel")),
+        &read_tree(&abs),
+        "absolute vs relative source",
+    );
+    let text = fs::read_to_string(abs.join("manifest.json")).unwrap();
+    assert!(!text.contains(&disp(t.path())), "{text}");
+    let m = manifest(&abs);
+    let skipped: Vec<(&str, &str)> = m["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["path"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(skipped.len(), 2, "{m:#}");
+    assert_eq!(skipped[0].0, "cat/dangling.jpg");
+    assert!(skipped[0].1.starts_with("dangling symlink"), "{m:#}");
+    assert_eq!(skipped[1].0, "dog/loop");
+    assert!(
+        skipped[1].1.contains("leads back to the root of the tree"),
+        "{m:#}"
+    );
+}
