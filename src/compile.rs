@@ -8,7 +8,12 @@
 //!
 //! Memory is bounded: besides one small entry per file (its relative path and size), at most
 //! a few windows of [`PackOptions::window_bytes`] file contents are in memory at once, however
-//! many files the tree holds.
+//! many files the tree holds. A file above [`STREAM_THRESHOLD`] (16 MiB) is never read whole:
+//! at its turn it is copied into the shard in pieces of [`STREAM_PIECE`] bytes, checksummed on
+//! the way, or, for a compressed field, encoded with zstd's streaming API into a temporary
+//! file in the output (`shard-record.spk.tmp`) and copied from there. Such a record's frame is
+//! the one [`FieldEncoder::encode`] gives for the same bytes in memory, so the output does not
+//! depend on the path taken.
 //!
 //! # Output directory: where a pack writes
 //!
@@ -46,7 +51,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
@@ -56,12 +61,17 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use zstd::zstd_safe::CCtx;
 
-use crate::codec::{new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL};
+use crate::codec::{
+    new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL, STREAM_PIECE, STREAM_THRESHOLD,
+};
 use crate::error::{Error, Result};
 use crate::format::Codec;
 use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
 use crate::rng::SplitMix64;
-use crate::writer::{DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, WriterOptions};
+use crate::writer::{
+    DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, RecordInput, StreamedRecord,
+    WriterOptions,
+};
 
 mod out;
 
@@ -817,7 +827,129 @@ fn choose(
 
 struct ReadFile {
     file: u32,
+    /// The file's bytes; empty for a large file (above [`STREAM_THRESHOLD`]), which is
+    /// streamed at commit time instead of read here.
     data: std::result::Result<Vec<u8>, String>,
+    large: bool,
+}
+
+/// A `Read` that fails once the pack is cancelled, so a long stream stops soon.
+struct CancelRead<'a, 'p, R> {
+    inner: R,
+    cancel: &'a Cancel<'p>,
+}
+
+impl<R: Read> Read for CancelRead<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.check() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// A `Write` that remembers whether a write failed (to tell a full disk from a bad source).
+struct TagWrite<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W: Write> Write for TagWrite<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.failed |= r.is_err();
+        r
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.failed |= r.is_err();
+        r
+    }
+}
+
+/// The temporary file a large compressed record is encoded into; removed on drop.
+struct TempRecord(PathBuf);
+
+impl Drop for TempRecord {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A large input file ready to be streamed into the writer.
+struct Large {
+    file: File,
+    path: PathBuf,
+    codec: Codec,
+    stored_len: u64,
+    _temp: Option<TempRecord>,
+}
+
+/// Why a large file could not be prepared: a problem of the source (skippable) or of the
+/// output (fatal).
+enum LargeError {
+    Source(String),
+    Output(Error),
+}
+
+/// Opens a large input file for streaming: raw fields copy it as it is; compressed fields
+/// encode it first, in pieces, into a temporary file in `dir` (the writer needs the stored
+/// length before it writes).
+fn prepare_large(
+    path: &Path,
+    size: u64,
+    enc: &FieldEncoder,
+    dir: &Path,
+    cancel: &Cancel<'_>,
+) -> std::result::Result<Large, LargeError> {
+    let open = || File::open(path).map_err(|e| LargeError::Source(format!("cannot open: {e}")));
+    let raw = |file| Large {
+        file,
+        path: path.to_path_buf(),
+        codec: Codec::Raw,
+        stored_len: size,
+        _temp: None,
+    };
+    if enc.codec() == Codec::Raw {
+        return Ok(raw(open()?));
+    }
+    let temp = TempRecord(dir.join("shard-record.spk.tmp"));
+    let created =
+        File::create(&temp.0).map_err(|e| LargeError::Output(Error::io(&temp.0, "create", e)))?;
+    let mut out = TagWrite {
+        inner: std::io::BufWriter::with_capacity(STREAM_PIECE, created),
+        failed: false,
+    };
+    let mut input = CancelRead {
+        inner: open()?,
+        cancel,
+    };
+    let encoded = enc.encode_stream(&mut input, size, STREAM_PIECE, &mut out);
+    let encoded = encoded.and_then(|r| out.flush().map(|()| r));
+    let (codec, stored_len) = match encoded {
+        Ok(r) => r,
+        Err(_) if cancel.check() => return Err(LargeError::Output(Error::Cancelled)),
+        Err(e) if out.failed => return Err(LargeError::Output(Error::io(&temp.0, "write", e))),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(LargeError::Source(format!(
+                "{e} (when the tree was scanned vs when read); make sure nothing writes to the \
+                 source while packing"
+            )))
+        }
+        Err(e) => return Err(LargeError::Source(format!("cannot read: {e}"))),
+    };
+    if codec == Codec::Raw {
+        return Ok(raw(open()?));
+    }
+    let file =
+        File::open(&temp.0).map_err(|e| LargeError::Output(Error::io(&temp.0, "open", e)))?;
+    Ok(Large {
+        file,
+        path: path.to_path_buf(),
+        codec,
+        stored_len,
+        _temp: Some(temp),
+    })
 }
 
 struct Window {
@@ -1203,13 +1335,17 @@ fn pack_into(
                         .par_iter()
                         .map(|&fid| {
                             let f = &tree.files[fid as usize];
+                            let large = f.size > STREAM_THRESHOLD;
                             ReadFile {
                                 file: fid,
                                 data: if cancel.check() {
                                     Err(String::new()) // never committed: see below
+                                } else if large {
+                                    Ok(Vec::new())
                                 } else {
                                     read_one(&join_bytes(src, tree.path(f)), f.size)
                                 },
+                                large,
                             }
                         })
                         .collect()
@@ -1231,7 +1367,7 @@ fn pack_into(
                     .files
                     .par_iter()
                     .map_init(new_cctx, |cctx, rf| match &rf.data {
-                        Ok(_) if cancel.check() => (Codec::Raw, Vec::new()),
+                        Ok(_) if rf.large || cancel.check() => (Codec::Raw, Vec::new()),
                         Ok(raw) => {
                             let enc = &encoders[plan.file_field[rf.file as usize] as usize];
                             let mut out = Vec::new();
@@ -1248,28 +1384,51 @@ fn pack_into(
             for &s in &window.samples {
                 cancel.stop()?;
                 let sr = plan.samples[s as usize];
-                let mut recs = Vec::with_capacity(sr.count as usize);
+                // In memory, or streamed (large files, kept in `larges` in record order).
+                let mut recs: Vec<std::result::Result<EncodedRecord<'_>, (u32, u64)>> =
+                    Vec::with_capacity(sr.count as usize);
+                let mut larges: Vec<Large> = Vec::new();
                 let (mut nfiles, mut nbytes) = (0u64, 0u64);
                 for _ in 0..sr.count {
                     let rf = &window.files[at];
                     let (codec, buf) = &encoded[at];
                     at += 1;
                     let fe = &tree.files[rf.file as usize];
-                    match &rf.data {
+                    let field = plan.file_field[rf.file as usize];
+                    let data = match (&rf.data, rf.large) {
+                        (Ok(_), true) => {
+                            let path = join_bytes(src, tree.path(fe));
+                            let enc = &encoders[field as usize];
+                            match prepare_large(&path, fe.size, enc, out, cancel) {
+                                Ok(l) => {
+                                    larges.push(l);
+                                    recs.push(Err((field, fe.size)));
+                                    nfiles += 1;
+                                    nbytes += fe.size;
+                                    continue;
+                                }
+                                Err(LargeError::Output(e)) => return Err(e),
+                                Err(LargeError::Source(reason)) => Err(reason),
+                            }
+                        }
+                        (Ok(raw), false) => Ok(raw),
+                        (Err(reason), _) => Err(reason.clone()),
+                    };
+                    match data {
                         Ok(raw) => {
-                            recs.push(EncodedRecord {
-                                field: plan.file_field[rf.file as usize],
+                            recs.push(Ok(EncodedRecord {
+                                field,
                                 codec: *codec,
                                 stored: if *codec == Codec::Raw { raw } else { buf },
                                 raw_len: raw.len() as u64,
-                            });
+                            }));
                             nfiles += 1;
                             nbytes += raw.len() as u64;
                         }
                         Err(reason) if opts.skip_errors => {
                             skipped.push(Skipped {
                                 path: Name(tree.path(fe).to_vec()),
-                                reason: reason.clone(),
+                                reason,
                             });
                         }
                         Err(reason) => {
@@ -1283,7 +1442,29 @@ fn pack_into(
                 if !recs.is_empty() {
                     let key = tree.key(&tree.files[sr.first as usize]);
                     let label = (sr.label != crate::format::NO_LABEL).then_some(sr.label);
-                    writer.append_encoded(key, label, &recs)?;
+                    let mut streams = larges.iter_mut();
+                    let mut inputs: Vec<RecordInput<'_>> = recs
+                        .iter()
+                        .map(|r| match r {
+                            Ok(b) => RecordInput::Bytes(*b),
+                            Err((field, raw_len)) => {
+                                let l = streams.next().expect("one per streamed record");
+                                RecordInput::Stream(StreamedRecord {
+                                    field: *field,
+                                    codec: l.codec,
+                                    stored_len: l.stored_len,
+                                    raw_len: *raw_len,
+                                    reader: &mut l.file,
+                                    source: Some(&l.path),
+                                })
+                            }
+                        })
+                        .collect();
+                    let appended = writer.append_inputs(key, label, &mut inputs);
+                    if appended.is_err() && cancel.check() {
+                        return Err(Error::Cancelled);
+                    }
+                    appended?;
                     if label.is_none() && opts.labels == LabelMode::ImageFolder {
                         unlabeled += 1;
                         unlabeled_examples.insert(Name(key.to_vec()));

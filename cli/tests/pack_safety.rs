@@ -776,3 +776,75 @@ fn the_same_tree_through_an_absolute_and_a_relative_path_gives_identical_bytes()
         "{m:#}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Large files are streamed, not held in memory
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `cmd` to its end, polling the child's peak resident set (VmHWM, which only grows)
+/// every few milliseconds. Returns the run and the last peak read, in bytes.
+fn run_measuring_peak_rss(cmd: Cmd) -> (std::process::Output, u64) {
+    let mut c = cmd.into_command();
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let reader = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !reader.is_finished() {
+        if let Ok(text) = fs::read_to_string(&status) {
+            if let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb << 10);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (reader.join().unwrap(), peak)
+}
+
+#[test]
+fn a_large_sparse_file_is_packed_in_bounded_memory() {
+    let t = tmp();
+    let src = t.path().join("src");
+    put(&src, b"a/small.bin", b"a small file beside it");
+    // (size, policy): compressed through zstd's streaming API, and copied raw.
+    for (size, policy) in [(1u64 << 30, "zstd"), (384 << 20, "none")] {
+        let big = src.join("a/big.bin");
+        let f = fs::File::create(&big).unwrap();
+        f.set_len(size).unwrap(); // sparse: no disk space, zeros when read
+        drop(f);
+        let out = t.path().join(format!("ds-{policy}"));
+        let cmd = pack_cmd(&src, &out, &["--compress", policy, "--json"]);
+        let (o, peak) = run_measuring_peak_rss(cmd);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["input_bytes"], size + 22, "{v:#}");
+        eprintln!(
+            "pack of a {} MiB sparse file, --compress {policy}: peak RSS {} MiB",
+            size >> 20,
+            peak >> 20
+        );
+        assert!(peak > 0, "VmHWM could not be read");
+        assert!(
+            peak < 160 << 20,
+            "peak RSS {} MiB packing a {} MiB file",
+            peak >> 20,
+            size >> 20
+        );
+        let m = manifest(&out);
+        assert_eq!(m["fields"][0]["raw_bytes"], size + 22, "{m:#}");
+        if policy == "zstd" {
+            assert!(
+                m["fields"][0]["stored_bytes"].as_u64().unwrap() < 1 << 20,
+                "{m:#}"
+            );
+        }
+        fs::remove_dir_all(&out).unwrap();
+    }
+}
