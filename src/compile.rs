@@ -1442,20 +1442,33 @@ fn pack_into(
                 if !recs.is_empty() {
                     let key = tree.key(&tree.files[sr.first as usize]);
                     let label = (sr.label != crate::format::NO_LABEL).then_some(sr.label);
-                    let mut streams = larges.iter_mut();
+                    // Every stream stops soon once the pack is cancelled.
+                    let mut readers: Vec<(CancelRead<'_, '_, &mut File>, Codec, u64, &Path)> =
+                        larges
+                            .iter_mut()
+                            .map(|l| {
+                                let reader = CancelRead {
+                                    inner: &mut l.file,
+                                    cancel,
+                                };
+                                (reader, l.codec, l.stored_len, l.path.as_path())
+                            })
+                            .collect();
+                    let mut streams = readers.iter_mut();
                     let mut inputs: Vec<RecordInput<'_>> = recs
                         .iter()
                         .map(|r| match r {
                             Ok(b) => RecordInput::Bytes(*b),
                             Err((field, raw_len)) => {
-                                let l = streams.next().expect("one per streamed record");
+                                let (reader, codec, stored_len, path) =
+                                    streams.next().expect("one per streamed record");
                                 RecordInput::Stream(StreamedRecord {
                                     field: *field,
-                                    codec: l.codec,
-                                    stored_len: l.stored_len,
+                                    codec: *codec,
+                                    stored_len: *stored_len,
                                     raw_len: *raw_len,
-                                    reader: &mut l.file,
-                                    source: Some(&l.path),
+                                    reader,
+                                    source: Some(path),
                                 })
                             }
                         })

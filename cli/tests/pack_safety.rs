@@ -848,3 +848,47 @@ fn a_large_sparse_file_is_packed_in_bounded_memory() {
         fs::remove_dir_all(&out).unwrap();
     }
 }
+
+#[test]
+fn sigint_stops_the_pack_in_the_middle_of_a_large_file() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let f = fs::File::create(at(&src, b"a/big.bin")).unwrap_or_else(|_| {
+        fs::create_dir_all(src.join("a")).unwrap();
+        fs::File::create(src.join("a/big.bin")).unwrap()
+    });
+    f.set_len(2 << 30).unwrap();
+    drop(f);
+    let out = t.path().join("ds");
+    let mut c = pack_cmd(&src, &out, &["--compress", "none"]).into_command();
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the shard holds 64 MiB of the 2 GiB record.
+    let tmp_shard = out.join("shard-000000.spk.tmp");
+    let started = Instant::now();
+    while fs::metadata(&tmp_shard).map_or(0, |m| m.len()) < 64 << 20 {
+        assert!(child.try_wait().unwrap().is_none(), "the pack ended first");
+        assert!(started.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let signalled = Instant::now();
+    let at_signal = fs::metadata(&tmp_shard).map_or(64 << 20, |m| m.len());
+    // At the rate so far, the rest of the copy would take this long.
+    let rest = started
+        .elapsed()
+        .mul_f64(((2u64 << 30) - at_signal) as f64 / at_signal as f64);
+    // SAFETY: kill only reads its integer arguments; the child has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let took = signalled.elapsed();
+    assert_interrupted(o.status, &String::from_utf8_lossy(&o.stderr), 130, "SIGINT");
+    assert!(!out.exists(), "left {:?}", names(&out));
+    assert!(
+        took < rest / 4,
+        "took {took:?} to stop (the rest of the copy: about {rest:?}): the copy of the large \
+         record did not notice the signal"
+    );
+}

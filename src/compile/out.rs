@@ -265,7 +265,11 @@ pub(super) fn prepare(
     let mut names = match fs::read_dir(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir_all(out).map_err(|e| Error::io(out, "create directory", e))?;
-            return target(out.to_path_buf(), false, true);
+            let t = target(out.to_path_buf(), false, true);
+            if t.is_err() {
+                let _ = fs::remove_dir(out);
+            }
+            return t;
         }
         Err(e) => {
             if out.exists() && !out.is_dir() {
