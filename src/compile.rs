@@ -1091,6 +1091,12 @@ impl<'a> Cancel<'a> {
     }
 }
 
+/// `share` (0 to 1) as a percentage for messages: `1`, `0.5`, `7`, without float noise.
+fn percent(share: f64) -> String {
+    let s = format!("{:.4}", 100.0 * share);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// Fails (`fail`) or describes the pack when more than `max_skipped_share` of its inputs is
 /// skipped. Returns the warning when the share is above it and `fail` is off.
 fn check_skipped_share(
@@ -1113,7 +1119,7 @@ fn check_skipped_share(
         skipped.len(),
         total,
         100.0 * share,
-        100.0 * opts.max_skipped_share,
+        percent(opts.max_skipped_share),
         skipped[0].path.display(),
         skipped[0].reason
     );
@@ -1575,6 +1581,11 @@ mod tests {
         );
         assert_eq!(f("README", KeyMode::FirstDot), ("README".into(), "".into()));
         assert_eq!(f("a.", KeyMode::FirstDot), ("a.".into(), "".into()));
+        assert_eq!(percent(0.01), "1");
+        assert_eq!(percent(0.07), "7");
+        assert_eq!(percent(0.005), "0.5");
+        assert_eq!(percent(1.0), "100");
+        assert_eq!(percent(0.0), "0");
         assert_eq!(
             f(".bashrc", KeyMode::FirstDot),
             ("".into(), "bashrc".into())

@@ -21,6 +21,9 @@ use crate::util::{human_bytes, parse_size};
 /// labels (the default) the first folder level is the class. Samples are shuffled with a fixed
 /// seed so a class-sorted tree does not give class-sorted shards. The output is byte-identical
 /// for the same tree and options, whatever the thread count.
+///
+/// Ctrl-C (SIGINT) or SIGTERM stops the pack and removes what it wrote (exit 130 or 143); a
+/// later pack into the same OUT removes what a killed one left.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
