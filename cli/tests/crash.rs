@@ -2,10 +2,11 @@
 //!
 //! 1. SIGKILL at many points (before OUT exists, during the walk and trial, while a shard is
 //!    filled, while a finished shard is synced, between shards, while the manifest is written,
-//!    after the commit, and while `--force` removes a previous dataset). After every kill OUT
-//!    is either the complete dataset, byte for byte, or refused by `info`, `verify` and
-//!    `Dataset::open`; rerunning the same command with `--force` gives the same bytes as an
-//!    uninterrupted run.
+//!    after the commit, and at each stage of a `--force` that builds beside a previous dataset
+//!    and swaps it in). After every kill OUT is either a complete dataset, byte for byte, or
+//!    refused by `info`, `verify` and `Dataset::open`; the same command without `--force`
+//!    removes an interrupted pack's files and packs, and rerunning with `--force` gives the
+//!    same bytes as an uninterrupted run and leaves no staging directory.
 //! 2. A full disk (a 2 MiB tmpfs, and `ulimit -f` with SIGXFSZ ignored): a clear error naming
 //!    the file and the OS error, nothing left in OUT, SRC untouched. Also an EIO injected (with
 //!    strace) into each fsync and each rename a pack makes.
