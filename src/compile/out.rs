@@ -117,10 +117,10 @@ fn remove_ours(dir: &Path, names: &[OsString]) -> Result<usize> {
 /// module docs for how they are recognised. An `old` one found while OUT does not exist is the
 /// previous dataset of an interrupted two-rename swap: it is renamed back to OUT instead.
 fn recover_stages(dir: &Path, name: &OsStr, out: &Path, progress: &dyn Progress) -> Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(dir, "read directory", e)),
+    // A parent that cannot be listed (no read permission) has no staging directory this
+    // process could have made.
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
     };
     let mut stages: Vec<(bool, PathBuf)> = Vec::new();
     for e in entries.flatten() {
@@ -143,10 +143,14 @@ fn recover_stages(dir: &Path, name: &OsStr, out: &Path, progress: &dyn Progress)
                 continue;
             }
         };
-        let _lock = match marker(&path)? {
-            Marker::Live => continue, // a running pack's
-            Marker::Stale(f) => Some(f),
-            Marker::Absent => None,
+        let _lock = match marker(&path) {
+            Ok(Marker::Live) => continue, // a running pack's
+            Ok(Marker::Stale(f)) => Some(f),
+            Ok(Marker::Absent) => None,
+            Err(e) => {
+                progress.note(&format!("leaving {}: {e}", path.display()));
+                continue;
+            }
         };
         if let Some(foreign) = names.iter().find(|n| !is_ours(n)) {
             progress.note(&format!(
@@ -168,12 +172,18 @@ fn recover_stages(dir: &Path, name: &OsStr, out: &Path, progress: &dyn Progress)
             ));
             continue;
         }
-        remove_ours(&path, &names)?;
-        fs::remove_dir(&path).map_err(|e| Error::io(&path, "remove", e))?;
-        progress.note(&format!(
-            "removed {}, left by an interrupted pack",
-            path.display()
-        ));
+        let removed = remove_ours(&path, &names)
+            .and_then(|_| fs::remove_dir(&path).map_err(|e| Error::io(&path, "remove", e)));
+        match removed {
+            Ok(()) => progress.note(&format!(
+                "removed {}, left by an interrupted pack",
+                path.display()
+            )),
+            Err(e) => progress.note(&format!(
+                "cannot remove {}, left by an interrupted pack: {e}",
+                path.display()
+            )),
+        }
     }
     Ok(())
 }
