@@ -892,3 +892,92 @@ fn sigint_stops_the_pack_in_the_middle_of_a_large_file() {
          record did not notice the signal"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 1b. Every rename and sync of a --force failing in turn (injected with strace)
+// ---------------------------------------------------------------------------------------------
+
+/// `strace -f -qq -o LOG -e trace=CALLS [-e inject=CALLS:error=EIO:when=K] shardpack ARGS`.
+fn traced(calls: &str, inject: Option<usize>, log: &Path, args: &[&dyn AsRef<OsStr>]) -> Run {
+    let mut prefix: Vec<OsString> = vec![
+        "strace".into(),
+        "-f".into(),
+        "-qq".into(),
+        "-o".into(),
+        log.into(),
+        format!("-etrace={calls}").into(),
+    ];
+    if let Some(k) = inject {
+        prefix.push(format!("-einject={calls}:error=EIO:when={k}").into());
+    }
+    wrapped(&prefix, args).run()
+}
+
+/// The most `calls` any one thread made in an strace log (`when=` counts per thread).
+fn max_calls_per_thread(log: &Path, calls: &str) -> usize {
+    let text = fs::read_to_string(log).unwrap();
+    let mut per: std::collections::BTreeMap<&str, usize> = Default::default();
+    for line in text.lines() {
+        let (tid, rest) = line.split_once(' ').unwrap_or(("", line));
+        if calls
+            .split(',')
+            .any(|c| rest.trim_start().starts_with(&format!("{c}(")))
+        {
+            *per.entry(tid).or_default() += 1;
+        }
+    }
+    per.values().copied().max().unwrap_or(0)
+}
+
+#[test]
+fn a_failing_rename_or_sync_during_force_keeps_the_old_dataset() {
+    let ok = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(
+            "a_failing_rename_or_sync_during_force_keeps_the_old_dataset",
+            "strace is missing or cannot trace (ptrace not permitted) here",
+        );
+        return;
+    }
+    let t = tmp();
+    let src = t.path().join("src");
+    for i in 0..3u64 {
+        put(&src, format!("a/{i}.jpg").as_bytes(), &noise(i, 3000));
+    }
+    let out = t.path().join("ds");
+    let opts = ["--max-samples-per-shard", "1", "--compress", "none"];
+    pack_cmd(&src, &out, &opts).run().ok();
+    let old = read_tree(&out);
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"pack", &"-q", &src, &out, &"--force"];
+    args.extend(opts.iter().map(|a| a as &dyn AsRef<OsStr>));
+    // strace counts `when=` per system call and thread: one call at a time.
+    let mut total = 0;
+    for calls in ["rename", "renameat", "renameat2", "fsync", "fdatasync"] {
+        let log = t.path().join("count.log");
+        traced(calls, None, &log, &args).ok();
+        let n = max_calls_per_thread(&log, calls);
+        total += n;
+        for k in 1..=n {
+            let r = traced(calls, Some(k), &t.path().join("x.log"), &args);
+            if r.code == 0 {
+                // Only the sync of the parent after the swap may fail without failing the
+                // pack (the swap is done; the pack says so): OUT holds the new dataset.
+                assert!(calls.contains("sync"), "{calls} #{k} failed silently");
+                assert!(r.stderr.contains("after the swap"), "#{k}: {}", r.stderr);
+                sp(&[&"verify", &out]).ok();
+            } else {
+                assert_eq!(r.code, 1, "{calls} #{k}: {}", r.stderr);
+                assert!(r.stderr.contains("Input/output error"), "{}", r.stderr);
+                assert_old_dataset_intact(&out, &old);
+            }
+            assert_eq!(stages(&out), Vec::<String>::new(), "{calls} #{k}");
+        }
+    }
+    // 3 shards and the manifest renamed, the exchange, and their syncs.
+    assert!(total >= 10, "only {total} calls traced");
+}
