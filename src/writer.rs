@@ -36,6 +36,7 @@ pub const PACK_MARKER_FILE: &str = ".shardpack-writing";
 /// The name of a staging directory beside the output `out_name`: `.<out_name>.shardpack-<kind>.<pid>`,
 /// where `kind` is `new` (a dataset being built to replace OUT) or `old` (the replaced one
 /// while it is being removed).
+#[cfg(feature = "compile")]
 pub(crate) fn stage_name(out_name: &std::ffi::OsStr, kind: &str, pid: u32) -> std::ffi::OsString {
     let mut s = std::ffi::OsString::from(".");
     s.push(out_name);
