@@ -9,7 +9,7 @@
 //! Memory is bounded: besides one small entry per file (its relative path and size), at most
 //! a few windows of [`PackOptions::window_bytes`] file contents are in memory at once, however
 //! many files the tree holds. A file above [`STREAM_THRESHOLD`] (16 MiB) is never read whole:
-//! at its turn it is copied into the shard in pieces of [`STREAM_PIECE`] bytes, checksummed on
+//! at its turn it is copied into the shard in pieces of [`STREAM_PIECE`](crate::codec::STREAM_PIECE) bytes, checksummed on
 //! the way, or, for a compressed field, encoded with zstd's streaming API into a temporary
 //! file in the output (`shard-record.spk.tmp`) and copied from there. Such a record's frame is
 //! the one [`FieldEncoder::encode`] gives for the same bytes in memory, so the output does not
@@ -51,7 +51,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
@@ -62,7 +62,7 @@ use serde_json::{json, Map, Value};
 use zstd::zstd_safe::CCtx;
 
 use crate::codec::{
-    new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL, STREAM_PIECE, STREAM_THRESHOLD,
+    new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL, STREAM_THRESHOLD,
 };
 use crate::error::{Error, Result};
 use crate::format::Codec;
@@ -73,7 +73,10 @@ use crate::writer::{
     WriterOptions,
 };
 
+mod large;
 mod out;
+
+use large::{prepare_large, CancelRead, Large, LargeError};
 
 /// The shuffle seed used when none is given.
 pub const DEFAULT_SHUFFLE_SEED: u64 = 0x5348_5244_5041_434B; // "SHRDPACK"
@@ -831,125 +834,6 @@ struct ReadFile {
     /// streamed at commit time instead of read here.
     data: std::result::Result<Vec<u8>, String>,
     large: bool,
-}
-
-/// A `Read` that fails once the pack is cancelled, so a long stream stops soon.
-struct CancelRead<'a, 'p, R> {
-    inner: R,
-    cancel: &'a Cancel<'p>,
-}
-
-impl<R: Read> Read for CancelRead<'_, '_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.cancel.check() {
-            return Err(std::io::Error::other("cancelled"));
-        }
-        self.inner.read(buf)
-    }
-}
-
-/// A `Write` that remembers whether a write failed (to tell a full disk from a bad source).
-struct TagWrite<W> {
-    inner: W,
-    failed: bool,
-}
-
-impl<W: Write> Write for TagWrite<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let r = self.inner.write(buf);
-        self.failed |= r.is_err();
-        r
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        let r = self.inner.flush();
-        self.failed |= r.is_err();
-        r
-    }
-}
-
-/// The temporary file a large compressed record is encoded into; removed on drop.
-struct TempRecord(PathBuf);
-
-impl Drop for TempRecord {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// A large input file ready to be streamed into the writer.
-struct Large {
-    file: File,
-    path: PathBuf,
-    codec: Codec,
-    stored_len: u64,
-    _temp: Option<TempRecord>,
-}
-
-/// Why a large file could not be prepared: a problem of the source (skippable) or of the
-/// output (fatal).
-enum LargeError {
-    Source(String),
-    Output(Error),
-}
-
-/// Opens a large input file for streaming: raw fields copy it as it is; compressed fields
-/// encode it first, in pieces, into a temporary file in `dir` (the writer needs the stored
-/// length before it writes).
-fn prepare_large(
-    path: &Path,
-    size: u64,
-    enc: &FieldEncoder,
-    dir: &Path,
-    cancel: &Cancel<'_>,
-) -> std::result::Result<Large, LargeError> {
-    let open = || File::open(path).map_err(|e| LargeError::Source(format!("cannot open: {e}")));
-    let raw = |file| Large {
-        file,
-        path: path.to_path_buf(),
-        codec: Codec::Raw,
-        stored_len: size,
-        _temp: None,
-    };
-    if enc.codec() == Codec::Raw {
-        return Ok(raw(open()?));
-    }
-    let temp = TempRecord(dir.join("shard-record.spk.tmp"));
-    let created =
-        File::create(&temp.0).map_err(|e| LargeError::Output(Error::io(&temp.0, "create", e)))?;
-    let mut out = TagWrite {
-        inner: std::io::BufWriter::with_capacity(STREAM_PIECE, created),
-        failed: false,
-    };
-    let mut input = CancelRead {
-        inner: open()?,
-        cancel,
-    };
-    let encoded = enc.encode_stream(&mut input, size, STREAM_PIECE, &mut out);
-    let encoded = encoded.and_then(|r| out.flush().map(|()| r));
-    let (codec, stored_len) = match encoded {
-        Ok(r) => r,
-        Err(_) if cancel.check() => return Err(LargeError::Output(Error::Cancelled)),
-        Err(e) if out.failed => return Err(LargeError::Output(Error::io(&temp.0, "write", e))),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(LargeError::Source(format!(
-                "{e} (when the tree was scanned vs when read); make sure nothing writes to the \
-                 source while packing"
-            )))
-        }
-        Err(e) => return Err(LargeError::Source(format!("cannot read: {e}"))),
-    };
-    if codec == Codec::Raw {
-        return Ok(raw(open()?));
-    }
-    let file =
-        File::open(&temp.0).map_err(|e| LargeError::Output(Error::io(&temp.0, "open", e)))?;
-    Ok(Large {
-        file,
-        path: path.to_path_buf(),
-        codec,
-        stored_len,
-        _temp: Some(temp),
-    })
 }
 
 struct Window {
