@@ -84,6 +84,14 @@ impl fmt::Display for Policy {
     }
 }
 
+/// Records larger than this many bytes are encoded and written in pieces
+/// ([`FieldEncoder::encode_stream`], `DatasetWriter::append_inputs`), never held whole in
+/// memory by the tree compiler.
+pub const STREAM_THRESHOLD: u64 = 16 << 20;
+
+/// The piece size of streamed records.
+pub const STREAM_PIECE: usize = 1 << 20;
+
 /// A field's resolved encoding: codec, level and (for zstd-dict) the prepared dictionary.
 pub struct FieldEncoder {
     codec: Codec,
@@ -139,10 +147,24 @@ impl FieldEncoder {
     /// Encodes `raw` into `out` (cleared first) and returns the codec of the stored bytes:
     /// [`Codec::Raw`] (with `out` left empty, meaning "store `raw` itself") when the field is raw
     /// or compression would not make the record smaller.
+    ///
+    /// A record above [`STREAM_THRESHOLD`] bytes is compressed as [`FieldEncoder::encode_stream`]
+    /// does (zstd's streaming API, in pieces), so that the same bytes come out whether the
+    /// record is in memory or streamed from a file: zstd's one-shot and streaming frames of a
+    /// large input can differ.
     pub fn encode(&self, cctx: &mut CCtx<'_>, raw: &[u8], out: &mut Vec<u8>) -> Codec {
         out.clear();
         if self.codec == Codec::Raw || raw.is_empty() {
             return Codec::Raw;
+        }
+        if raw.len() as u64 > STREAM_THRESHOLD {
+            return match self.encode_stream(&mut &raw[..], raw.len() as u64, STREAM_PIECE, out) {
+                Ok((c, _)) if c != Codec::Raw => c,
+                _ => {
+                    out.clear();
+                    Codec::Raw
+                }
+            };
         }
         out.reserve(zstd_safe::compress_bound(raw.len()));
         let res = match &self.cdict {
@@ -155,6 +177,98 @@ impl FieldEncoder {
                 out.clear();
                 Codec::Raw
             }
+        }
+    }
+}
+
+impl FieldEncoder {
+    /// Encodes `raw_len` bytes read from `input` into `out` with bounded memory (pieces of
+    /// `piece` bytes and zstd's streaming API), giving the same frame as
+    /// [`FieldEncoder::encode`] on the whole input: the same parameters, the pledged size in the
+    /// frame header. Returns the codec of the stored bytes and their length: [`Codec::Raw`]
+    /// (whatever was written to `out` is then to be discarded) when the field is raw or
+    /// compression would not make the record smaller. An `input` that yields fewer or more than
+    /// `raw_len` bytes is an `InvalidData` error.
+    pub fn encode_stream(
+        &self,
+        input: &mut dyn std::io::Read,
+        raw_len: u64,
+        piece: usize,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<(Codec, u64)> {
+        use std::io::{Error as IoError, ErrorKind};
+        use zstd_safe::zstd_sys::ZSTD_EndDirective::{ZSTD_e_continue, ZSTD_e_end};
+        use zstd_safe::{CParameter, InBuffer, OutBuffer};
+        if self.codec == Codec::Raw || raw_len == 0 {
+            return Ok((Codec::Raw, raw_len));
+        }
+        let zerr = |c: usize| IoError::other(format!("zstd: {}", zstd_safe::get_error_name(c)));
+        let mut cctx = new_cctx();
+        match &self.cdict {
+            Some(d) => cctx.ref_cdict(d).map_err(zerr)?,
+            None => cctx
+                .set_parameter(CParameter::CompressionLevel(self.level))
+                .map_err(zerr)?,
+        };
+        cctx.set_pledged_src_size(Some(raw_len)).map_err(zerr)?;
+        let mut inbuf = vec![0u8; piece.max(1)];
+        let mut outbuf: Vec<u8> = Vec::with_capacity(CCtx::out_size());
+        let (mut read, mut written) = (0u64, 0u64);
+        loop {
+            let want = (raw_len - read).min(inbuf.len() as u64) as usize;
+            let mut got = 0;
+            while got < want {
+                match input.read(&mut inbuf[got..want]) {
+                    Ok(0) => {
+                        return Err(IoError::new(
+                            ErrorKind::InvalidData,
+                            format!(
+                                "changed size: {} bytes expected, {} read",
+                                raw_len,
+                                read + got as u64
+                            ),
+                        ))
+                    }
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            read += got as u64;
+            let last = read == raw_len;
+            let mut ib = InBuffer::around(&inbuf[..got]);
+            loop {
+                outbuf.clear();
+                let mut ob = OutBuffer::around(&mut outbuf);
+                let left = cctx
+                    .compress_stream2(
+                        &mut ob,
+                        &mut ib,
+                        if last { ZSTD_e_end } else { ZSTD_e_continue },
+                    )
+                    .map_err(zerr)?;
+                let n = ob.pos();
+                out.write_all(&outbuf[..n])?;
+                written += n as u64;
+                if (last && left == 0) || (!last && ib.pos() == got) {
+                    break;
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        let mut probe = [0u8; 1];
+        if input.read(&mut probe)? != 0 {
+            return Err(IoError::new(
+                ErrorKind::InvalidData,
+                format!("changed size: more than the {raw_len} bytes expected"),
+            ));
+        }
+        if written < raw_len {
+            Ok((self.codec, written))
+        } else {
+            Ok((Codec::Raw, raw_len))
         }
     }
 }

@@ -8,7 +8,46 @@
 //!
 //! Memory is bounded: besides one small entry per file (its relative path and size), at most
 //! a few windows of [`PackOptions::window_bytes`] file contents are in memory at once, however
-//! many files the tree holds.
+//! many files the tree holds. A file above [`STREAM_THRESHOLD`] (16 MiB) is never read whole:
+//! at its turn it is copied into the shard in pieces of [`STREAM_PIECE`](crate::codec::STREAM_PIECE) bytes, checksummed on
+//! the way, or, for a compressed field, encoded with zstd's streaming API into a temporary
+//! file in the output (`shard-record.spk.tmp`) and copied from there. Such a record's frame is
+//! the one [`FieldEncoder::encode`] gives for the same bytes in memory, so the output does not
+//! depend on the path taken.
+//!
+//! # Output directory: where a pack writes
+//!
+//! - **OUT is new or an empty directory**: the dataset is built in OUT itself. A marker file
+//!   [`PACK_MARKER_FILE`](crate::writer::PACK_MARKER_FILE) is created first and locked
+//!   (`flock`) for as long as the pack runs; shards go under `.tmp` names, are synced and
+//!   renamed; `manifest.json` comes last (the commit); then the marker is removed.
+//! - **OUT holds a dataset and `--force` is given**: the new dataset is built beside it, in the
+//!   staging directory `.<OUT's name>.shardpack-new.<pid>` in OUT's parent (with its own locked
+//!   marker). Only when it is complete and synced are the two swapped, in one atomic
+//!   `renameat2(RENAME_EXCHANGE)` on Linux; the old dataset, now under the staging name, is
+//!   then removed. Where the exchange is not available (another OS, or a file system that
+//!   refuses it) two renames do it: OUT to `.<OUT's name>.shardpack-old.<pid>`, then the
+//!   staging directory to OUT. The old dataset needs no free space; the new one needs its own.
+//!
+//! ## Crash windows (SIGKILL, power loss) and what comes after
+//!
+//! | killed while | OUT holds | `Dataset::open(OUT)` | the next `pack` |
+//! | --- | --- | --- | --- |
+//! | building in OUT | the marker, some shards, no manifest | refuses: an interrupted pack, run it again | removes those files (the marker is unlocked) and packs; a foreign file there makes it refuse without touching anything |
+//! | after the commit, before the marker is removed | the new dataset and the marker | opens the new dataset | removes the marker; `--force` needed as for any dataset |
+//! | `--force`, building beside OUT | the old dataset, untouched | opens the old dataset | removes the staging directory |
+//! | `--force`, after the exchange | the new dataset (and the marker) | opens the new dataset | removes the marker, and the old dataset left under the staging name |
+//! | `--force` without exchange, between the two renames | nothing: OUT does not exist | refuses, naming `.<name>.shardpack-old.<pid>` and what to do | renames the old dataset back to OUT first, then packs |
+//!
+//! A staging directory or marker is recognised as a pack's own only by its exact name, a marker
+//! that no running process holds locked, and contents that are all shardpack file names
+//! (`manifest.json`, `manifest.json.tmp`, `shard-*.spk`, `shard-*.spk.tmp`, the marker); anything
+//! else is left alone and named in a note or an error. One pack per OUT at a time.
+//!
+//! An error, or a cancel through [`Progress::cancelled`] (the CLI's SIGINT/SIGTERM, Python's
+//! Ctrl-C), needs no next pack: the workers stop, and everything this pack wrote is removed
+//! before `pack` returns (OUT too if it created it; a staging directory, leaving the old
+//! dataset as it was).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -22,12 +61,22 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use zstd::zstd_safe::CCtx;
 
-use crate::codec::{new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL};
+use crate::codec::{
+    new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL, STREAM_THRESHOLD,
+};
 use crate::error::{Error, Result};
 use crate::format::Codec;
 use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
 use crate::rng::SplitMix64;
-use crate::writer::{DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, WriterOptions};
+use crate::writer::{
+    DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, RecordInput, StreamedRecord,
+    WriterOptions,
+};
+
+mod large;
+mod out;
+
+use large::{prepare_large, CancelRead, Large, LargeError};
 
 /// The shuffle seed used when none is given.
 pub const DEFAULT_SHUFFLE_SEED: u64 = 0x5348_5244_5041_434B; // "SHRDPACK"
@@ -50,6 +99,58 @@ pub enum KeyMode {
     LastDot,
 }
 
+/// What `pack` does with symbolic links in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SymlinkPolicy {
+    /// Follow links to files and folders, as torchvision's `ImageFolder` does (`os.walk` with
+    /// `followlinks=True`): a link is packed with its target's bytes under the link's own
+    /// path. A loop or a dangling link is an error (or skipped with `skip_errors`).
+    #[default]
+    Follow,
+    /// Leave links out; each is listed as skipped (and counts towards
+    /// [`PackOptions::max_skipped_share`]).
+    Skip,
+    /// Refuse a tree holding any symbolic link.
+    Error,
+}
+
+impl std::str::FromStr for SymlinkPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "follow" => Ok(SymlinkPolicy::Follow),
+            "skip" => Ok(SymlinkPolicy::Skip),
+            "error" => Ok(SymlinkPolicy::Error),
+            _ => Err(format!("{s:?} is not follow, skip or error")),
+        }
+    }
+}
+
+/// What `pack` does with samples that get no label under [`LabelMode::ImageFolder`]: files at
+/// the top level of the tree, outside any class folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnlabeledPolicy {
+    /// Pack them without a label; the summary counts them and names the first few.
+    #[default]
+    Allow,
+    /// Refuse the tree, naming the first few.
+    Error,
+}
+
+impl std::str::FromStr for UnlabeledPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "allow" => Ok(UnlabeledPolicy::Allow),
+            "error" => Ok(UnlabeledPolicy::Error),
+            _ => Err(format!("{s:?} is not allow or error")),
+        }
+    }
+}
+
+/// The default of [`PackOptions::max_skipped_share`]: 1% of the inputs.
+pub const DEFAULT_MAX_SKIPPED_SHARE: f64 = 0.01;
+
 /// Everything `pack` needs to know.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
@@ -69,14 +170,36 @@ pub struct PackOptions {
     pub labels: LabelMode,
     /// Key derivation.
     pub key: KeyMode,
-    /// Follow symbolic links (loops are detected and reported).
+    /// Follow symbolic links whatever [`PackOptions::symlinks`] says (kept for compatibility:
+    /// following is now the default policy).
     pub follow_symlinks: bool,
+    /// What to do with symbolic links (default: follow them).
+    pub symlinks: SymlinkPolicy,
+    /// Without `skip_errors`, the pack fails when more than this share (0 to 1) of its inputs
+    /// is skipped (links under `SymlinkPolicy::Skip`, special files): a tree of links packed
+    /// with almost nothing in it must not look like success. With `skip_errors` it packs, and
+    /// the summary warns. Default 1%.
+    pub max_skipped_share: f64,
+    /// What to do with samples outside any class folder under ImageFolder labels.
+    pub unlabeled: UnlabeledPolicy,
     /// Skip unreadable inputs (listed in the manifest and summary) instead of failing.
     pub skip_errors: bool,
     /// Replace an existing dataset in the output directory.
     pub force: bool,
     /// File bytes read ahead per window; about three windows are in memory at once.
     pub window_bytes: u64,
+}
+
+impl PackOptions {
+    /// The symbolic-link policy in effect: [`SymlinkPolicy::Follow`] when `follow_symlinks`
+    /// is set, else `symlinks`.
+    pub fn symlink_policy(&self) -> SymlinkPolicy {
+        if self.follow_symlinks {
+            SymlinkPolicy::Follow
+        } else {
+            self.symlinks
+        }
+    }
 }
 
 impl Default for PackOptions {
@@ -91,6 +214,9 @@ impl Default for PackOptions {
             labels: LabelMode::ImageFolder,
             key: KeyMode::FirstDot,
             follow_symlinks: false,
+            symlinks: SymlinkPolicy::Follow,
+            max_skipped_share: DEFAULT_MAX_SKIPPED_SHARE,
+            unlabeled: UnlabeledPolicy::Allow,
             skip_errors: false,
             force: false,
             window_bytes: 32 << 20,
@@ -150,7 +276,20 @@ pub struct PackSummary {
     pub fields: Vec<FieldMeta>,
     /// Inputs left out (as in the manifest).
     pub skipped: Vec<Skipped>,
+    /// `skipped` over all inputs (packed files plus skipped entries); 0 when none.
+    pub skipped_share: f64,
+    /// Samples packed without a label under ImageFolder labels (files at the top level of the
+    /// tree); 0 with `--labels none`.
+    pub unlabeled: u64,
+    /// The first few (at most 5, in key order) of those samples' keys.
+    pub unlabeled_examples: Vec<Name>,
+    /// What the user should not miss: more skipped than `max_skipped_share` allows (only
+    /// possible with `skip_errors`), a class folder left without samples.
+    pub warnings: Vec<String>,
 }
+
+/// How many unlabeled keys the summary names.
+const UNLABELED_EXAMPLES: usize = 5;
 
 // ---------------------------------------------------------------------------------------------
 // Paths as bytes
@@ -203,6 +342,8 @@ struct Tree {
     arena: Vec<u8>,
     files: Vec<FileEnt>,
     skipped: Vec<Skipped>,
+    /// The folders at the first level (the class folders under ImageFolder labels).
+    class_dirs: Vec<Vec<u8>>,
 }
 
 impl Tree {
@@ -231,28 +372,77 @@ fn split_name(name: &[u8], mode: KeyMode) -> (usize, usize) {
     }
 }
 
-fn walk(src: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<Tree> {
+/// The `/`-separated bytes of `p` relative to the tree root `src`: every path `pack` records
+/// (skip entries, reasons, the summary) is of this form, so the output does not depend on how
+/// the source was spelled.
+fn rel_bytes(src: &Path, p: &Path) -> Vec<u8> {
+    let rel = p.strip_prefix(src).unwrap_or(p);
+    let mut out = Vec::new();
+    for (i, c) in rel.components().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(&os_to_bytes(c.as_os_str()));
+    }
+    out
+}
+
+/// Why the walk could not take `path`: a loop, a dangling link or an I/O error, said without
+/// any path outside the tree. `hint` adds what to do (for errors, not for skip entries).
+fn walk_error_reason(src: &Path, path: &Path, e: &walkdir::Error, hint: bool) -> String {
+    if let Some(anc) = e.loop_ancestor() {
+        let to = rel_bytes(src, anc);
+        let to = if to.is_empty() {
+            "the root of the tree".to_string()
+        } else {
+            lossy(&to)
+        };
+        let mut r = format!("symbolic link loop: it leads back to {to}");
+        if hint {
+            r.push_str("; remove the link, or pack with --symlinks skip");
+        }
+        return r;
+    }
+    let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let io = e.io_error();
+    if is_link && io.is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+        let mut r = "dangling symlink: its target does not exist".to_string();
+        if hint {
+            r.push_str("; fix or remove the link, pass --symlinks skip, or --skip-errors");
+        }
+        return r;
+    }
+    let msg = io.map_or_else(|| e.to_string(), |io| io.to_string());
+    let mut r = format!("cannot read: {msg}");
+    if hint {
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) {
+            r.push_str("; fix the permissions or pass --skip-errors");
+        } else {
+            r.push_str("; pass --skip-errors to leave it out");
+        }
+    }
+    r
+}
+
+fn walk(
+    src: &Path,
+    opts: &PackOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel<'_>,
+) -> Result<Tree> {
     let mut tree = Tree {
         arena: Vec::new(),
         files: Vec::new(),
         skipped: Vec::new(),
+        class_dirs: Vec::new(),
     };
+    let policy = opts.symlink_policy();
     let walker = walkdir::WalkDir::new(src)
         .min_depth(1)
-        .follow_links(opts.follow_symlinks)
+        .follow_links(policy == SymlinkPolicy::Follow)
         .sort_by(|a, b| a.file_name().cmp(b.file_name()));
-    let rel_of = |p: &Path| -> Vec<u8> {
-        let rel = p.strip_prefix(src).unwrap_or(p);
-        let mut out = Vec::new();
-        for (i, c) in rel.components().enumerate() {
-            if i > 0 {
-                out.push(b'/');
-            }
-            out.extend_from_slice(&os_to_bytes(c.as_os_str()));
-        }
-        out
-    };
     for entry in walker {
+        cancel.stop()?;
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
@@ -260,42 +450,37 @@ fn walk(src: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<Tree>
                     .path()
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| src.into());
-                let reason = if let Some(anc) = e.loop_ancestor() {
-                    format!(
-                        "symbolic link loop: it leads back to {}; remove the link or pack \
-                         without --follow-symlinks",
-                        anc.display()
-                    )
-                } else {
-                    let io = e
-                        .io_error()
-                        .map(|io| io.to_string())
-                        .unwrap_or_else(|| e.to_string());
-                    if opts.skip_errors {
-                        format!("cannot read: {io}")
-                    } else {
-                        format!("cannot read: {io}; fix the permissions or pass --skip-errors")
-                    }
-                };
                 if opts.skip_errors {
                     tree.skipped.push(Skipped {
-                        path: Name(rel_of(&path)),
-                        reason,
+                        path: Name(rel_bytes(src, &path)),
+                        reason: walk_error_reason(src, &path, &e, false),
                     });
                     continue;
                 }
-                return Err(Error::input(path, reason));
+                return Err(Error::input(&path, walk_error_reason(src, &path, &e, true)));
             }
         };
         let ft = entry.file_type();
+        let rel = rel_bytes(src, entry.path());
         if ft.is_dir() {
+            if entry.depth() == 1 {
+                tree.class_dirs.push(rel);
+            }
             continue;
         }
-        let rel = rel_of(entry.path());
         if ft.is_symlink() {
+            if policy == SymlinkPolicy::Error {
+                return Err(Error::input(
+                    entry.path(),
+                    "is a symbolic link, and --symlinks error refuses them; pass --symlinks \
+                     follow (the default) to pack what links point to, or --symlinks skip",
+                ));
+            }
             tree.skipped.push(Skipped {
                 path: Name(rel),
-                reason: "symbolic link not followed (use --follow-symlinks to follow links)".into(),
+                reason: "symbolic link not followed (--symlinks skip; --symlinks follow packs \
+                         what it points to)"
+                    .into(),
             });
             continue;
         }
@@ -309,7 +494,11 @@ fn walk(src: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<Tree>
         let size = match entry.metadata() {
             Ok(m) => m.len(),
             Err(e) => {
-                let reason = format!("cannot stat: {e}");
+                let reason = format!(
+                    "cannot stat: {}",
+                    e.io_error()
+                        .map_or_else(|| e.to_string(), |io| io.to_string())
+                );
                 if opts.skip_errors {
                     tree.skipped.push(Skipped {
                         path: Name(rel),
@@ -463,7 +652,13 @@ const TRIAL_BYTES: u64 = 16 << 20;
 const DICT_MAX: usize = 112 * 1024;
 
 /// Reads a deterministic, evenly spread sample of a field's files.
-fn trial_inputs(src: &Path, tree: &Tree, plan: &Plan, field: u32) -> Vec<Vec<u8>> {
+fn trial_inputs(
+    src: &Path,
+    tree: &Tree,
+    plan: &Plan,
+    field: u32,
+    cancel: &Cancel<'_>,
+) -> Vec<Vec<u8>> {
     let idx: Vec<usize> = (0..tree.files.len())
         .filter(|&i| plan.file_field[i] == field)
         .collect();
@@ -480,6 +675,9 @@ fn trial_inputs(src: &Path, tree: &Tree, plan: &Plan, field: u32) -> Vec<Vec<u8>
     picked
         .par_iter()
         .filter_map(|&i| {
+            if cancel.check() {
+                return None;
+            }
             let f = &tree.files[i];
             let mut buf = Vec::new();
             File::open(join_bytes(src, tree.path(f)))
@@ -627,125 +825,15 @@ fn choose(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output directory
-// ---------------------------------------------------------------------------------------------
-
-fn is_our_file(name: &str) -> bool {
-    name == MANIFEST_FILE
-        || name == format!("{MANIFEST_FILE}.tmp")
-        || (name.starts_with("shard-") && (name.ends_with(".spk") || name.ends_with(".spk.tmp")))
-}
-
-/// The absolute, symlink-free form of `p`, which may not exist yet: its nearest existing
-/// ancestor is canonicalized and the missing components appended.
-fn resolve_nonexistent(p: &Path) -> std::io::Result<PathBuf> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    };
-    let mut missing = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        match fs::canonicalize(cur) {
-            Ok(mut c) => {
-                for m in missing.iter().rev() {
-                    c.push(m);
-                }
-                return Ok(c);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (Some(parent), Some(name)) = (cur.parent(), cur.file_name()) else {
-                    return Err(e);
-                };
-                missing.push(name.to_os_string());
-                cur = parent;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Prepares OUT: creates it, or checks it is empty, or (with `force`) removes a previous
-/// dataset from it (manifest first, so it never looks complete). Returns whether it was created.
-fn prepare_out(src: &Path, out: &Path, force: bool) -> Result<bool> {
-    let src_c = fs::canonicalize(src).map_err(|e| Error::io(src, "resolve", e))?;
-    let out_c = resolve_nonexistent(out).map_err(|e| Error::io(out, "resolve", e))?;
-    if out_c.starts_with(&src_c) {
-        return Err(Error::input(
-            out,
-            format!(
-                "the output is inside the source tree {}; choose an output outside it",
-                src.display()
-            ),
-        ));
-    }
-    match fs::read_dir(out) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(out).map_err(|e| Error::io(out, "create directory", e))?;
-            Ok(true)
-        }
-        Err(e) => {
-            if out.exists() && !out.is_dir() {
-                return Err(Error::input(
-                    out,
-                    "exists and is not a directory; choose another output path",
-                ));
-            }
-            Err(Error::io(out, "read directory", e))
-        }
-        Ok(rd) => {
-            let names: Vec<String> = rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            if names.is_empty() {
-                return Ok(false);
-            }
-            if !force {
-                return Err(Error::input(
-                    out,
-                    format!(
-                        "exists and is not empty ({} entries); pass --force to replace a previous \
-                         dataset there, or choose an empty or new directory",
-                        names.len()
-                    ),
-                ));
-            }
-            if let Some(foreign) = names.iter().find(|n| !is_our_file(n)) {
-                return Err(Error::input(
-                    out,
-                    format!(
-                        "holds {foreign:?}, which is not a shardpack file; --force only replaces \
-                         a dataset, so move other files away first"
-                    ),
-                ));
-            }
-            // The manifest goes first: from here on the directory is not a dataset.
-            let m = out.join(MANIFEST_FILE);
-            if m.exists() {
-                fs::remove_file(&m).map_err(|e| Error::io(&m, "remove", e))?;
-            }
-            for n in names {
-                let p = out.join(n);
-                match fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(&p, "remove", e)),
-                }
-            }
-            Ok(false)
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Pack
 // ---------------------------------------------------------------------------------------------
 
 struct ReadFile {
     file: u32,
+    /// The file's bytes; empty for a large file (above [`STREAM_THRESHOLD`]), which is
+    /// streamed at commit time instead of read here.
     data: std::result::Result<Vec<u8>, String>,
+    large: bool,
 }
 
 struct Window {
@@ -801,13 +889,18 @@ fn policy_options(opts: &PackOptions) -> Map<String, Value> {
             KeyMode::LastDot => "last-dot",
         }),
     );
-    m.insert("follow_symlinks".into(), json!(opts.follow_symlinks));
+    m.insert(
+        "follow_symlinks".into(),
+        json!(opts.symlink_policy() == SymlinkPolicy::Follow),
+    );
     m.insert("skip_errors".into(), json!(opts.skip_errors));
     m
 }
 
-/// Packs the tree at `src` into a dataset at `out`. On error, everything this call wrote is
-/// removed (and `out` too if this call created it); `src` is only ever read.
+/// Packs the tree at `src` into a dataset at `out`. On error or cancel (see
+/// [`Progress::cancelled`]), everything this call wrote is removed (and `out` too if this call
+/// created it); a dataset that `force` replaces stays until the new one is complete (see the
+/// module docs for every crash window). `src` is only ever read.
 pub fn pack(
     src: &Path,
     out: &Path,
@@ -818,6 +911,12 @@ pub fn pack(
     opts.writer.validate()?;
     if opts.window_bytes == 0 {
         return Err(Error::Options("window size must be above 0".into()));
+    }
+    if !(0.0..=1.0).contains(&opts.max_skipped_share) {
+        return Err(Error::Options(format!(
+            "the largest skipped share must be between 0 and 1, not {}",
+            opts.max_skipped_share
+        )));
     }
     match fs::metadata(src) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -832,12 +931,93 @@ pub fn pack(
         }
         Ok(_) => {}
     }
-    let created = prepare_out(src, out, opts.force)?;
-    let result = pack_into(src, out, opts, progress, started);
-    if result.is_err() && created {
-        let _ = fs::remove_dir(out);
+    let target = out::prepare(src, out, opts.force, progress)?;
+    let cancel = Cancel::new(progress);
+    let mut summary = pack_into(src, target.build_dir(), opts, progress, &cancel, started)?;
+    target.commit(progress)?;
+    summary.out = out.to_path_buf();
+    Ok(summary)
+}
+
+/// Polls [`Progress::cancelled`] and remembers a `true`, so every thread that asks later sees
+/// it even if the callback were to change its mind.
+struct Cancel<'a> {
+    progress: &'a dyn Progress,
+    seen: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Cancel<'a> {
+    fn new(progress: &'a dyn Progress) -> Self {
+        Cancel {
+            progress,
+            seen: std::sync::atomic::AtomicBool::new(false),
+        }
     }
-    result
+
+    fn check(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.seen.load(Relaxed) {
+            return true;
+        }
+        let c = self.progress.cancelled();
+        if c {
+            self.seen.store(true, Relaxed);
+        }
+        c
+    }
+
+    fn stop(&self) -> Result<()> {
+        if self.check() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// `share` (0 to 1) as a percentage for messages: `1`, `0.5`, `7`, without float noise.
+fn percent(share: f64) -> String {
+    let s = format!("{:.4}", 100.0 * share);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Fails (`fail`) or describes the pack when more than `max_skipped_share` of its inputs is
+/// skipped. Returns the warning when the share is above it and `fail` is off.
+fn check_skipped_share(
+    src: &Path,
+    skipped: &[Skipped],
+    packed: usize,
+    opts: &PackOptions,
+    fail: bool,
+) -> Result<Option<String>> {
+    let total = packed + skipped.len();
+    if skipped.is_empty() || total == 0 {
+        return Ok(None);
+    }
+    let share = skipped.len() as f64 / total as f64;
+    if share <= opts.max_skipped_share {
+        return Ok(None);
+    }
+    let what = format!(
+        "{} of {} inputs ({:.1}%) were skipped, more than the {}% allowed (e.g. {}: {})",
+        skipped.len(),
+        total,
+        100.0 * share,
+        percent(opts.max_skipped_share),
+        skipped[0].path.display(),
+        skipped[0].reason
+    );
+    if fail {
+        return Err(Error::input(
+            src,
+            format!(
+                "{what}; a dataset missing that much is probably not what you meant: fix the \
+                 inputs (for symbolic links, --symlinks follow packs what they point to), raise \
+                 --max-skipped-share, or pass --skip-errors to pack anyway"
+            ),
+        ));
+    }
+    Ok(Some(what))
 }
 
 fn pack_into(
@@ -845,6 +1025,7 @@ fn pack_into(
     out: &Path,
     opts: &PackOptions,
     progress: &dyn Progress,
+    cancel: &Cancel<'_>,
     started: Instant,
 ) -> Result<PackSummary> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -861,7 +1042,7 @@ fn pack_into(
     let cpu = pool(threads, "compress")?;
     let io = pool(io_threads, "read")?;
 
-    let mut tree = walk(src, opts, progress)?;
+    let mut tree = walk(src, opts, progress, cancel)?;
     if tree.files.is_empty() {
         let detail = if tree.skipped.is_empty() {
             "source holds no files; nothing to pack".to_string()
@@ -875,7 +1056,68 @@ fn pack_into(
         };
         return Err(Error::input(src, detail));
     }
+    if !opts.skip_errors {
+        check_skipped_share(src, &tree.skipped, tree.files.len(), opts, true)?;
+    }
     let plan = plan(src, &mut tree, opts)?;
+    let mut warnings = Vec::new();
+    if opts.labels == LabelMode::ImageFolder {
+        // A class folder whose every input was skipped (or that is empty) would silently drop
+        // out of the class list and shift every later label id.
+        for dir in &tree.class_dirs {
+            if plan.classes.binary_search(dir).is_ok() {
+                continue;
+            }
+            let mut prefix = dir.clone();
+            prefix.push(b'/');
+            let inside = tree
+                .skipped
+                .iter()
+                .filter(|k| k.path.as_bytes().starts_with(&prefix))
+                .count();
+            let what = if inside == 0 {
+                format!("class folder {} is empty", lossy(dir))
+            } else {
+                format!(
+                    "class folder {} has no packable file (all {inside} inputs in it are skipped)",
+                    lossy(dir)
+                )
+            };
+            if !opts.skip_errors {
+                return Err(Error::input(
+                    join_bytes(src, dir),
+                    format!(
+                        "{what}: a class without samples would vanish from the class list and \
+                         shift the label ids; fix or remove the folder, or pass --skip-errors to \
+                         pack without it"
+                    ),
+                ));
+            }
+            warnings.push(format!("{what}; it is not in the class list"));
+        }
+        let unlabeled: Vec<&SampleRef> = plan
+            .samples
+            .iter()
+            .filter(|s| s.label == crate::format::NO_LABEL)
+            .collect();
+        if opts.unlabeled == UnlabeledPolicy::Error && !unlabeled.is_empty() {
+            let names: Vec<String> = unlabeled
+                .iter()
+                .take(5)
+                .map(|s| lossy(tree.path(&tree.files[s.first as usize])))
+                .collect();
+            return Err(Error::input(
+                src,
+                format!(
+                    "{} samples are at the top level of the tree, outside any class folder, so \
+                     they get no label under --labels imagefolder (e.g. {}); move them into a \
+                     class folder, or pass --labels none or --unlabeled allow",
+                    unlabeled.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
 
     // Per-field policy and trial.
     let mut field_bytes = vec![0u64; plan.fields.len()];
@@ -885,13 +1127,15 @@ fn pack_into(
     let mut notes = Vec::new();
     let mut specs = Vec::with_capacity(plan.fields.len());
     for (fi, name) in plan.fields.iter().enumerate() {
+        cancel.stop()?;
         let policy = *opts.field_compress.get(name).unwrap_or(&opts.compress);
         let inputs = match policy {
             Policy::Auto | Policy::ZstdDict(_) => {
-                io.install(|| trial_inputs(src, &tree, &plan, fi as u32))
+                io.install(|| trial_inputs(src, &tree, &plan, fi as u32, cancel))
             }
             _ => Vec::new(),
         };
+        cancel.stop()?;
         specs.push(choose(
             name,
             policy,
@@ -904,6 +1148,7 @@ fn pack_into(
     for n in &notes {
         progress.note(n);
     }
+    cancel.stop()?;
 
     // Sample order.
     let mut order: Vec<u32> = (0..plan.samples.len() as u32).collect();
@@ -924,6 +1169,8 @@ fn pack_into(
     progress.start(tree.files.len() as u64, total_bytes);
 
     let mut skipped = std::mem::take(&mut tree.skipped);
+    let mut unlabeled = 0u64;
+    let mut unlabeled_examples: BTreeSet<Name> = BTreeSet::new();
     let mut packed_files = 0u64;
     let mut packed_bytes = 0u64;
 
@@ -962,6 +1209,9 @@ fn pack_into(
         let encoders = &encoders;
         scope.spawn(move || {
             for range in windows {
+                if cancel.check() {
+                    return;
+                }
                 let samples: Vec<u32> = order[range.clone()].to_vec();
                 let file_ids: Vec<u32> = samples
                     .iter()
@@ -975,13 +1225,24 @@ fn pack_into(
                         .par_iter()
                         .map(|&fid| {
                             let f = &tree.files[fid as usize];
+                            let large = f.size > STREAM_THRESHOLD;
                             ReadFile {
                                 file: fid,
-                                data: read_one(&join_bytes(src, tree.path(f)), f.size),
+                                data: if cancel.check() {
+                                    Err(String::new()) // never committed: see below
+                                } else if large {
+                                    Ok(Vec::new())
+                                } else {
+                                    read_one(&join_bytes(src, tree.path(f)), f.size)
+                                },
+                                large,
                             }
                         })
                         .collect()
                 });
+                if cancel.check() {
+                    return; // a window read while cancelling is never sent
+                }
                 if tx.send(Window { samples, files }).is_err() {
                     return; // the consumer stopped (an error); stop reading
                 }
@@ -989,12 +1250,14 @@ fn pack_into(
         });
 
         for window in rx {
+            cancel.stop()?;
             // Compress every file of the window on the CPU pool.
             let encoded: Vec<(Codec, Vec<u8>)> = cpu.install(|| {
                 window
                     .files
                     .par_iter()
                     .map_init(new_cctx, |cctx, rf| match &rf.data {
+                        Ok(_) if rf.large || cancel.check() => (Codec::Raw, Vec::new()),
                         Ok(raw) => {
                             let enc = &encoders[plan.file_field[rf.file as usize] as usize];
                             let mut out = Vec::new();
@@ -1007,30 +1270,55 @@ fn pack_into(
             });
             // Commit in order.
             let mut at = 0usize;
+            cancel.stop()?;
             for &s in &window.samples {
+                cancel.stop()?;
                 let sr = plan.samples[s as usize];
-                let mut recs = Vec::with_capacity(sr.count as usize);
+                // In memory, or streamed (large files, kept in `larges` in record order).
+                let mut recs: Vec<std::result::Result<EncodedRecord<'_>, (u32, u64)>> =
+                    Vec::with_capacity(sr.count as usize);
+                let mut larges: Vec<Large> = Vec::new();
                 let (mut nfiles, mut nbytes) = (0u64, 0u64);
                 for _ in 0..sr.count {
                     let rf = &window.files[at];
                     let (codec, buf) = &encoded[at];
                     at += 1;
                     let fe = &tree.files[rf.file as usize];
-                    match &rf.data {
+                    let field = plan.file_field[rf.file as usize];
+                    let data = match (&rf.data, rf.large) {
+                        (Ok(_), true) => {
+                            let path = join_bytes(src, tree.path(fe));
+                            let enc = &encoders[field as usize];
+                            match prepare_large(&path, fe.size, enc, out, cancel) {
+                                Ok(l) => {
+                                    larges.push(l);
+                                    recs.push(Err((field, fe.size)));
+                                    nfiles += 1;
+                                    nbytes += fe.size;
+                                    continue;
+                                }
+                                Err(LargeError::Output(e)) => return Err(e),
+                                Err(LargeError::Source(reason)) => Err(reason),
+                            }
+                        }
+                        (Ok(raw), false) => Ok(raw),
+                        (Err(reason), _) => Err(reason.clone()),
+                    };
+                    match data {
                         Ok(raw) => {
-                            recs.push(EncodedRecord {
-                                field: plan.file_field[rf.file as usize],
+                            recs.push(Ok(EncodedRecord {
+                                field,
                                 codec: *codec,
                                 stored: if *codec == Codec::Raw { raw } else { buf },
                                 raw_len: raw.len() as u64,
-                            });
+                            }));
                             nfiles += 1;
                             nbytes += raw.len() as u64;
                         }
                         Err(reason) if opts.skip_errors => {
                             skipped.push(Skipped {
                                 path: Name(tree.path(fe).to_vec()),
-                                reason: reason.clone(),
+                                reason,
                             });
                         }
                         Err(reason) => {
@@ -1044,14 +1332,56 @@ fn pack_into(
                 if !recs.is_empty() {
                     let key = tree.key(&tree.files[sr.first as usize]);
                     let label = (sr.label != crate::format::NO_LABEL).then_some(sr.label);
-                    writer.append_encoded(key, label, &recs)?;
+                    // Every stream stops soon once the pack is cancelled.
+                    let mut readers: Vec<(CancelRead<'_, '_, &mut File>, Codec, u64, &Path)> =
+                        larges
+                            .iter_mut()
+                            .map(|l| {
+                                let reader = CancelRead {
+                                    inner: &mut l.file,
+                                    cancel,
+                                };
+                                (reader, l.codec, l.stored_len, l.path.as_path())
+                            })
+                            .collect();
+                    let mut streams = readers.iter_mut();
+                    let mut inputs: Vec<RecordInput<'_>> = recs
+                        .iter()
+                        .map(|r| match r {
+                            Ok(b) => RecordInput::Bytes(*b),
+                            Err((field, raw_len)) => {
+                                let (reader, codec, stored_len, path) =
+                                    streams.next().expect("one per streamed record");
+                                RecordInput::Stream(StreamedRecord {
+                                    field: *field,
+                                    codec: *codec,
+                                    stored_len: *stored_len,
+                                    raw_len: *raw_len,
+                                    reader,
+                                    source: Some(path),
+                                })
+                            }
+                        })
+                        .collect();
+                    let appended = writer.append_inputs(key, label, &mut inputs);
+                    if appended.is_err() && cancel.check() {
+                        return Err(Error::Cancelled);
+                    }
+                    appended?;
+                    if label.is_none() && opts.labels == LabelMode::ImageFolder {
+                        unlabeled += 1;
+                        unlabeled_examples.insert(Name(key.to_vec()));
+                        if unlabeled_examples.len() > UNLABELED_EXAMPLES {
+                            unlabeled_examples.pop_last();
+                        }
+                    }
                 }
                 packed_files += nfiles;
                 packed_bytes += nbytes;
                 progress.advance(sr.count as u64, nbytes);
             }
         }
-        Ok(())
+        cancel.stop()
     });
     result?;
     if writer.samples() == 0 {
@@ -1062,12 +1392,25 @@ fn pack_into(
     }
 
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    let skipped_share = if skipped.is_empty() {
+        0.0
+    } else {
+        skipped.len() as f64 / (packed_files as usize + skipped.len()) as f64
+    };
+    if let Some(w) = check_skipped_share(src, &skipped, packed_files as usize, opts, false)? {
+        warnings.insert(0, w);
+    }
+    for w in &warnings {
+        progress.note(&format!("WARNING: {w}"));
+    }
     let info = DatasetInfo {
         imagefolder_labels: opts.labels == LabelMode::ImageFolder,
         classes: plan.classes.iter().map(|c| Name(c.clone())).collect(),
         options: policy_options(opts),
         skipped,
     };
+    // The last chance to stop: after this the dataset is committed.
+    cancel.stop()?;
     let manifest = writer.finish(info)?;
     let skipped = manifest.skipped.clone();
     let output_bytes = manifest.shards.iter().map(|s| s.bytes).sum::<u64>()
@@ -1091,6 +1434,10 @@ fn pack_into(
         classes: manifest.classes.len() as u64,
         fields: manifest.fields.clone(),
         skipped,
+        skipped_share,
+        unlabeled,
+        unlabeled_examples: unlabeled_examples.into_iter().collect(),
+        warnings,
     })
 }
 
@@ -1118,6 +1465,11 @@ mod tests {
         );
         assert_eq!(f("README", KeyMode::FirstDot), ("README".into(), "".into()));
         assert_eq!(f("a.", KeyMode::FirstDot), ("a.".into(), "".into()));
+        assert_eq!(percent(0.01), "1");
+        assert_eq!(percent(0.07), "7");
+        assert_eq!(percent(0.005), "0.5");
+        assert_eq!(percent(1.0), "100");
+        assert_eq!(percent(0.0), "0");
         assert_eq!(
             f(".bashrc", KeyMode::FirstDot),
             ("".into(), "bashrc".into())

@@ -418,6 +418,18 @@ impl Dataset {
 fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     if !dir.is_dir() {
+        if let Some(old) = crate::writer::interrupted_swap(dir) {
+            return Err(Error::manifest(
+                dir,
+                format!(
+                    "does not exist: a `pack --force` replacing it was interrupted, and the \
+                     previous dataset is in {}; run the same pack again (it moves that back \
+                     first), or rename it to {}",
+                    old.display(),
+                    dir.display()
+                ),
+            ));
+        }
         return Err(Error::manifest(
             dir,
             "is not a directory; a dataset is a directory holding manifest.json and shard files",
@@ -433,12 +445,14 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
                         let n = n.to_string_lossy();
                         (n.starts_with("shard-") && (n.ends_with(".spk") || n.ends_with(".tmp")))
                             || n == format!("{MANIFEST_FILE}.tmp")
+                            || n == crate::writer::PACK_MARKER_FILE
                     })
                 })
                 .unwrap_or(false);
             let detail = if partial {
-                "has shard files but no manifest.json: an interrupted or failed pack, not a \
-                 complete dataset; run the pack again (with --force)"
+                "has shard files or a pack's marker but no manifest.json: an interrupted or \
+                 failed pack, not a complete dataset; run the pack again (it removes what an \
+                 interrupted pack left; add --force if it says the directory is not empty)"
             } else {
                 "no manifest.json: not a shardpack dataset"
             };

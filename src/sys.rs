@@ -1,4 +1,5 @@
-//! Operating-system specifics: memory maps, direct I/O, page-cache eviction. All of the crate's
+//! Operating-system specifics: memory maps, direct I/O, page-cache eviction, and for the
+//! compiler an atomic directory swap and an advisory lock. All of the crate's
 //! `unsafe` code is in this module.
 
 use std::fs::File;
@@ -201,6 +202,79 @@ pub fn evict_from_cache<'a>(paths: impl IntoIterator<Item = &'a Path>) -> io::Re
     }
 }
 
+/// Swaps two directory entries atomically (`renameat2` with `RENAME_EXCHANGE`): afterwards `a`
+/// names what `b` named and the other way round, and no observer ever sees either path
+/// missing. Returns `Ok(false)` where the platform or the file system cannot do it (not Linux,
+/// a kernel before 3.15, or a file system that refuses the flag), so the caller can fall back
+/// to two renames.
+#[cfg(feature = "compile")]
+pub(crate) fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let ca = CString::new(a.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+        let cb = CString::new(b.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+        // SAFETY: both pointers are NUL-terminated strings that outlive the call; the raw
+        // syscall (rather than glibc's `renameat2` wrapper, absent from older glibc and from
+        // musl's libc crate bindings) only reads them and its integer arguments.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(e),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (a, b);
+        Ok(false)
+    }
+}
+
+/// Takes an exclusive advisory lock (`flock`) on `file` without waiting. `Ok(false)`: another
+/// open file description holds it (a live process). The lock goes with the open file: it is
+/// released when the file is closed, also when its process is killed. Where the platform has
+/// no `flock`, always `Ok(true)`.
+#[cfg(feature = "compile")]
+pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: `flock` only reads its integer arguments; the descriptor is valid for the
+        // duration of the call because `file` is borrowed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +328,38 @@ mod tests {
         assert_eq!(n, data.len());
         assert_eq!(&b.as_slice()[..n], &data[..]);
         evict_from_cache([p.as_path()]).unwrap();
+    }
+
+    #[cfg(all(target_os = "linux", feature = "compile"))]
+    #[test]
+    fn exchange_swaps_two_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("in-a"), b"").unwrap();
+        // tmpfs, ext4, xfs and btrfs support the exchange; a file system that does not gives
+        // `Ok(false)` and leaves both in place.
+        if exchange(&a, &b).unwrap() {
+            assert!(b.join("in-a").exists() && !a.join("in-a").exists());
+        } else {
+            assert!(a.join("in-a").exists());
+        }
+        let e = exchange(&a, &dir.path().join("missing")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[cfg(all(unix, feature = "compile"))]
+    #[test]
+    fn a_lock_is_held_until_its_file_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let first = File::create(&p).unwrap();
+        assert!(try_lock(&first).unwrap());
+        let second = File::open(&p).unwrap();
+        assert!(!try_lock(&second).unwrap(), "held by the first open file");
+        drop(first);
+        assert!(try_lock(&second).unwrap(), "released when the first closes");
     }
 
     #[cfg(target_os = "linux")]

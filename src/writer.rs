@@ -7,12 +7,12 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use crate::codec::{new_cctx, FieldEncoder, DEFAULT_LEVEL};
+use crate::codec::{new_cctx, FieldEncoder, DEFAULT_LEVEL, STREAM_PIECE};
 use crate::error::{Error, Result};
 use crate::format::{
     align_up, is_safe_field_name, key_hash, record_checksum, Codec, FieldEntry, Footer, Header,
@@ -26,6 +26,61 @@ use crate::manifest::{
 
 /// Default shard size target: 1 GiB.
 pub const DEFAULT_SHARD_SIZE: u64 = 1 << 30;
+
+/// The marker file a pack keeps in the directory it is writing, locked for as long as it runs.
+/// A dataset directory holding it with no running pack is the leftover of an interrupted pack:
+/// readers ignore it, and the next pack into the same output removes it (and, when there is no
+/// `manifest.json`, the shard files it left).
+pub const PACK_MARKER_FILE: &str = ".shardpack-writing";
+
+/// The name of a staging directory beside the output `out_name`: `.<out_name>.shardpack-<kind>.<pid>`,
+/// where `kind` is `new` (a dataset being built to replace OUT) or `old` (the replaced one
+/// while it is being removed).
+#[cfg(feature = "compile")]
+pub(crate) fn stage_name(out_name: &std::ffi::OsStr, kind: &str, pid: u32) -> std::ffi::OsString {
+    let mut s = std::ffi::OsString::from(".");
+    s.push(out_name);
+    s.push(format!(".shardpack-{kind}.{pid}"));
+    s
+}
+
+/// If `name` is a staging directory name of the output `out_name` (see [`stage_name`]), its
+/// kind (`"new"` or `"old"`).
+pub(crate) fn parse_stage_name(
+    name: &std::ffi::OsStr,
+    out_name: &std::ffi::OsStr,
+) -> Option<&'static str> {
+    let name = name.as_encoded_bytes();
+    let rest = name
+        .strip_prefix(b".")?
+        .strip_prefix(out_name.as_encoded_bytes())?
+        .strip_prefix(b".shardpack-")?;
+    let (kind, pid) = if let Some(p) = rest.strip_prefix(b"new.") {
+        ("new", p)
+    } else {
+        ("old", rest.strip_prefix(b"old.")?)
+    };
+    (!pid.is_empty() && pid.len() <= 10 && pid.iter().all(u8::is_ascii_digit)).then_some(kind)
+}
+
+/// When `out` does not exist but a staging directory `old` beside it holds a dataset: the
+/// previous dataset of a `pack --force` interrupted between its two renames (only where the
+/// atomic exchange is not available). Returns that directory.
+pub(crate) fn interrupted_swap(out: &Path) -> Option<PathBuf> {
+    if fs::symlink_metadata(out).is_ok() {
+        return None;
+    }
+    let name = out.file_name()?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::read_dir(parent).ok()?.flatten().find_map(|e| {
+        let n = e.file_name();
+        let p = parent.join(&n);
+        (parse_stage_name(&n, name) == Some("old") && p.join(MANIFEST_FILE).is_file()).then_some(p)
+    })
+}
 
 /// A field of the dataset: its name and how its records are encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +171,71 @@ pub struct EncodedRecord<'a> {
     pub stored: &'a [u8],
     /// Length after decoding.
     pub raw_len: u64,
+}
+
+/// A record whose stored bytes are read from `reader` while they are written: a large file
+/// copied raw, or its zstd frame from a temporary file (see
+/// [`crate::codec::FieldEncoder::encode_stream`]).
+pub struct StreamedRecord<'a> {
+    /// Field index (position in the writer's field list).
+    pub field: u32,
+    /// How the stored bytes decode.
+    pub codec: Codec,
+    /// The number of bytes `reader` yields: exactly this many, or the append fails.
+    pub stored_len: u64,
+    /// Length after decoding.
+    pub raw_len: u64,
+    /// Where the stored bytes come from.
+    pub reader: &'a mut dyn Read,
+    /// The file `reader` reads, to name in errors (the sample's key otherwise).
+    pub source: Option<&'a Path>,
+}
+
+impl std::fmt::Debug for StreamedRecord<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedRecord")
+            .field("field", &self.field)
+            .field("codec", &self.codec)
+            .field("stored_len", &self.stored_len)
+            .field("raw_len", &self.raw_len)
+            .finish()
+    }
+}
+
+/// One record of a sample for [`DatasetWriter::append_inputs`].
+#[derive(Debug)]
+pub enum RecordInput<'a> {
+    /// Encoded bytes in memory.
+    Bytes(EncodedRecord<'a>),
+    /// Bytes read while written.
+    Stream(StreamedRecord<'a>),
+}
+
+impl RecordInput<'_> {
+    fn field(&self) -> u32 {
+        match self {
+            RecordInput::Bytes(b) => b.field,
+            RecordInput::Stream(s) => s.field,
+        }
+    }
+    fn codec(&self) -> Codec {
+        match self {
+            RecordInput::Bytes(b) => b.codec,
+            RecordInput::Stream(s) => s.codec,
+        }
+    }
+    fn stored_len(&self) -> u64 {
+        match self {
+            RecordInput::Bytes(b) => b.stored.len() as u64,
+            RecordInput::Stream(s) => s.stored_len,
+        }
+    }
+    fn raw_len(&self) -> u64 {
+        match self {
+            RecordInput::Bytes(b) => b.raw_len,
+            RecordInput::Stream(s) => s.raw_len,
+        }
+    }
 }
 
 /// What the manifest says beyond what the writer knows.
@@ -318,26 +438,43 @@ impl DatasetWriter {
         label: Option<u32>,
         records: &[EncodedRecord<'_>],
     ) -> Result<()> {
+        let mut inputs: Vec<RecordInput<'_>> =
+            records.iter().map(|r| RecordInput::Bytes(*r)).collect();
+        self.append_inputs(key, label, &mut inputs)
+    }
+
+    /// Appends one sample whose records are in memory or read from a stream (large records:
+    /// see [`StreamedRecord`]), sorted by field without repeats. A streamed record is copied
+    /// in pieces of [`STREAM_PIECE`] bytes and checksummed on the way, so it is never held
+    /// whole in memory. If a stream fails or yields another length than it said, nothing of
+    /// the sample is kept (the shard is cut back to where it was) and the error is returned;
+    /// the writer can go on.
+    pub fn append_inputs(
+        &mut self,
+        key: &[u8],
+        label: Option<u32>,
+        records: &mut [RecordInput<'_>],
+    ) -> Result<()> {
         let key_path = || PathBuf::from(String::from_utf8_lossy(key).into_owned());
         for w in records.windows(2) {
-            if w[0].field >= w[1].field {
+            if w[0].field() >= w[1].field() {
                 return Err(Error::input(
                     key_path(),
                     format!(
                         "sample has field {:?} twice or out of order: two inputs map to the same \
                          key and field",
-                        String::from_utf8_lossy(&self.fields[w[1].field as usize].spec.name)
+                        String::from_utf8_lossy(&self.fields[w[1].field() as usize].spec.name)
                     ),
                 ));
             }
         }
         if let Some(r) = records
             .iter()
-            .find(|r| r.field as usize >= self.fields.len())
+            .find(|r| r.field() as usize >= self.fields.len())
         {
             return Err(Error::Options(format!(
                 "field index {} does not exist",
-                r.field
+                r.field()
             )));
         }
         if records.is_empty() {
@@ -354,8 +491,8 @@ impl DatasetWriter {
         }
         let align = self.opts.record_align;
         let mut need = 0u64;
-        for r in records {
-            need = need.saturating_add(align_up(r.stored.len() as u64, align).unwrap_or(u64::MAX));
+        for r in records.iter() {
+            need = need.saturating_add(align_up(r.stored_len(), align).unwrap_or(u64::MAX));
         }
         let index_need = (SampleEntry::SIZE + KeyHashEntry::SIZE + key.len()) as u64
             + (records.len() * RecordEntry::SIZE) as u64;
@@ -405,24 +542,46 @@ impl DatasetWriter {
         }
         let s = self.shard.as_mut().expect("shard open");
         let first_record = s.record_count;
-        for r in records {
-            let pad = align_up(s.pos, align).expect("offset fits") - s.pos;
-            write_zeros(s, pad)?;
-            let offset = s.pos;
-            write_bytes(s, r.stored)?;
-            RecordEntry {
-                offset,
-                stored_len: r.stored.len() as u64,
-                raw_len: r.raw_len,
-                checksum: record_checksum(r.stored),
-                field: r.field,
-                codec: r.codec.as_u32(),
+        let (start_pos, hasher_before) = (s.pos, s.hasher.clone());
+        let mut entries = Vec::with_capacity(records.len());
+        for r in records.iter_mut() {
+            let written = (|| {
+                let pad = align_up(s.pos, align).expect("offset fits") - s.pos;
+                write_zeros(s, pad)?;
+                let offset = s.pos;
+                let checksum = match r {
+                    RecordInput::Bytes(b) => {
+                        write_bytes(s, b.stored)?;
+                        record_checksum(b.stored)
+                    }
+                    RecordInput::Stream(st) => copy_stream(s, st, &key_path)?,
+                };
+                Ok::<_, Error>(RecordEntry {
+                    offset,
+                    stored_len: r.stored_len(),
+                    raw_len: r.raw_len(),
+                    checksum,
+                    field: r.field(),
+                    codec: r.codec().as_u32(),
+                })
+            })();
+            match written {
+                Ok(e) => entries.push(e),
+                Err(e) => {
+                    let streamed = matches!(r, RecordInput::Stream(_));
+                    if streamed {
+                        rewind(s, start_pos, hasher_before)?;
+                    }
+                    return Err(e);
+                }
             }
-            .encode_into(&mut s.records);
-            let f = &mut self.fields[r.field as usize];
+        }
+        for e in &entries {
+            e.encode_into(&mut s.records);
+            let f = &mut self.fields[e.field as usize];
             f.records += 1;
-            f.raw_bytes += r.raw_len;
-            f.stored_bytes += r.stored.len() as u64;
+            f.raw_bytes += e.raw_len;
+            f.stored_bytes += e.stored_len;
         }
         SampleEntry {
             key_offset: s.keys.len() as u64,
@@ -735,5 +894,73 @@ fn sync_dir(dir: &Path) -> Result<()> {
         let d = File::open(dir).map_err(|e| Error::io(dir, "open", e))?;
         d.sync_all().map_err(|e| Error::io(dir, "sync", e))?;
     }
+    Ok(())
+}
+
+/// Copies exactly `st.stored_len` bytes from `st.reader` into the shard in pieces, returning
+/// their record checksum.
+fn copy_stream(
+    s: &mut OpenShard,
+    st: &mut StreamedRecord<'_>,
+    key_path: &dyn Fn() -> PathBuf,
+) -> Result<u64> {
+    let named = st.source.map_or_else(key_path, Path::to_path_buf);
+    let key_path = || named.clone();
+    let mut buf = vec![0u8; STREAM_PIECE];
+    let mut hasher = Xxh3::new();
+    let mut left = st.stored_len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = match st.reader.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(Error::input(
+                    key_path(),
+                    format!(
+                        "changed size while being read ({} bytes expected, {} read); make sure \
+                         nothing writes to the source while packing",
+                        st.stored_len,
+                        st.stored_len - left
+                    ),
+                ))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(key_path(), "read", e)),
+        };
+        hasher.update(&buf[..n]);
+        write_bytes(s, &buf[..n])?;
+        left -= n as u64;
+    }
+    let mut probe = [0u8; 1];
+    if st
+        .reader
+        .read(&mut probe)
+        .map_err(|e| Error::io(key_path(), "read", e))?
+        != 0
+    {
+        return Err(Error::input(
+            key_path(),
+            format!(
+                "changed size while being read (more than the {} bytes expected); make sure \
+                 nothing writes to the source while packing",
+                st.stored_len
+            ),
+        ));
+    }
+    Ok(hasher.digest())
+}
+
+/// Cuts the open shard back to `pos` (undoing a sample whose stream failed).
+fn rewind(s: &mut OpenShard, pos: u64, hasher: Xxh3) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    s.file
+        .flush()
+        .map_err(|e| Error::io(&s.tmp_path, "write", e))?;
+    let f = s.file.get_mut();
+    f.set_len(pos)
+        .and_then(|()| f.seek(SeekFrom::Start(pos)))
+        .map_err(|e| Error::io(&s.tmp_path, "truncate", e))?;
+    s.pos = pos;
+    s.hasher = hasher;
     Ok(())
 }

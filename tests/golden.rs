@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_same_tree, dataset_tree, repo_root, snapshot, Tree};
 use shardpack::codec::Policy;
-use shardpack::compile::{pack, NoProgress, PackOptions};
+use shardpack::compile::{pack, NoProgress, PackOptions, SymlinkPolicy};
 use shardpack::format::Codec;
 use shardpack::manifest::{Manifest, WriterId, MANIFEST_FILE};
 use shardpack::writer::WriterOptions;
@@ -45,7 +45,8 @@ fn golden_v2() -> PathBuf {
 /// The options golden-v1 and golden-v2 were packed with: the defaults except the shard size,
 /// the sample cap and a dictionary for `json`. The CLI equivalent is
 /// `shardpack pack fixtures/trees/golden fixtures/golden-vN --shard-size 22528
-/// --max-samples-per-shard 8 --field-compress json=zstd-dict:3`.
+/// --max-samples-per-shard 8 --field-compress json=zstd-dict:3 --symlinks skip` (skipping
+/// links was the default then; the manifest records it as `"follow_symlinks": false`).
 fn golden_options() -> PackOptions {
     PackOptions {
         writer: WriterOptions {
@@ -54,6 +55,7 @@ fn golden_options() -> PackOptions {
             ..WriterOptions::default()
         },
         field_compress: BTreeMap::from([(b"json".to_vec(), Policy::ZstdDict(3))]),
+        symlinks: SymlinkPolicy::Skip,
         ..PackOptions::default()
     }
 }

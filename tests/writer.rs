@@ -906,3 +906,324 @@ fn a_file_that_grows_while_packing_is_skipped_with_skip_errors() {
     assert!(ds.verify().is_ok());
     assert_eq!(shard_files(&out).len(), 1);
 }
+
+#[test]
+fn a_file_that_grows_during_pack_force_leaves_the_previous_dataset() {
+    // The new pack fails late (at the read of that file); the old dataset was never touched.
+    let tmp = common::tempdir();
+    let src = tmp.path().join("src");
+    let out = tmp.path().join("out");
+    let grown = growing_tree(&src);
+    pack(
+        &src,
+        &out,
+        &PackOptions::default(),
+        &shardpack::compile::NoProgress,
+    )
+    .unwrap();
+    let before = snapshot(&out);
+    let opts = PackOptions {
+        force: true,
+        ..PackOptions::default()
+    };
+    let e = pack(&src, &out, &opts, &Grow { path: grown }).unwrap_err();
+    assert!(e.to_string().contains("changed size"), "{e}");
+    assert_eq!(snapshot(&out), before, "the previous dataset changed");
+    assert!(Dataset::open(&out).unwrap().verify().is_ok());
+    assert_eq!(
+        entries(tmp.path()),
+        ["out", "src"],
+        "a staging directory is left"
+    );
+}
+
+/// Asks `pack` to stop once `after` files are committed (0: from the start).
+struct CancelAfter {
+    after: u64,
+    done: std::sync::atomic::AtomicU64,
+    polled: std::sync::atomic::AtomicU64,
+}
+
+impl CancelAfter {
+    fn new(after: u64) -> Self {
+        CancelAfter {
+            after,
+            done: 0.into(),
+            polled: 0.into(),
+        }
+    }
+}
+
+impl Progress for CancelAfter {
+    fn advance(&self, files: u64, _bytes: u64) {
+        self.done
+            .fetch_add(files, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn cancelled(&self) -> bool {
+        self.polled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.done.load(std::sync::atomic::Ordering::Relaxed) >= self.after
+    }
+}
+
+fn many_samples(root: &Path) {
+    let mut t = Tree::new();
+    for i in 0..400u64 {
+        t.insert(
+            format!("c{}/{i:04}.bin", i % 3).into_bytes(),
+            common::random_bytes(i, 2000),
+        );
+    }
+    write_tree(root, &t);
+}
+
+#[test]
+fn a_cancelled_pack_stops_and_removes_everything_it_wrote() {
+    let tmp = common::tempdir();
+    let src = tmp.path().join("src");
+    many_samples(&src);
+    let opts = PackOptions {
+        writer: opts(16 << 10, None, 8),
+        threads: 2,
+        ..PackOptions::default()
+    };
+    // At once (during the walk), and part-way (after shards were written).
+    for after in [0, 150] {
+        let out = tmp.path().join(format!("out-{after}"));
+        let p = CancelAfter::new(after);
+        let e = pack(&src, &out, &opts, &p).unwrap_err();
+        assert!(matches!(e, Error::Cancelled), "{e:?}");
+        assert!(!out.exists(), "cancel after {after}: OUT is left");
+        let done = p.done.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            done <= after + 1,
+            "kept committing after the cancel: {done}"
+        );
+        assert!(p.polled.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+    // An existing empty OUT stays, empty.
+    let out = tmp.path().join("empty");
+    fs::create_dir(&out).unwrap();
+    let e = pack(&src, &out, &opts, &CancelAfter::new(100)).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e:?}");
+    assert_eq!(entries(&out), Vec::<String>::new());
+    // --force over a dataset: the dataset stays as it was.
+    let out = tmp.path().join("ds");
+    pack(&src, &out, &opts, &shardpack::compile::NoProgress).unwrap();
+    let before = snapshot(&out);
+    let force = PackOptions {
+        force: true,
+        shuffle_seed: Some(5),
+        ..opts.clone()
+    };
+    let e = pack(&src, &out, &force, &CancelAfter::new(200)).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e:?}");
+    assert_eq!(snapshot(&out), before);
+    assert_eq!(entries(tmp.path()), ["ds", "empty", "src"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large records streamed through the writer
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn streamed_encoding_gives_the_same_bytes_as_in_memory_encoding() {
+    use shardpack::codec::{new_cctx, train_dictionary, FieldEncoder, STREAM_THRESHOLD};
+    let samples: Vec<Vec<u8>> = (0..64).map(|i| text_bytes(i, 2000)).collect();
+    let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+    let dict = train_dictionary(&refs, 16 << 10).unwrap();
+    let mut cctx = new_cctx();
+    let big = STREAM_THRESHOLD as usize + 12345;
+    let raw = text_bytes(77, big);
+    for (codec, level, dict) in [
+        (Codec::Zstd, 3, None),
+        (Codec::Zstd, 1, None),
+        (Codec::ZstdDict, 3, Some(dict.as_slice())),
+    ] {
+        let enc = FieldEncoder::new(codec, level, dict).unwrap();
+        // Above the threshold, `encode` (a record in memory) and `encode_stream` (a record read
+        // from a file in pieces of any size) give the same frame.
+        let mut one = Vec::new();
+        let c1 = enc.encode(&mut cctx, &raw, &mut one);
+        assert_eq!(c1, codec);
+        for piece in [4096usize, 1 << 20, 3 << 20] {
+            let mut streamed = Vec::new();
+            let (c2, n) = enc
+                .encode_stream(&mut &raw[..], raw.len() as u64, piece, &mut streamed)
+                .unwrap();
+            assert_eq!(
+                (c2, n),
+                (codec, one.len() as u64),
+                "{codec:?}:{level} {piece}"
+            );
+            assert!(
+                one == streamed,
+                "{codec:?}:{level} piece {piece}: bytes differ"
+            );
+        }
+        // An input shorter or longer than said is an error.
+        let raw = text_bytes(1, 5000);
+        let mut sink = Vec::new();
+        assert!(enc
+            .encode_stream(&mut &raw[..], 6000, 1024, &mut sink)
+            .is_err());
+        assert!(enc
+            .encode_stream(&mut &raw[..], 4000, 1024, &mut sink)
+            .is_err());
+    }
+    // Incompressible data stays raw, as with `encode`.
+    let enc = FieldEncoder::new(Codec::Zstd, 3, None).unwrap();
+    let noise = common::random_bytes(3, 300 << 10);
+    let mut sink = Vec::new();
+    let (c, n) = enc
+        .encode_stream(&mut &noise[..], noise.len() as u64, 65536, &mut sink)
+        .unwrap();
+    assert_eq!((c, n), (Codec::Raw, noise.len() as u64));
+}
+
+/// A tree with records above the streaming threshold: a compressible text, incompressible
+/// noise (stored raw even under zstd), a big file in a raw field, and small neighbours.
+fn large_tree(root: &Path) -> Tree {
+    use shardpack::codec::STREAM_THRESHOLD;
+    let big = STREAM_THRESHOLD as usize + 4099;
+    let mut t = Tree::new();
+    t.insert(b"a/big.txt".to_vec(), text_bytes(5, big));
+    t.insert(b"a/big.json".to_vec(), text_bytes(6, 300));
+    t.insert(b"a/noise.txt".to_vec(), common::random_bytes(7, big + 1));
+    t.insert(b"b/video.mp4".to_vec(), common::random_bytes(8, big + 2));
+    for i in 0..20u64 {
+        t.insert(format!("b/{i:02}.txt").into_bytes(), text_bytes(i, 3000));
+        t.insert(
+            format!("b/{i:02}.mp4").into_bytes(),
+            common::random_bytes(i, 500),
+        );
+    }
+    write_tree(root, &t);
+    t
+}
+
+#[test]
+fn large_records_are_streamed_deterministically_and_read_back_exactly() {
+    let tmp = common::tempdir();
+    let src = tmp.path().join("src");
+    let want = large_tree(&src);
+    let mut first = None;
+    for threads in [1, 3] {
+        let out = tmp.path().join(format!("out-{threads}"));
+        let opts = PackOptions {
+            threads,
+            field_compress: [(b"txt".to_vec(), shardpack::codec::Policy::Zstd(3))].into(),
+            window_bytes: 1 << 20,
+            writer: opts(8 << 20, None, 8),
+            ..PackOptions::default()
+        };
+        pack(&src, &out, &opts, &shardpack::compile::NoProgress).unwrap();
+        let ds = Dataset::open(&out).unwrap();
+        assert!(ds.verify().is_ok());
+        common::assert_same_tree(&common::dataset_tree(&ds), &want, "streamed pack");
+        let big = ds.get_by_key(b"a/big").unwrap().unwrap();
+        let txt = big.field(b"txt").unwrap().unwrap();
+        assert_eq!(txt.codec(), Codec::Zstd);
+        let noise = ds.get_by_key(b"a/noise").unwrap().unwrap();
+        assert_eq!(noise.field(b"txt").unwrap().unwrap().codec(), Codec::Raw);
+        // No temporary record file is left.
+        assert!(
+            !entries(&out).iter().any(|n| n.ends_with(".tmp")),
+            "{:?}",
+            entries(&out)
+        );
+        let snap = snapshot(&out);
+        match &first {
+            None => first = Some(snap),
+            Some(f) => assert!(*f == snap, "{threads} threads give other bytes"),
+        }
+    }
+}
+
+#[test]
+fn a_large_file_that_changes_size_fails_the_pack_and_leaves_nothing() {
+    let tmp = common::tempdir();
+    let src = tmp.path().join("src");
+    large_tree(&src);
+    let out = tmp.path().join("out");
+    use shardpack::codec::Policy;
+    // Compressed (caught while encoding), encoded raw (the same), stored raw (caught while
+    // copied into the shard, which is cut back).
+    for (field, policy, path) in [
+        ("txt", Policy::Zstd(3), "a/big.txt"),
+        ("mp4", Policy::Zstd(3), "b/video.mp4"),
+        ("mp4", Policy::None, "b/video.mp4"),
+    ] {
+        let opts = PackOptions {
+            field_compress: [(field.as_bytes().to_vec(), policy)].into(),
+            ..PackOptions::default()
+        };
+        let grown = src.join(path);
+        let e = pack(
+            &src,
+            &out,
+            &opts,
+            &Grow {
+                path: grown.clone(),
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("changed size"), "{e}");
+        assert!(e.to_string().contains(path), "{e}");
+        assert!(!out.exists());
+        // Put it back for the next round.
+        let f = fs::OpenOptions::new().write(true).open(&grown).unwrap();
+        f.set_len(fs::metadata(&grown).unwrap().len() - 20).unwrap();
+    }
+}
+
+#[test]
+fn a_failed_stream_leaves_nothing_of_its_sample_and_the_writer_goes_on() {
+    use shardpack::writer::{RecordInput, StreamedRecord};
+    let tmp = common::tempdir();
+    let dir = tmp.path().join("ds");
+    fs::create_dir(&dir).unwrap();
+    let mut w = DatasetWriter::create(&dir, two_fields(), WriterOptions::default()).unwrap();
+    w.append(b"first", None, &[(0, b"one")]).unwrap();
+    let big = common::random_bytes(1, 3 << 20);
+    for claimed in [big.len() as u64 + 1, big.len() as u64 - 1] {
+        let mut reader = &big[..];
+        let mut inputs = [
+            RecordInput::Stream(StreamedRecord {
+                field: 0,
+                codec: Codec::Raw,
+                stored_len: claimed,
+                raw_len: claimed,
+                reader: &mut reader,
+                source: None,
+            }),
+            RecordInput::Bytes(shardpack::writer::EncodedRecord {
+                field: 1,
+                codec: Codec::Raw,
+                stored: b"caption",
+                raw_len: 7,
+            }),
+        ];
+        let e = w.append_inputs(b"broken", None, &mut inputs).unwrap_err();
+        assert!(e.to_string().contains("changed size"), "{e}");
+    }
+    let mut reader = &big[..];
+    let mut inputs = [RecordInput::Stream(StreamedRecord {
+        field: 0,
+        codec: Codec::Raw,
+        stored_len: big.len() as u64,
+        raw_len: big.len() as u64,
+        reader: &mut reader,
+        source: None,
+    })];
+    w.append_inputs(b"streamed", Some(3), &mut inputs).unwrap();
+    w.append(b"last", None, &[(1, b"two")]).unwrap();
+    w.finish(DatasetInfo::default()).unwrap();
+    let ds = Dataset::open(&dir).unwrap();
+    assert!(ds.verify().is_ok());
+    assert_eq!(ds.len(), 3);
+    assert!(ds.get_by_key(b"broken").unwrap().is_none());
+    let s = ds.get_by_key(b"streamed").unwrap().unwrap();
+    assert_eq!(s.label(), Some(3));
+    assert!(*s.field(b"jpg").unwrap().unwrap().data().unwrap() == big[..]);
+}

@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 success (also when stdout is closed early, as in `shardpack ls | head`),
 //! 1 an error (bad input, I/O, a corrupt or incomplete dataset), 2 a usage error,
-//! 3 `verify` found problems.
+//! 3 `verify` found problems, 130/143 `pack` stopped by SIGINT/SIGTERM (after removing what
+//! it wrote).
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod signal;
 mod util;
 
 /// Compile folder trees of samples into packed, indexed, checksummed shards that a data loader
@@ -23,7 +25,8 @@ struct Cli {
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 success (a closed stdout pipe counts as success), \
-1 error (bad input, I/O, corrupt or incomplete dataset), 2 usage error, 3 verify found problems.";
+1 error (bad input, I/O, corrupt or incomplete dataset), 2 usage error, 3 verify found problems, \
+130/143 pack interrupted by SIGINT/SIGTERM (what it wrote is removed).";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -38,6 +41,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Pack(_)) {
+        signal::install();
+    }
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let res = match cli.command {
@@ -56,6 +62,15 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => code,
         Err(e) if util::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if is_cancelled(&e) => {
+            let _ = out.flush();
+            let sig = signal::received().unwrap_or(0);
+            eprintln!(
+                "shardpack: interrupted by {}; removed what this pack had written",
+                signal::name(sig)
+            );
+            ExitCode::from(if sig > 0 { (128 + sig) as u8 } else { 1 })
+        }
         Err(e) => {
             let _ = out.flush();
             let mut msg = format!("shardpack: error: {e}");
@@ -66,4 +81,12 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether the command stopped because it was asked to (a signal; see `signal`).
+fn is_cancelled(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<shardpack::Error>()
+            .is_some_and(|x| matches!(x, shardpack::Error::Cancelled))
+    })
 }

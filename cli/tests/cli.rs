@@ -323,7 +323,7 @@ fn pack_refuses_a_source_holding_only_a_symlink() {
     put(t.path(), b"elsewhere.txt", b"target");
     symlink(t.path().join("elsewhere.txt"), src.join("link.txt")).unwrap();
     let out = t.path().join("ds");
-    let r = pack_run(&src, &out, &[]);
+    let r = pack_run(&src, &out, &[&"--symlinks", &"skip"]);
     assert_pack_failed(
         r,
         &out,
@@ -331,7 +331,7 @@ fn pack_refuses_a_source_holding_only_a_symlink() {
             &disp(&src),
             "no packable files",
             "link.txt",
-            "--follow-symlinks",
+            "--symlinks follow",
         ],
     );
     assert!(!out.exists(), "a failed pack left {}", out.display());
@@ -568,7 +568,11 @@ fn symlinks_are_skipped_and_listed_unless_followed() {
     symlink(t.path().join("outside/c.txt"), src.join("d/c.txt")).unwrap();
 
     let out = t.path().join("ds");
-    let r = pack(&src, &out, &[]);
+    let r = pack(
+        &src,
+        &out,
+        &[&"--symlinks", &"skip", &"--max-skipped-share", &"100%"],
+    );
     assert!(r.out().contains("skipped 2 inputs"), "{}", r.out());
     let m = manifest(&out);
     let paths: Vec<_> = m["skipped"]
@@ -577,7 +581,7 @@ fn symlinks_are_skipped_and_listed_unless_followed() {
         .iter()
         .map(|s| {
             assert!(
-                s["reason"].as_str().unwrap().contains("--follow-symlinks"),
+                s["reason"].as_str().unwrap().contains("--symlinks follow"),
                 "{s}"
             );
             s["path"].as_str().unwrap().to_string()

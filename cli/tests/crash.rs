@@ -2,10 +2,11 @@
 //!
 //! 1. SIGKILL at many points (before OUT exists, during the walk and trial, while a shard is
 //!    filled, while a finished shard is synced, between shards, while the manifest is written,
-//!    after the commit, and while `--force` removes a previous dataset). After every kill OUT
-//!    is either the complete dataset, byte for byte, or refused by `info`, `verify` and
-//!    `Dataset::open`; rerunning the same command with `--force` gives the same bytes as an
-//!    uninterrupted run.
+//!    after the commit, and at each stage of a `--force` that builds beside a previous dataset
+//!    and swaps it in). After every kill OUT is either a complete dataset, byte for byte, or
+//!    refused by `info`, `verify` and `Dataset::open`; the same command without `--force`
+//!    removes an interrupted pack's files and packs, and rerunning with `--force` gives the
+//!    same bytes as an uninterrupted run and leaves no staging directory.
 //! 2. A full disk (a 2 MiB tmpfs, and `ulimit -f` with SIGXFSZ ignored): a clear error naming
 //!    the file and the OS error, nothing left in OUT, SRC untouched. Also an EIO injected (with
 //!    strace) into each fsync and each rename a pack makes.
@@ -121,18 +122,46 @@ fn mark_old(out: &Path) {
     }
 }
 
-/// What OUT holds at one instant.
+/// The marker a running pack keeps in the directory it writes.
+const MARKER: &str = ".shardpack-writing";
+
+/// The staging directories beside OUT (`.<name>.shardpack-new.<pid>` and `-old.`).
+fn stages(out: &Path) -> Vec<PathBuf> {
+    let prefix = format!(".{}.shardpack-", out.file_name().unwrap().to_string_lossy());
+    let mut v: Vec<PathBuf> = names(out.parent().unwrap())
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .map(|n| out.parent().unwrap().join(n))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A tree read back without the pack's marker (left beside a committed dataset when a pack is
+/// killed right after its commit; readers ignore it).
+fn read_dataset(out: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut t = read_tree(out);
+    t.remove(MARKER.as_bytes());
+    t
+}
+
+/// What OUT, and the staging directory beside it, hold at one instant.
 #[derive(Debug, Default, Clone)]
 struct View {
     exists: bool,
-    /// `Some(true)`: a manifest.json left from the previous dataset; `Some(false)`: a new one.
+    /// `Some(true)`: OUT's manifest.json is the previous dataset's; `Some(false)`: a new one.
     manifest: Option<bool>,
+    /// A staging directory exists beside OUT (`--force`).
+    stage: bool,
+    /// In the directory being built (the staging directory when there is one, else OUT):
     manifest_tmp: bool,
+    /// The staging directory holds a complete new dataset (not swapped in yet).
+    stage_manifest: bool,
     /// Shards still under their temporary name: (index, size).
     tmp_shards: Vec<(u64, u64)>,
     /// Shards renamed by this run.
     new_shards: BTreeSet<u64>,
-    /// Files of the previous dataset not removed yet.
+    /// Files of the previous dataset (in OUT, or under the staging name after the swap).
     old_files: usize,
     /// Anything else (must stay empty).
     other: Vec<String>,
@@ -148,12 +177,11 @@ fn shard_index(name: &str) -> Option<(u64, bool)> {
     Some((num.parse().ok()?, tmp))
 }
 
-fn view(out: &Path) -> View {
-    let mut v = View::default();
-    let Ok(rd) = fs::read_dir(out) else {
-        return v;
+/// Adds what `dir` holds to `v`; `is_out` tells OUT from a staging directory.
+fn view_dir(dir: &Path, is_out: bool, v: &mut View) -> bool {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return false;
     };
-    v.exists = true;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         // A file renamed or removed between the listing and this call is simply not seen.
@@ -163,9 +191,13 @@ fn view(out: &Path) -> View {
             v.old_files += 1;
         }
         if name == "manifest.json" {
-            v.manifest = Some(old);
-        } else if old {
-            // left from the previous dataset
+            if is_out {
+                v.manifest = Some(old);
+            } else if !old {
+                v.stage_manifest = true;
+            }
+        } else if old || name == MARKER {
+            // left from the previous dataset, or the pack's marker
         } else if name == "manifest.json.tmp" {
             v.manifest_tmp = true;
         } else if let Some((i, tmp)) = shard_index(&name) {
@@ -178,6 +210,15 @@ fn view(out: &Path) -> View {
             v.other.push(name);
         }
     }
+    true
+}
+
+fn view(out: &Path) -> View {
+    let mut v = View::default();
+    for s in stages(out) {
+        v.stage |= view_dir(&s, false, &mut v);
+    }
+    v.exists = view_dir(out, true, &mut v);
     v.tmp_shards.sort();
     v
 }
@@ -190,10 +231,8 @@ enum Trigger {
     After(f64),
     /// OUT exists.
     OutCreated,
-    /// `--force` over a dataset: its manifest.json is gone.
-    OldManifestGone,
-    /// `--force` over a dataset: all its files are gone.
-    OldFilesGone,
+    /// `--force` over a dataset: the staging directory beside OUT exists.
+    StageCreated,
     /// Shard k is open (its .tmp exists).
     ShardStarted(u64),
     /// Shard k's .tmp holds its bytes (flushed, being synced).
@@ -202,20 +241,22 @@ enum Trigger {
     ShardsRenamed(u64),
     /// manifest.json.tmp exists.
     ManifestTmp,
-    /// The new manifest.json exists.
+    /// `--force`: the new dataset is complete beside OUT, not yet swapped in.
+    StageComplete,
+    /// The new manifest.json is in OUT.
     Committed,
 }
 
 impl Trigger {
     fn fires(self, v: &View, elapsed: Duration, fastest: Duration) -> bool {
-        let manifest_stage = v.manifest_tmp || v.manifest == Some(false);
+        let committed = v.manifest == Some(false);
+        let manifest_stage = v.manifest_tmp || v.stage_manifest || committed;
         let max_new = v.new_shards.iter().next_back().copied();
         let max_tmp = v.tmp_shards.last().copied();
         match self {
             Trigger::After(f) => elapsed.as_secs_f64() >= f * fastest.as_secs_f64(),
             Trigger::OutCreated => v.exists,
-            Trigger::OldManifestGone => v.exists && v.manifest != Some(true),
-            Trigger::OldFilesGone => v.exists && v.old_files == 0,
+            Trigger::StageCreated => v.stage || committed,
             Trigger::ShardStarted(k) => {
                 manifest_stage
                     || max_new.is_some_and(|i| i >= k)
@@ -228,14 +269,17 @@ impl Trigger {
             }
             Trigger::ShardsRenamed(k) => manifest_stage || v.new_shards.len() as u64 >= k,
             Trigger::ManifestTmp => manifest_stage,
-            Trigger::Committed => v.manifest == Some(false),
+            Trigger::StageComplete => v.stage_manifest || committed,
+            Trigger::Committed => committed,
         }
     }
 }
 
 const PHASE_NOT_STARTED: &str = "before OUT was created";
-const PHASE_FORCE_NOT_STARTED: &str = "--force, before OUT was touched (old dataset intact)";
-const PHASE_FORCE_CLEANUP: &str = "--force removing the previous dataset";
+const PHASE_FORCE_NOT_STARTED: &str = "--force, before the staging directory (old dataset intact)";
+const PHASE_FORCE_BUILDING: &str = "--force, building beside the old dataset (old dataset intact)";
+const PHASE_FORCE_COMPLETE: &str = "--force, new dataset complete beside the old, not swapped";
+const PHASE_FORCE_SWAPPED: &str = "--force, swapped, the old dataset not removed yet";
 const PHASE_WALK: &str = "walk/trial/read (OUT empty)";
 const PHASE_FILLING: &str = "filling a shard (.tmp open, records buffered)";
 const PHASE_CLOSING: &str = "closing a shard (.tmp written, before the rename)";
@@ -248,12 +292,16 @@ const PHASE_COMMITTED: &str = "after the commit (new manifest.json)";
 fn phase(v: &View, total_shards: u64) -> &'static str {
     if !v.exists {
         PHASE_NOT_STARTED
+    } else if v.manifest == Some(false) && v.stage {
+        PHASE_FORCE_SWAPPED
     } else if v.manifest == Some(false) {
         PHASE_COMMITTED
+    } else if v.manifest == Some(true) && v.stage_manifest {
+        PHASE_FORCE_COMPLETE
+    } else if v.manifest == Some(true) && v.stage {
+        PHASE_FORCE_BUILDING
     } else if v.manifest == Some(true) {
         PHASE_FORCE_NOT_STARTED
-    } else if v.old_files > 0 {
-        PHASE_FORCE_CLEANUP
     } else if v.manifest_tmp {
         PHASE_MANIFEST
     } else if let Some(&(_, len)) = v.tmp_shards.last() {
@@ -310,26 +358,34 @@ fn run_and_kill(mut cmd: Command, out: &Path, trigger: Trigger, fastest: Duratio
     by_signal
 }
 
-/// After a kill, OUT must be the complete reference dataset or be refused as one.
+/// After a kill, OUT must be the complete reference dataset or be refused as one; the next
+/// pack without `--force` removes an interrupted pack's files and succeeds.
 fn check_killed_out(src: &Path, out: &Path, v: &View, reference: &BTreeMap<Vec<u8>, Vec<u8>>) {
-    let what = format!("OUT after a kill with OUT holding {:?}", names(out));
+    let what = format!(
+        "OUT after a kill with OUT holding {:?} and staging directories {:?}",
+        names(out),
+        stages(out)
+    );
     assert!(v.other.is_empty(), "{what}: unexpected files {:?}", v.other);
     if v.manifest.is_some() {
-        // The kill came after the commit (or before --force touched the old dataset): the
-        // dataset is complete and exactly the reference.
-        assert_same_tree(&read_tree(out), reference, &what);
+        // The kill came after the commit, or during a --force before the swap (the previous
+        // dataset, packed by the same command) or after it: the dataset is complete and
+        // exactly the reference.
+        assert_same_tree(&read_dataset(out), reference, &what);
         shardpack::Dataset::open(out).unwrap_or_else(|e| panic!("{what}: open fails: {e}"));
         return;
     }
-    let shard_files = names(out).iter().any(|n| n.starts_with("shard-"));
-    let needles: &[&str] = if shard_files {
+    assert!(!v.stage, "{what}: a staging directory without --force");
+    let leftovers = names(out)
+        .iter()
+        .any(|n| n.starts_with("shard-") || n == MARKER || n == "manifest.json.tmp");
+    let needles: &[&str] = if leftovers {
         &[
             "interrupted",
             "not a complete dataset",
             "run the pack again",
         ]
     } else if v.exists {
-        // Empty, or only a manifest.json.tmp: nothing says a pack ran here.
         &["no manifest.json", "not a shardpack dataset"]
     } else {
         &["is not a directory"]
@@ -349,12 +405,14 @@ fn check_killed_out(src: &Path, out: &Path, v: &View, reference: &BTreeMap<Vec<u
             }
         }
     }
-    if !names(out).is_empty() {
-        // The same command without --force refuses the leftovers instead of mixing in them.
+    if leftovers {
+        // The same command without --force recognises the interrupted pack's files (its
+        // marker is not locked by any process), removes them and packs.
         let o = kill_pack_cmd(src, out, false).output().unwrap();
-        assert_eq!(o.status.code(), Some(1), "{what}: pack without --force");
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("--force"), "{what}: {err}");
+        assert!(o.status.success(), "{what}: pack without --force: {err}");
+        assert!(err.contains("interrupted pack"), "{what}: no note: {err}");
+        assert_same_tree(&read_tree(out), reference, &what);
     }
 }
 
@@ -392,13 +450,13 @@ fn sigkill_at_any_point_never_leaves_a_dataset_that_looks_complete() {
         (ManifestTmp, false),
         (Committed, false),
         (After(0.0), true),
-        (OldManifestGone, true),
-        (OldFilesGone, true),
+        (StageCreated, true),
         (After(0.5), true),
         (ShardStarted(3), true),
         (ShardFlushed(8), true),
         (ShardsRenamed(n - 1), true),
         (ManifestTmp, true),
+        (StageComplete, true),
         (Committed, true),
     ];
 
@@ -422,13 +480,15 @@ fn sigkill_at_any_point_never_leaves_a_dataset_that_looks_complete() {
             finished_first.push(format!("{trigger:?}"));
             assert_same_tree(&read_tree(&out), &reference, "OUT of a pack not killed");
         }
-        // Rerunning the same command with --force gives the reference bytes.
+        // Rerunning the same command with --force gives the reference bytes, and removes
+        // any staging directory an interrupted --force left.
         fastest = fastest.min(pack_to_end(&src, &out, true));
         assert_same_tree(
             &read_tree(&out),
             &reference,
             &format!("rerun with --force after a kill at {trigger:?}"),
         );
+        assert_eq!(stages(&out), Vec::<PathBuf>::new(), "after {trigger:?}");
     }
     assert_unchanged(&src, &src_before, "packs killed and rerun");
 
@@ -461,53 +521,6 @@ fn sigkill_at_any_point_never_leaves_a_dataset_that_looks_complete() {
 // ---------------------------------------------------------------------------------------------
 // 2. A full disk
 // ---------------------------------------------------------------------------------------------
-
-/// A tmpfs mounted for the test, unmounted on drop (also when the test fails).
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-/// Mounts a tmpfs of `size` (e.g. "2m") on the new folder `dir`; `Err` says why it cannot.
-fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
-    if euid() != 0 {
-        return Err("not root, so no tmpfs can be mounted".into());
-    }
-    fs::create_dir_all(dir).unwrap();
-    let o = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("cannot run mount: {e}"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "`mount -t tmpfs` fails here: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-    }
-    Ok(Mount(dir.to_path_buf()))
-}
-
-/// Free bytes on the filesystem holding `p`.
-fn free_bytes(p: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: statvfs is plain old data, for which all-zero bytes are a valid value.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `s` a valid statvfs to fill.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    assert_eq!(rc, 0, "statvfs {}", p.display());
-    s.f_bavail as u64 * s.f_frsize as u64
-}
 
 /// 40 files of 100 KiB of noise (4 MiB) in two classes.
 fn big_tree(src: &Path) {
@@ -619,9 +632,10 @@ fn a_full_tmpfs_gives_a_clear_error_and_leaves_nothing() {
         .sum();
     assert!(shard_pages > 1);
     let filler = disk.join("filler");
-    let fill = free_bytes(&disk) - shard_pages * 4096;
+    // One more page for the pack's marker file.
+    let fill = free_bytes(&disk) - (shard_pages + 1) * 4096;
     fs::write(&filler, vec![0u8; fill as usize]).unwrap();
-    assert_eq!(free_bytes(&disk), shard_pages * 4096);
+    assert_eq!(free_bytes(&disk), (shard_pages + 1) * 4096);
     let out = disk.join("manifest");
     assert_failed_cleanly(
         sp(&[&"pack", &"-q", &small, &out, &"--shard-size", &"128KiB"]),
@@ -730,7 +744,18 @@ fn a_file_size_limit_gives_a_clear_error_and_leaves_nothing() {
     }
     let before = snapshot(&src);
     let out = t.path().join("links-out");
-    let args: [&dyn AsRef<OsStr>; 6] = [&"pack", &"-q", &src, &out, &"--shard-size", &"32KiB"];
+    let args: [&dyn AsRef<OsStr>; 10] = [
+        &"pack",
+        &"-q",
+        &src,
+        &out,
+        &"--shard-size",
+        &"32KiB",
+        &"--symlinks",
+        &"skip",
+        &"--max-skipped-share",
+        &"100%",
+    ];
     assert_failed_cleanly(
         pack_under_ulimit(64, &args),
         &out,

@@ -21,6 +21,9 @@ use crate::util::{human_bytes, parse_size};
 /// labels (the default) the first folder level is the class. Samples are shuffled with a fixed
 /// seed so a class-sorted tree does not give class-sorted shards. The output is byte-identical
 /// for the same tree and options, whatever the thread count.
+///
+/// Ctrl-C (SIGINT) or SIGTERM stops the pack and removes what it wrote (exit 130 or 143); a
+/// later pack into the same OUT removes what a killed one left.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -63,14 +66,31 @@ pub struct Args {
     /// Where a file name splits into key and field.
     #[arg(long, default_value = "first-dot", value_parser = ["first-dot", "last-dot"])]
     pub key: String,
-    /// Follow symbolic links (loops are detected); by default links are skipped and listed.
-    #[arg(long)]
+    /// Symbolic links: follow (the default: pack what they point to, as torchvision's
+    /// ImageFolder does; loops and dangling links are errors), skip (leave them out, listed),
+    /// or error (refuse a tree holding any).
+    #[arg(long, value_name = "POLICY", default_value = "follow", value_parser = ["follow", "skip", "error"])]
+    pub symlinks: String,
+    /// Same as --symlinks follow (kept for compatibility).
+    #[arg(long, conflicts_with = "symlinks")]
     pub follow_symlinks: bool,
-    /// Leave out unreadable files instead of failing; each is listed in the manifest and
-    /// the summary.
+    /// Fail when more than this share of the inputs is skipped (symbolic links under
+    /// --symlinks skip, special files), e.g. 1% or 0.01; with --skip-errors the pack goes on
+    /// and the summary warns instead.
+    #[arg(long, value_name = "SHARE", default_value = "1%", value_parser = parse_share)]
+    pub max_skipped_share: f64,
+    /// Files at the top level of the tree get no label under --labels imagefolder: allow
+    /// (counted and named in the summary) or error.
+    #[arg(long, value_name = "POLICY", default_value = "allow", value_parser = ["allow", "error"])]
+    pub unlabeled: String,
+    /// Leave out unreadable files, link loops and dangling links instead of failing; each is
+    /// listed in the manifest and the summary, which warns when more than
+    /// --max-skipped-share of the inputs is left out.
     #[arg(long)]
     pub skip_errors: bool,
-    /// Replace a dataset already in OUT.
+    /// Replace a dataset already in OUT. The new dataset is built beside it (in
+    /// .OUT.shardpack-new.PID in OUT's parent) and swapped in only when complete, so a failure
+    /// or an interrupt keeps the old one.
     #[arg(long)]
     pub force: bool,
     /// Print the summary as one JSON object (for CI).
@@ -87,6 +107,19 @@ fn parse_align(s: &str) -> Result<u64, String> {
         return Err(format!(
             "{s:?} is not a power of two from 8 to 1048576 (1MiB)"
         ));
+    }
+    Ok(v)
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a share (e.g. 1%, 0.5%, 0.01)"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{s:?} is not between 0% and 100%"));
     }
     Ok(v)
 }
@@ -135,6 +168,9 @@ impl Progress for Bar {
     fn note(&self, msg: &str) {
         self.bar.suspend(|| eprintln!("shardpack: {msg}"));
     }
+    fn cancelled(&self) -> bool {
+        crate::signal::received().is_some()
+    }
 }
 
 static FILES_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -180,6 +216,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             KeyMode::FirstDot
         },
         follow_symlinks: a.follow_symlinks,
+        symlinks: a.symlinks.parse().map_err(anyhow::Error::msg)?,
+        max_skipped_share: a.max_skipped_share,
+        unlabeled: a.unlabeled.parse().map_err(anyhow::Error::msg)?,
         skip_errors: a.skip_errors,
         force: a.force,
         ..PackOptions::default()
@@ -216,6 +255,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 }
 
 fn print_summary(s: &PackSummary, out: &mut impl Write) -> Result<()> {
+    for w in &s.warnings {
+        writeln!(out, "WARNING: {w}")?;
+    }
     writeln!(
         out,
         "packed {} samples ({} files, {}) into {} shard{} ({}, {:.3}x) in {:.2} s: {:.0} files/s, {:.1} MB/s",
@@ -250,11 +292,27 @@ fn print_summary(s: &PackSummary, out: &mut impl Write) -> Result<()> {
     if s.classes > 0 {
         writeln!(out, "  classes: {}", s.classes)?;
     }
+    if s.unlabeled > 0 {
+        let names: Vec<String> = s.unlabeled_examples.iter().map(|n| n.display()).collect();
+        writeln!(
+            out,
+            "  unlabeled: {} samples at the top level, outside any class folder (e.g. {}{}); \
+             --unlabeled error refuses them",
+            s.unlabeled,
+            names.join(", "),
+            if s.unlabeled as usize > names.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        )?;
+    }
     if !s.skipped.is_empty() {
         writeln!(
             out,
-            "  skipped {} inputs (listed in manifest.json):",
-            s.skipped.len()
+            "  skipped {} inputs ({:.1}% of all, listed in manifest.json):",
+            s.skipped.len(),
+            100.0 * s.skipped_share
         )?;
         for k in s.skipped.iter().take(20) {
             writeln!(out, "    {}: {}", k.path.display(), k.reason)?;

@@ -598,3 +598,50 @@ pub fn really_unreadable(prefix: &[OsString], file: &Path) -> bool {
         .status();
     matches!(st, Ok(s) if !s.success())
 }
+
+/// A tmpfs mounted for the test, unmounted on drop (also when the test fails).
+pub struct Mount(pub PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "2m") on the new folder `dir`; `Err` says why it cannot.
+pub fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
+    if euid() != 0 {
+        return Err("not root, so no tmpfs can be mounted".into());
+    }
+    fs::create_dir_all(dir).unwrap();
+    let o = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("cannot run mount: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "`mount -t tmpfs` fails here: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(Mount(dir.to_path_buf()))
+}
+
+/// Free bytes on the filesystem holding `p`.
+pub fn free_bytes(p: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs is plain old data, for which all-zero bytes are a valid value.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `s` a valid statvfs to fill.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    assert_eq!(rc, 0, "statvfs {}", p.display());
+    s.f_bavail as u64 * s.f_frsize as u64
+}
