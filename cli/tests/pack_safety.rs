@@ -845,6 +845,21 @@ fn a_large_sparse_file_is_packed_in_bounded_memory() {
                 "{m:#}"
             );
         }
+        // verify reads it back in bounded memory too: for zstd, a record of a few hundred KiB
+        // that decodes to 1 GiB is decoded by streaming, not into one buffer.
+        let (o, peak) = run_measuring_peak_rss(shardpack(&[&"verify", &out]));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        eprintln!(
+            "verify of the {} MiB record, --compress {policy}: peak RSS {} MiB",
+            size >> 20,
+            peak >> 20
+        );
+        assert!(
+            peak < 160 << 20,
+            "peak RSS {} MiB verifying a {} MiB record",
+            peak >> 20,
+            size >> 20
+        );
         fs::remove_dir_all(&out).unwrap();
     }
 }
