@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the Python test venv and builds the shardpack extension into it.
+#
+#   scripts/python-env.sh            # venv + extension; prints the venv path last
+#   scripts/python-env.sh --venv-only
+#
+# The venv lives outside the clone, at ${SHARDPACK_VENV:-$HOME/.cache/shardpack/venv-<hash>},
+# where <hash> is the first 16 hex digits of the sha256 of python/requirements-test.txt. It is
+# reused when its marker file `.complete` exists (written last, after every package installed);
+# a half-made venv (no marker) is deleted and made again. The first creation downloads torch
+# (a large wheel with its CUDA dependencies) and takes several minutes; later runs take seconds.
+#
+# The extension is built with `maturin develop --release` into the workspace's target/ (so it
+# reuses the Rust dependencies already compiled there by `cargo build --release`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+req=python/requirements-test.txt
+hash=$(sha256sum "$req" | cut -c1-16)
+venv=${SHARDPACK_VENV:-$HOME/.cache/shardpack/venv-$hash}
+python=${PYTHON:-python3}
+
+t0=$(date +%s)
+if [ -e "$venv/.complete" ]; then
+  echo "python-env: reusing $venv" >&2
+else
+  echo "python-env: creating $venv (first run: downloads torch, several minutes)" >&2
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+  touch "$venv/.complete"
+  echo "python-env: venv created in $(($(date +%s) - t0)) s" >&2
+fi
+
+if [ "${1:-}" != "--venv-only" ]; then
+  t1=$(date +%s)
+  # maturin develop needs VIRTUAL_ENV to know where to install.
+  (
+    export VIRTUAL_ENV=$venv
+    export PATH=$venv/bin:$PATH
+    cd python
+    maturin develop --release --quiet --locked >&2
+  )
+  echo "python-env: extension built in $(($(date +%s) - t1)) s" >&2
+fi
+echo "$venv"
