@@ -717,6 +717,9 @@ struct LoaderInner {
     running: Option<Running>,
     /// Where the next batch starts (kept current after every batch).
     state: LoaderState,
+    /// Stop after this many samples of the epoch (a sub-range of the epoch's order, for
+    /// `shardpack.torch`'s `drop_last`); `None`: the whole epoch.
+    end: Option<u64>,
 }
 
 /// The native loader behind `shardpack.Loader` (which adds the rank defaults, drop_last
@@ -834,6 +837,7 @@ impl NativeLoader {
             inner: Mutex::new(LoaderInner {
                 running: None,
                 state,
+                end: None,
             }),
         })
     }
@@ -860,7 +864,9 @@ impl NativeLoader {
             }
         }
         let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
-        let end = self.usable_len(epoch_len);
+        let end = self
+            .usable_len(epoch_len)
+            .min(inner.end.unwrap_or(u64::MAX));
         if inner.state.samples_consumed >= end {
             return Ok(None);
         }
@@ -886,6 +892,11 @@ impl NativeLoader {
             Some(Err(e)) => return Err(to_py(e)),
             Some(Ok(b)) => b,
         };
+        let mut batch = batch;
+        let left = end - inner.state.samples_consumed;
+        if batch.len() as u64 > left {
+            batch.truncate(left as usize);
+        }
         inner.state.samples_consumed += batch.len() as u64;
         if self.drop_last && batch.len() < self.opts.batch_size {
             return Ok(None);
@@ -898,8 +909,16 @@ impl NativeLoader {
     }
 
     /// Restarts at `samples_consumed` of `epoch` (the loader's own seed, rank and world
-    /// size). Stops the running threads; new ones start at the next batch.
-    fn seek(&self, py: Python<'_>, epoch: u64, samples_consumed: u64) -> PyResult<()> {
+    /// size), handing out samples up to position `end` of the epoch (default: its end).
+    /// Stops the running threads; new ones start at the next batch.
+    #[pyo3(signature = (epoch, samples_consumed, end=None))]
+    fn seek(
+        &self,
+        py: Python<'_>,
+        epoch: u64,
+        samples_consumed: u64,
+        end: Option<u64>,
+    ) -> PyResult<()> {
         let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
         if samples_consumed > epoch_len {
             return Err(value_error(
@@ -914,6 +933,7 @@ impl NativeLoader {
         Self::stop(py, &mut inner);
         inner.state.epoch = epoch;
         inner.state.samples_consumed = samples_consumed;
+        inner.end = end;
         Ok(())
     }
 
