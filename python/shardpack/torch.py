@@ -22,8 +22,14 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterator, Mapping
 
-import torch
-import torch.utils.data as tud
+try:
+    import torch
+    import torch.utils.data as tud
+except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "shardpack.torch needs PyTorch (pip install torch); the rest of shardpack works "
+        "without it"
+    ) from e
 
 from . import Loader, ShardpackError, _distributed_defaults, _native
 from ._pickle import open_cached
