@@ -8,7 +8,7 @@
 //! - Nothing starts a thread at import or construction; a Loader's reading threads start at
 //!   its first batch.
 //! - Every call that can block (open, verify, a loader batch, pack) releases the GIL.
-//! - Field bytes reach Python without copies: a [`Blob`] holds what keeps its bytes alive (the
+//! - Field bytes reach Python without copies: a `Blob` holds what keeps its bytes alive (the
 //!   dataset's memory map, the loader's pooled read buffer, or the decoded `Vec`) and exports
 //!   them through the buffer protocol.
 
@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use pyo3::ffi;
 
 use shardpack::codec::Policy;
 use shardpack::compile::{self, KeyMode, LabelMode, PackOptions, Progress};
@@ -40,9 +40,7 @@ use shardpack::{Error, Loader, LoaderOptions, LoaderState};
 /// `ShardpackError` and `OSError`, which needs two bases); they are looked up once.
 fn error_class(py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    let m = MODULE.get_or_try_init(py, || {
-        py.import("shardpack._errors").map(|m| m.unbind())
-    })?;
+    let m = MODULE.get_or_try_init(py, || py.import("shardpack._errors").map(|m| m.unbind()))?;
     Ok(m.bind(py).getattr(name)?.unbind())
 }
 
@@ -225,7 +223,10 @@ impl Blob {
             BlobData::Loaded(b) if b.is_view() => "view",
             _ => "owned",
         };
-        format!("<shardpack.Blob {} bytes, {kind}: b'{head}'{more}>", s.len())
+        format!(
+            "<shardpack.Blob {} bytes, {kind}: b'{head}'{more}>",
+            s.len()
+        )
     }
 
     /// `True` when the bytes are shared with a memory map or a loader read buffer (not
@@ -1160,7 +1161,9 @@ fn _pack(
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 finish(py);
-                return Err(PyRuntimeError::new_err("the pack thread stopped unexpectedly"));
+                return Err(PyRuntimeError::new_err(
+                    "the pack thread stopped unexpectedly",
+                ));
             }
         }
     }
