@@ -14,9 +14,10 @@ cold page cache (the shard and loose files evicted with posix_fadvise(DONTNEED))
 3. `shardpack.torch.ShardIterableDataset` in a `DataLoader` (batch 256, no decoding) with
    `num_workers` 0 and 2, against a torchvision-style dataset of the loose files (one
    `open().read()` per sample) in a `DataLoader` with the same workers (needs torch);
-4. warm: the Python loader again with the files cached, as microseconds per sample over the
-   Rust loader's warm figure from the same process (the per-sample overhead of the Python
-   path).
+4. the Rust loader alone in this process (`_Loader._drain`: no Python object per sample),
+   cold, as a second reference;
+5. warm (files cached, buffered reads, best of 3): microseconds per sample of the Python loop
+   and of the Rust loader alone; their difference is the Python path's per-sample overhead.
 
 Prints one JSON object. Figures from a small run on a shared machine say little about a
 large one: report them with their size.
@@ -39,7 +40,6 @@ def evict(paths: list[Path]) -> None:
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:
-            os.fsync(fd) if False else None
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
@@ -63,6 +63,16 @@ def python_loader(ds_path: Path, direct_io: str) -> tuple[float, int]:
                     mv[0]
             n += 1
     return time.perf_counter() - t, n
+
+
+def drain(ds_path: Path, direct_io: str) -> float:
+    """The Rust loader's samples/s with no Python object per sample (`_Loader._drain`)."""
+    import shardpack
+
+    loader = shardpack.Loader(ds_path, batch_size=256, seed=0, direct_io=direct_io)
+    t = time.perf_counter()
+    n = loader._native._drain()
+    return n / (time.perf_counter() - t)
 
 
 def torch_phase(ds_path: Path, tree: Path, workers: int) -> dict[str, float]:
@@ -89,7 +99,7 @@ def torch_phase(ds_path: Path, tree: Path, workers: int) -> dict[str, float]:
 
     shards = sorted(ds_path.glob("shard-*.spk"))
     evict(shards)
-    ds = ShardIterableDataset(ds_path, seed=0, transform=_raw)
+    ds = ShardIterableDataset(ds_path, seed=0, transform=_raw, direct_io="on")
     spk_s, spk_n = run(tud.DataLoader(ds, batch_size=256, num_workers=workers,
                                       collate_fn=collate_samples))
     evict(files)
@@ -136,10 +146,19 @@ def main() -> None:
         "python_loader_samples_s": n / cold_s,
     }
     out["python_to_rust"] = out["python_loader_samples_s"] / rust["loader_samples_s"]  # type: ignore[operator]
-    # Warm: the shards cached (buffered reads), Python loop against the Rust loader alone.
+    # Rust alone in this process, cold, for a second reference: the same loader, no objects.
+    evict(shards)
+    out["rust_in_process_samples_s"] = drain(ds_path, "on")
+    # Warm: the shards cached (buffered reads); best of 3 each, alternating.
     python_loader(ds_path, "off")
-    warm_s, n = python_loader(ds_path, "off")
-    out["python_warm_us_per_sample"] = warm_s / n * 1e6
+    py_warm, rust_warm = [], []
+    for _ in range(3):
+        s, n = python_loader(ds_path, "off")
+        py_warm.append(s / n)
+        rust_warm.append(1 / drain(ds_path, "off"))
+    out["python_warm_us_per_sample"] = min(py_warm) * 1e6
+    out["rust_warm_us_per_sample"] = min(rust_warm) * 1e6
+    out["python_overhead_us_per_sample"] = (min(py_warm) - min(rust_warm)) * 1e6
     if not a.no_torch:
         for w in (0, 2):
             out.update(torch_phase(ds_path, tree, w))

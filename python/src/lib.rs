@@ -909,6 +909,55 @@ impl NativeLoader {
             .map(Some)
     }
 
+    /// Benchmark helper: takes the rest of the epoch's samples inside Rust (reading the first
+    /// byte of every field, as a consumer would), creating no Python object; returns how many
+    /// samples it took. Gives the Rust loader's own rate in the same process, so that
+    /// `python/bench/` can tell the Python path's per-sample overhead apart.
+    fn _drain(&self, py: Python<'_>) -> PyResult<u64> {
+        let mut inner = self.lock()?;
+        if inner
+            .running
+            .as_ref()
+            .is_some_and(|r| r.pid != std::process::id())
+        {
+            return Err(PyRuntimeError::new_err(
+                "the loader was started before a fork",
+            ));
+        }
+        if inner.running.is_none() {
+            let ds = self.ds.clone();
+            let opts = self.opts.clone();
+            let state = inner.state;
+            let loader = py
+                .detach(move || Loader::resume(ds, opts, &state))
+                .map_err(to_py)?;
+            inner.running = Some(Running {
+                loader,
+                pid: std::process::id(),
+            });
+        }
+        let r = inner.running.as_mut().expect("started above");
+        let (n, touched) = py
+            .detach(|| {
+                let mut n = 0u64;
+                let mut touched = 0u64;
+                while let Some(b) = r.loader.next_batch() {
+                    for s in b? {
+                        for f in &s.fields {
+                            touched =
+                                touched.wrapping_add(f.data.first().copied().unwrap_or(0) as u64);
+                        }
+                        n += 1;
+                    }
+                }
+                Ok((n, touched))
+            })
+            .map_err(to_py)?;
+        std::hint::black_box(touched);
+        inner.state.samples_consumed += n;
+        Ok(n)
+    }
+
     /// Restarts at `samples_consumed` of `epoch` (the loader's own seed, rank and world
     /// size), handing out samples up to position `end` of the epoch (default: its end).
     /// Stops the running threads; new ones start at the next batch.
