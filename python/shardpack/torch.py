@@ -69,8 +69,9 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
 
     Every rank must use the same ``num_workers`` for counts to be equal. ``rank`` and
     ``world_size`` come from ``torch.distributed`` when it is initialised (else ``RANK`` /
-    ``WORLD_SIZE``, else 0 / 1), looked up when iteration starts, in the worker; they may be
-    given in ``loader_options``.
+    ``WORLD_SIZE``, else 0 / 1), looked up when iteration starts, or when the dataset is pickled
+    for a spawned worker (which has no process group of its own); they may be given in
+    ``loader_options``.
 
     ``shuffle=False`` gives stored order (split the same way). ``transform(sample)`` is
     applied to each :class:`shardpack.Sample` in the worker. ``loader_options``:
@@ -107,6 +108,9 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
         self._pending: dict[str, Any] | None = None
         self._yielded = 0
         self._partition: tuple[int, int] | None = None
+        # (rank, world size) as the process that pickled this dataset saw them: spawned
+        # DataLoader workers have no process group of their own.
+        self._dist: tuple[int, int] | None = None
         # Opens the dataset once here to fail early on a bad path; workers reopen it.
         self._len = len(open_cached(self.path))
 
@@ -115,7 +119,10 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
     def _partition_now(self) -> tuple[int, int, int]:
         """(partition, partitions, workers per rank) for the calling process."""
         o = self.loader_options
-        rank, world = _distributed_defaults(o.get("rank"), o.get("world_size"))
+        if self._dist is not None:
+            rank, world = self._dist
+        else:
+            rank, world = _distributed_defaults(o.get("rank"), o.get("world_size"))
         wid, nw = _worker()
         return rank * nw + wid, world * nw, nw
 
@@ -243,6 +250,9 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["_partition"] = None
+        if d["_dist"] is None:
+            o = self.loader_options
+            d["_dist"] = _distributed_defaults(o.get("rank"), o.get("world_size"))
         return d
 
 

@@ -105,13 +105,15 @@ DDP = textwrap.dedent(
     import json, os, sys
     import torch, torch.distributed as dist
     from torch.utils.data import DataLoader
+    from operator import attrgetter
     from shardpack.torch import ShardIterableDataset, collate_samples
-    def index_of(s):
-        return s.index
+    index_of = attrgetter("index")  # picklable for spawned workers
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2],
                             rank=int(sys.argv[3]), world_size=2)
     ds = ShardIterableDataset(sys.argv[1], transform=index_of, seed=4)
-    dl = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate_samples)
+    # Spawned workers have no process group: the dataset carries the rank it was pickled with.
+    dl = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate_samples,
+                    multiprocessing_context="spawn", persistent_workers=False)
     out = []
     for epoch in range(2):
         ds.set_epoch(epoch)
