@@ -22,6 +22,11 @@ hash=$(sha256sum "$req" | cut -c1-16)
 venv=${SHARDPACK_VENV:-$HOME/.cache/shardpack/venv-$hash}
 python=${PYTHON:-python3}
 
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "python-env: $python is missing or older than 3.11 (shardpack's wheel needs 3.11+); set PYTHON=" >&2
+  exit 1
+fi
+
 t0=$(date +%s)
 if [ -e "$venv/.complete" ]; then
   echo "python-env: reusing $venv" >&2

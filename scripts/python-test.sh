@@ -33,7 +33,7 @@ fi
 if [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
-if [ "${CI:-}" = "true" ] && grep -E "^SKIPPED .*(not installed)" "$log" >/dev/null; then
+if [ "${CI:-}" = "true" ] && grep -E "^SKIPPED .*(not installed|could not import)" "$log" >/dev/null; then
   echo "python-test: tests were skipped for a missing dependency; the venv should have it" >&2
   exit 1
 fi

@@ -187,3 +187,19 @@ def test_import_without_torch_starts_no_thread() -> None:
     out = subprocess.run([sys.executable, "-c", code, str(ds)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_corrupt_shard_header(corrupt_dataset: Path) -> None:
+    shard = sorted(corrupt_dataset.glob("shard-*.spk"))[1]
+    data = bytearray(shard.read_bytes())
+    data[0] ^= 0xFF  # the magic
+    shard.write_bytes(bytes(data))
+    with pytest.raises(shardpack.CorruptError) as e:
+        shardpack.open(corrupt_dataset)
+    assert shard.name in str(e.value)
+    # A truncated shard: named, and an error rather than a crash.
+    data[0] ^= 0xFF
+    shard.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(shardpack.ShardpackError) as e2:
+        shardpack.open(corrupt_dataset)
+    assert shard.name in str(e2.value)
