@@ -205,10 +205,6 @@ impl Blob {
         false
     }
 
-    fn __hash__(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(self.as_slice())
-    }
-
     fn __repr__(&self) -> String {
         let s = self.as_slice();
         let head: String = s
