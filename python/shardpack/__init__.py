@@ -289,9 +289,9 @@ class Loader:
     and ``load_state_dict(d)`` continues exactly after the last batch handed out (even in
     another process); a state from another dataset or other order options is refused.
 
-    Nothing starts at construction: the reading threads start at the first batch and release
-    the GIL while they read; waiting for a batch releases it too (Ctrl-C is raised once the
-    batch being waited for arrives). A loader is tied to the
+    Nothing starts at construction: the reading threads (and one thread that assembles the
+    next batch while Python works on the current one) start at the first batch; waiting for a
+    batch releases the GIL and checks for Ctrl-C every 100 ms. A loader is tied to the
     process that started its threads: used after ``os.fork()`` it raises ``RuntimeError``
     (call ``set_epoch`` or ``load_state_dict`` in the child to start it again). Loaders pickle
     as ``(path, options, state)``, so they can be sent to spawned processes.

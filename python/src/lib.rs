@@ -704,10 +704,70 @@ fn loaded_sample(ds: &Arc<shardpack::Dataset>, s: LoadedSample) -> Sample {
 // Loader
 // ---------------------------------------------------------------------------------------------
 
+type BatchResult = Option<shardpack::Result<Vec<LoadedSample>>>;
+
+/// A started loader: a feeder thread owns the Rust `Loader` and sends its batches, one ahead,
+/// through a channel, so the Python thread can wait in short slices and see Ctrl-C.
 struct Running {
-    loader: Loader,
+    rx: Mutex<mpsc::Receiver<BatchResult>>,
+    feeder: Option<std::thread::JoinHandle<()>>,
     /// The process that started the loader's threads.
     pid: u32,
+}
+
+impl Running {
+    fn start(loader: Loader) -> PyResult<Running> {
+        let (tx, rx) = mpsc::sync_channel::<BatchResult>(1);
+        let feeder = std::thread::Builder::new()
+            .name("shardpack-feeder".into())
+            .spawn(move || {
+                let mut loader = loader;
+                loop {
+                    let b = loader.next_batch();
+                    let end = b.is_none();
+                    if tx.send(b).is_err() || end {
+                        break;
+                    }
+                }
+                // Dropping the loader stops and joins its reading threads.
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start a loader thread: {e}")))?;
+        Ok(Running {
+            rx: Mutex::new(rx),
+            feeder: Some(feeder),
+            pid: std::process::id(),
+        })
+    }
+
+    /// The next batch; waits in slices of 100 ms with the GIL released and checks for signals
+    /// between them (a `KeyboardInterrupt` leaves the batch in the channel for the next call).
+    fn recv(&self, py: Python<'_>) -> PyResult<BatchResult> {
+        loop {
+            let got = py.detach(|| match self.rx.lock() {
+                Ok(rx) => rx.recv_timeout(Duration::from_millis(100)),
+                Err(_) => Err(mpsc::RecvTimeoutError::Disconnected),
+            });
+            match got {
+                Ok(b) => return Ok(b),
+                Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err(
+                        "the loader's feeder thread stopped unexpectedly",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Stops the feeder (its pending send fails once the channel is gone) and waits for it
+    /// and the loader's threads: at most the batch being read.
+    fn join(mut self) {
+        let (tx_gone, feeder) = (self.rx, self.feeder.take());
+        drop(tx_gone);
+        if let Some(f) = feeder {
+            let _ = f.join();
+        }
+    }
 }
 
 struct LoaderInner {
@@ -763,7 +823,7 @@ impl NativeLoader {
     fn stop(py: Python<'_>, inner: &mut LoaderInner) {
         if let Some(r) = inner.running.take() {
             if r.pid == std::process::id() {
-                py.detach(move || drop(r.loader));
+                py.detach(move || r.join());
             } else {
                 // Its threads did not survive the fork: joining them would wait forever.
                 std::mem::forget(r);
@@ -874,13 +934,10 @@ impl NativeLoader {
             let loader = py
                 .detach(move || Loader::resume(ds, opts, &state))
                 .map_err(to_py)?;
-            inner.running = Some(Running {
-                loader,
-                pid: std::process::id(),
-            });
+            inner.running = Some(Running::start(loader)?);
         }
-        let r = inner.running.as_mut().expect("started above");
-        let got = py.detach(|| r.loader.next_batch());
+        let r = inner.running.as_ref().expect("started above");
+        let got = r.recv(py)?;
         let batch = match got {
             None => {
                 inner.state.samples_consumed = epoch_len;
@@ -927,17 +984,17 @@ impl NativeLoader {
             let loader = py
                 .detach(move || Loader::resume(ds, opts, &state))
                 .map_err(to_py)?;
-            inner.running = Some(Running {
-                loader,
-                pid: std::process::id(),
-            });
+            inner.running = Some(Running::start(loader)?);
         }
-        let r = inner.running.as_mut().expect("started above");
+        let r = inner.running.as_ref().expect("started above");
         let (n, touched) = py
             .detach(|| {
                 let mut n = 0u64;
                 let mut touched = 0u64;
-                while let Some(b) = r.loader.next_batch() {
+                let rx =
+                    r.rx.lock()
+                        .map_err(|_| Error::Options("the loader's lock is poisoned".into()))?;
+                while let Ok(Some(b)) = rx.recv() {
                     for s in b? {
                         for f in &s.fields {
                             touched =
@@ -1017,9 +1074,9 @@ impl Drop for NativeLoader {
                 if r.pid != std::process::id() {
                     std::mem::forget(r);
                 } else {
-                    // Joining takes at most one read per thread; the GIL may be held here
+                    // Joining takes at most the batch being read; the GIL may be held here
                     // (drop from Python), which the threads never need.
-                    drop(r);
+                    r.join();
                 }
             }
         }
