@@ -952,6 +952,10 @@ impl NativeLoader {
             batch.truncate(left as usize);
         }
         inner.state.samples_consumed += batch.len() as u64;
+        if inner.end.is_some_and(|e| inner.state.samples_consumed >= e) {
+            // A sub-range that ends before the epoch does: stop reading ahead now.
+            Self::stop(py, &mut inner);
+        }
         if self.drop_last && batch.len() < self.opts.batch_size {
             return Ok(None);
         }

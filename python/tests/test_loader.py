@@ -232,3 +232,18 @@ def test_ctrl_c_while_waiting_for_a_batch(tmp_path: Path) -> None:
     if out.stdout.strip() == "finished":
         pytest.skip("the epoch was read before the signal arrived")
     assert out.stdout.split() == ["interrupted", "True", "400"]
+
+
+def test_a_sub_range_stops_reading_at_its_end(dataset: Path) -> None:
+    """shardpack.torch's drop_last partitions read positions [a, b) of an epoch: the loader
+    hands out exactly those and stops its threads at b instead of reading ahead."""
+    full = indices(shardpack.Loader(dataset, batch_size=7, seed=2))
+    loader = shardpack.Loader(dataset, batch_size=7, seed=2)
+    loader._native.seek(0, 30, 75)
+    got = []
+    while (b := loader._native.next_batch()) is not None:
+        got += [s.index for s in b]
+        if len(got) < 45:
+            assert loader._native.running
+    assert got == full[30:75]
+    assert not loader._native.running
