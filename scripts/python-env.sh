@@ -12,8 +12,9 @@
 # (a large wheel with its CUDA dependencies) and takes several minutes; later runs take seconds.
 #
 # The extension is built with `maturin develop` into the workspace's target/, in the dev profile
-# by default, so it reuses what `cargo test --workspace` compiled there (about 40 s on 2 busy
-# cores after it; a release build from nothing takes about 5 minutes).
+# by default, so it reuses part of what `cargo test --workspace` compiled there (about 2.5
+# minutes on 2 busy cores after it in a fresh clone, seconds when nothing changed; a release
+# build from nothing takes about 5 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
