@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The reader a data loader links (`shardpack` without default features) must not pull in CLI,
-# walking, thread-pool, progress or Arrow crates. Fails, naming them, if it does.
+# walking, thread-pool, progress, Arrow or Python (pyo3) crates. Fails, naming them, if it does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deps=$(cargo tree -p shardpack --no-default-features -e normal --prefix none --locked | awk '{print $1}' | sort -u)
-bad=$(echo "$deps" | grep -E '^(clap|clap_builder|walkdir|rayon|rayon-core|indicatif|anyhow|arrow.*|parquet)$' || true)
+bad=$(echo "$deps" | grep -E '^(clap|clap_builder|walkdir|rayon|rayon-core|indicatif|anyhow|arrow.*|parquet|pyo3.*|numpy)$' || true)
 if [ -n "$bad" ]; then
   echo "the reader depends on crates it must not: $bad"
   exit 1

@@ -1,0 +1,477 @@
+"""shardpack: packed, indexed, memory-mappable shards for deep-learning datasets.
+
+Read a dataset made by ``shardpack pack`` (or :func:`pack`)::
+
+    import shardpack
+    ds = shardpack.open("data/train.spk")
+    s = ds[0]
+    s.key, s.label, bytes(s["jpg"])
+
+Load shuffled, partitioned, resumable batches with large sequential reads on Rust threads::
+
+    loader = shardpack.Loader("data/train.spk", batch_size=256, seed=0)
+    for epoch in range(10):
+        loader.set_epoch(epoch)
+        for batch in loader:            # a list of Sample
+            ...
+
+PyTorch glue lives in :mod:`shardpack.torch` (imported only when used; ``import shardpack``
+never imports torch and starts no thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable, Iterator, Mapping
+
+from . import _native
+from ._errors import CorruptError, ShardpackError, ShardpackIOError, ShardpackValueError
+
+Dataset = _native.Dataset
+Sample = _native.Sample
+Blob = _native.Blob
+
+__version__: str = _native._version()
+
+__all__ = [
+    "open",
+    "pack",
+    "Dataset",
+    "Sample",
+    "Blob",
+    "Loader",
+    "ShardpackError",
+    "ShardpackIOError",
+    "ShardpackValueError",
+    "CorruptError",
+    "__version__",
+]
+
+
+def open(path: str | os.PathLike[str]) -> Dataset:  # noqa: A001 (the API name is fixed)
+    """Opens the dataset in ``path`` (a directory holding ``manifest.json`` and shards).
+
+    Maps every shard and checks its header, footer and index (O(shards)); records are read and
+    checksum-verified when asked for. Raises ``ShardpackIOError`` (an ``OSError``) when the
+    path does not exist or cannot be read, ``CorruptError`` for a damaged shard and
+    ``ShardpackError`` for a bad manifest.
+    """
+    return _native.Dataset(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Option parsing shared by pack and Loader
+# ---------------------------------------------------------------------------------------------
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
+
+
+def _size(name: str, v: int | str) -> int:
+    """A byte size: an int, or a string like the CLI's (``512MiB``, ``1GiB``, ``2GB``)."""
+    if isinstance(v, bool):
+        raise ShardpackValueError(f"invalid option: {name} must be a size, not {v!r}")
+    if isinstance(v, int):
+        if v < 1:
+            raise ShardpackValueError(f"invalid option: {name} must be at least 1, not {v}")
+        return v
+    if not isinstance(v, str):
+        raise ShardpackValueError(
+            f"invalid option: {name} must be an int or a size string, not {type(v).__name__}"
+        )
+    t = v.strip()
+    i = 0
+    while i < len(t) and (t[i].isdigit() or t[i] == "."):
+        i += 1
+    num, unit = t[:i], t[i:].strip().lower()
+    if unit not in _UNITS:
+        raise ShardpackValueError(
+            f"invalid option: unknown size unit {unit!r} in {v!r} (use e.g. 512MiB, 1GiB, 2GB)"
+        )
+    try:
+        n = float(num)
+    except ValueError:
+        raise ShardpackValueError(
+            f"invalid option: {v!r} is not a size (use e.g. 512MiB, 1GiB, 2GB)"
+        ) from None
+    b = n * _UNITS[unit]
+    if not (1 <= b < 2**64):
+        raise ShardpackValueError(f"invalid option: size {v!r} is out of range")
+    return int(b)
+
+
+def _count(name: str, v: Any, *, minimum: int = 1, optional: bool = False) -> int | None:
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ShardpackValueError(f"invalid option: {name} must be an int, not {v!r}")
+    if v < minimum:
+        raise ShardpackValueError(f"invalid option: {name} must be at least {minimum}, not {v}")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# pack
+# ---------------------------------------------------------------------------------------------
+
+
+def pack(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    shard_size: int | str = "1GiB",
+    max_samples_per_shard: int | None = None,
+    compress: str = "auto",
+    field_compress: Mapping[str, str] | None = None,
+    align: int | str = 8,
+    shuffle_seed: int | None = None,
+    no_shuffle: bool = False,
+    threads: int | None = None,
+    io_threads: int | None = None,
+    labels: str = "imagefolder",
+    key: str = "first-dot",
+    follow_symlinks: bool = False,
+    skip_errors: bool = False,
+    force: bool = False,
+    progress: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """Packs the folder tree ``src`` into a new dataset ``out``; returns the summary dict.
+
+    The summary has the keys of ``shardpack pack --json``: ``out``, ``samples``, ``shards``,
+    ``files``, ``input_bytes``, ``output_bytes``, ``ratio``, ``seconds``, ``files_per_s``,
+    ``mb_per_s``, ``classes``, ``fields``, ``skipped``.
+
+    The keyword options mirror the CLI's flags (``shardpack pack --help``): ``shard_size``
+    (bytes or ``"512MiB"``), ``max_samples_per_shard``, ``compress`` (``auto``, ``none``,
+    ``zstd[:LEVEL]``, ``zstd-dict[:LEVEL]``), ``field_compress`` (``{"json": "zstd-dict"}``),
+    ``align`` (a power of two from 8 to 1 MiB), ``shuffle_seed`` / ``no_shuffle``,
+    ``threads``, ``io_threads``, ``labels`` (``imagefolder`` or ``none``), ``key``
+    (``first-dot`` or ``last-dot``), ``follow_symlinks``, ``skip_errors``, ``force``.
+    The output is byte-identical to the CLI's for the same options.
+
+    ``progress``, when given, is called about every 100 ms from the calling thread with a dict
+    (``walked_files``, ``files_total``, ``bytes_total``, ``files_done``, ``bytes_done``,
+    ``notes``: new messages since the last call). An exception it raises cancels the pack.
+
+    The pack runs on Rust threads with the GIL released. Ctrl-C (``KeyboardInterrupt``) stops
+    it cleanly: what it wrote is removed before the exception propagates, so nothing is left
+    looking complete.
+    """
+    if shuffle_seed is not None and no_shuffle:
+        raise ShardpackValueError("invalid option: shuffle_seed and no_shuffle conflict")
+    if shuffle_seed is not None:
+        _count("shuffle_seed", shuffle_seed, minimum=0)
+    fc: list[tuple[str, str]] = []
+    if field_compress is not None:
+        if not isinstance(field_compress, Mapping):
+            raise ShardpackValueError(
+                "invalid option: field_compress is a dict of field name -> policy"
+            )
+        fc = [(str(k), str(v)) for k, v in field_compress.items()]
+    if progress is not None and not callable(progress):
+        raise ShardpackValueError("invalid option: progress must be callable")
+    seed: int | None
+    if no_shuffle:
+        seed = None
+    elif shuffle_seed is not None:
+        seed = shuffle_seed
+    else:
+        seed = _DEFAULT_SHUFFLE_SEED
+    result = _native._pack(
+        src,
+        out,
+        shard_size=_size("shard_size", shard_size),
+        max_samples_per_shard=_count("max_samples_per_shard", max_samples_per_shard, optional=True),
+        compress=str(compress),
+        field_compress=fc,
+        align=_size("align", align),
+        shuffle_seed=seed,
+        threads=_count("threads", threads, optional=True) or 0,
+        io_threads=_count("io_threads", io_threads, optional=True) or 0,
+        labels=str(labels),
+        key=str(key),
+        follow_symlinks=bool(follow_symlinks),
+        skip_errors=bool(skip_errors),
+        force=bool(force),
+        progress=progress,
+    )
+    summary: dict[str, Any] = json.loads(result)
+    return summary
+
+
+# The library's compile::DEFAULT_SHUFFLE_SEED ("SHRDPACK"): the CLI's seed when none is given.
+_DEFAULT_SHUFFLE_SEED = 0x5348_5244_5041_434B
+
+# ---------------------------------------------------------------------------------------------
+# Loader
+# ---------------------------------------------------------------------------------------------
+
+# LoaderOptions::default() in the library.
+_TUNING_DEFAULTS: dict[str, Any] = {
+    "chunk_bytes": 4 << 20,
+    "window_chunks": 16,
+    "io_threads": 8,
+    "prefetch_bytes": 256 << 20,
+    "direct_io": "auto",
+}
+
+_STATE_VERSION = 1
+
+
+def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """rank/world size: the arguments, else torch.distributed when initialised, else the
+    RANK/WORLD_SIZE environment variables, else 0/1. torch is never imported here: it is
+    consulted only when the program already imported it."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    d_rank = d_world = None
+    torch = sys.modules.get("torch")
+    dist = getattr(torch, "distributed", None) if torch is not None else None
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        d_rank, d_world = dist.get_rank(), dist.get_world_size()
+    elif "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        try:
+            d_rank = int(os.environ.get("RANK", "0"))
+            d_world = int(os.environ.get("WORLD_SIZE", "1"))
+        except ValueError:
+            raise ShardpackValueError(
+                "invalid option: the RANK and WORLD_SIZE environment variables must be "
+                f"integers (RANK={os.environ.get('RANK')!r}, "
+                f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r})"
+            ) from None
+    else:
+        d_rank, d_world = 0, 1
+    return (d_rank if rank is None else rank), (d_world if world_size is None else world_size)
+
+
+class Loader:
+    """Shuffled, partitioned, resumable batches of a dataset, read on Rust threads.
+
+    ``Loader(path_or_dataset, *, batch_size, seed=0, epoch=0, rank=None, world_size=None,
+    shuffle="chunked", drop_last=False, **tuning)``
+
+    Iterating gives batches: lists of :class:`Sample` (raw fields are zero-copy views of the
+    loader's read buffers; drop a batch when done with it, or copy with ``bytes(...)`` what
+    must be kept). An epoch's order is a pure function of ``(seed, epoch, rank,
+    world_size)``: chunks of consecutive samples are shuffled, each rank takes an equal slice
+    (the last ranks are padded by repeating the first samples of the epoch's sequence, so every
+    rank has ``ceil(len(ds) / world_size)`` samples), and samples are shuffled within windows
+    of chunks.
+
+    - ``rank`` / ``world_size`` default to ``torch.distributed``'s when it is initialised,
+      else to the ``RANK`` / ``WORLD_SIZE`` environment variables, else to 0 / 1.
+    - ``shuffle``: ``"chunked"`` (default), ``"none"`` (stored order) or ``"full"``.
+    - ``drop_last``: drop this rank's last batch when it is short (applied by the binding at
+      the batch level: the epoch's order is unchanged, the tail is simply not handed out).
+    - ``**tuning``: ``chunk_bytes`` (4 MiB), ``window_chunks`` (16), ``io_threads`` (8),
+      ``prefetch_bytes`` (256 MiB), ``direct_io`` (``"auto"``, ``"on"``, ``"off"``); sizes
+      may be ints or strings such as ``"8MiB"``.
+
+    ``len(loader)`` is the number of batches per epoch. ``for batch in loader`` continues the
+    current epoch from where it stands and, once the epoch is done, starts it again: call
+    ``set_epoch(e)`` for a new order. ``state_dict()`` returns a small JSON-serialisable dict
+    and ``load_state_dict(d)`` continues exactly after the last batch handed out (even in
+    another process); a state from another dataset or other order options is refused.
+
+    Nothing starts at construction: the reading threads (and one thread that assembles the
+    next batch while Python works on the current one) start at the first batch; waiting for a
+    batch releases the GIL and checks for Ctrl-C every 100 ms. A loader is tied to the
+    process that started its threads: used after ``os.fork()`` it raises ``RuntimeError``
+    (call ``set_epoch`` or ``load_state_dict`` in the child to start it again). Loaders pickle
+    as ``(path, options, state)``, so they can be sent to spawned processes.
+    """
+
+    def __init__(
+        self,
+        path_or_dataset: str | os.PathLike[str] | Dataset,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: str = "chunked",
+        drop_last: bool = False,
+        **tuning: Any,
+    ) -> None:
+        unknown = sorted(set(tuning) - set(_TUNING_DEFAULTS))
+        if unknown:
+            raise ShardpackValueError(
+                f"invalid option: unknown Loader option(s) {', '.join(unknown)}; "
+                f"the tuning options are {', '.join(_TUNING_DEFAULTS)}"
+            )
+        t = {**_TUNING_DEFAULTS, **tuning}
+        rank, world_size = _distributed_defaults(rank, world_size)
+        _count("batch_size", batch_size)
+        _count("seed", seed, minimum=0)
+        _count("epoch", epoch, minimum=0)
+        _count("rank", rank, minimum=0)
+        _count("world_size", world_size)
+        if isinstance(path_or_dataset, _native.Dataset):
+            ds = path_or_dataset
+        else:
+            ds = _native.Dataset(path_or_dataset)
+        self._ds = ds
+        self._options: dict[str, Any] = {
+            "batch_size": batch_size,
+            "seed": seed,
+            "rank": rank,
+            "world_size": world_size,
+            "shuffle": str(shuffle),
+            "drop_last": bool(drop_last),
+            "chunk_bytes": _size("chunk_bytes", t["chunk_bytes"]),
+            "window_chunks": _count("window_chunks", t["window_chunks"]),
+            "io_threads": _count("io_threads", t["io_threads"]),
+            "prefetch_bytes": _size("prefetch_bytes", t["prefetch_bytes"]),
+            "direct_io": str(t["direct_io"]),
+        }
+        self._native = _native._Loader(ds, epoch=epoch, **self._options)
+
+    # -- iteration ------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[list[Sample]]:
+        _, epoch, _, _, consumed = self._native.position
+        if consumed >= self._usable_samples():
+            self._native.seek(epoch, 0)
+        return self
+
+    def __next__(self) -> list[Sample]:
+        batch = self._native.next_batch()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    def __len__(self) -> int:
+        n = self._native.samples_per_epoch
+        bs = self._options["batch_size"]
+        return n // bs if self._options["drop_last"] else -(-n // bs)
+
+    def _usable_samples(self) -> int:
+        n = self._native.samples_per_epoch
+        bs = self._options["batch_size"]
+        return n // bs * bs if self._options["drop_last"] else n
+
+    # -- epochs and state -----------------------------------------------------------------
+
+    @property
+    def dataset(self) -> Dataset:
+        """The dataset being read."""
+        return self._ds
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch."""
+        return self._native.position[1]
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples this rank gets per epoch (``ceil(len(dataset) / world_size)``)."""
+        return self._native.samples_per_epoch
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options the loader was built with (without the epoch)."""
+        return dict(self._options)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` from its beginning (its own shuffled order)."""
+        _count("epoch", epoch, minimum=0)
+        self._native.seek(epoch, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: a small JSON-serialisable dict (O(1), no sample list)."""
+        seed, epoch, rank, world, consumed = self._native.position
+        o = self._options
+        return {
+            "shardpack_loader_state": _STATE_VERSION,
+            "dataset": self._ds.fingerprint,
+            "seed": seed,
+            "epoch": epoch,
+            "rank": rank,
+            "world_size": world,
+            "samples_consumed": consumed,
+            "shuffle": o["shuffle"],
+            "chunk_bytes": o["chunk_bytes"],
+            "window_chunks": o["window_chunks"],
+            "batch_size": o["batch_size"],
+            "drop_last": o["drop_last"],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continues from ``state`` (from :meth:`state_dict`, perhaps in another process): the
+        next batch starts with exactly the sample that would have come next. Refuses a state
+        from another dataset or with other order options (seed, shuffle, chunking, rank,
+        world size); ``batch_size`` may differ."""
+        check_state(state, self._ds.fingerprint, self._options, self.samples_per_epoch)
+        self._native.seek(int(state["epoch"]), int(state["samples_consumed"]))
+
+    def close(self) -> None:
+        """Stops the reading threads now (iteration can go on later: they start again)."""
+        self._native.close()
+
+    # -- pickling -------------------------------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_loader, (os.fspath(self._ds.path), self._options, self.state_dict()))
+
+    def __repr__(self) -> str:
+        seed, epoch, rank, world, consumed = self._native.position
+        return (
+            f"<shardpack.Loader {os.fspath(self._ds.path)!r} batch_size={self._options['batch_size']} "
+            f"seed={seed} epoch={epoch} rank={rank}/{world} at {consumed}/"
+            f"{self.samples_per_epoch} samples>"
+        )
+
+
+def check_state(
+    state: Mapping[str, Any], fingerprint: str, options: Mapping[str, Any], samples: int
+) -> None:
+    """Raises ``ShardpackError`` when ``state`` does not belong to this dataset and options."""
+    if not isinstance(state, Mapping) or state.get("shardpack_loader_state") != _STATE_VERSION:
+        raise ShardpackError(
+            "not a shardpack loader state (expected a dict from Loader.state_dict() with "
+            f"shardpack_loader_state={_STATE_VERSION})"
+        )
+    if state.get("dataset") != fingerprint:
+        raise ShardpackError(
+            f"the loader state is for another dataset (fingerprint {state.get('dataset')}, this "
+            f"one is {fingerprint}); resume with the dataset the state was saved from"
+        )
+    for k in ("seed", "rank", "world_size", "shuffle", "chunk_bytes", "window_chunks"):
+        if state.get(k) != options.get(k):
+            raise ShardpackError(
+                f"the loader state was saved with {k}={state.get(k)!r} but this loader has "
+                f"{k}={options.get(k)!r}; build the loader with the same options to resume"
+            )
+    consumed = state.get("samples_consumed")
+    if isinstance(consumed, bool) or not isinstance(consumed, int) or not 0 <= consumed <= samples:
+        raise ShardpackError(
+            f"the loader state's samples_consumed={consumed!r} is not in 0..={samples}"
+        )
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ShardpackError(f"the loader state's epoch={epoch!r} is not a non-negative int")
+
+
+def _restore_loader(path: str, options: dict[str, Any], state: dict[str, Any]) -> Loader:
+    o = dict(options)
+    batch_size = o.pop("batch_size")
+    loader = Loader(path, batch_size=batch_size, epoch=state["epoch"], **o)
+    loader.load_state_dict(state)
+    return loader

@@ -1,0 +1,1295 @@
+//! The native module `shardpack._native`: thin pyo3 classes over the shardpack library.
+//!
+//! The pure-Python package `shardpack` (beside this crate, in `python/shardpack/`) re-exports
+//! these classes and adds what is naturally Python: the exception classes, option parsing,
+//! `torch.distributed` detection, pickling helpers and the torch datasets.
+//!
+//! Rules kept here:
+//! - Nothing starts a thread at import or construction; a Loader's reading threads start at
+//!   its first batch.
+//! - Every call that can block (open, verify, a loader batch, pack) releases the GIL.
+//! - Field bytes reach Python without copies: a `Blob` holds what keeps its bytes alive (the
+//!   dataset's memory map, the loader's pooled read buffer, or the decoded `Vec`) and exports
+//!   them through the buffer protocol.
+
+use std::os::raw::c_int;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyIndexError, PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use shardpack::codec::Policy;
+use shardpack::compile::{self, KeyMode, LabelMode, PackOptions, Progress};
+use shardpack::format::Codec;
+use shardpack::loader::{DirectIo, LoadedSample, SampleBytes, Shuffle};
+use shardpack::writer::WriterOptions;
+use shardpack::{Error, Loader, LoaderOptions, LoaderState};
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// The exception classes live in `shardpack/_errors.py` (an I/O error must subclass both
+/// `ShardpackError` and `OSError`, which needs two bases); they are looked up once.
+fn error_class(py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let m = MODULE.get_or_try_init(py, || py.import("shardpack._errors").map(|m| m.unbind()))?;
+    Ok(m.bind(py).getattr(name)?.unbind())
+}
+
+/// Maps a library error to its Python exception; the message is the library's Display (the
+/// CLI's message: path, shard, sample, what to do).
+fn to_py(e: Error) -> PyErr {
+    Python::attach(|py| {
+        let msg = e.to_string();
+        let (class, errno) = match &e {
+            Error::Io { source, .. } => ("ShardpackIOError", source.raw_os_error()),
+            Error::Corrupt { .. } | Error::BadRecord { .. } => ("CorruptError", None),
+            Error::Options(_) => ("ShardpackValueError", None),
+            Error::OutOfRange { .. } => {
+                return PyIndexError::new_err(msg);
+            }
+            Error::Cancelled => {
+                return pyo3::exceptions::PyKeyboardInterrupt::new_err(msg);
+            }
+            _ => ("ShardpackError", None),
+        };
+        match error_class(py, class).and_then(|c| c.bind(py).call1((msg.clone(),))) {
+            Ok(exc) => {
+                if let Some(n) = errno {
+                    let _ = exc.setattr("errno", n);
+                }
+                PyErr::from_value(exc)
+            }
+            Err(lookup) => lookup,
+        }
+    })
+}
+
+/// A missing dataset directory is reported by the library as a manifest problem; Python users
+/// expect `FileNotFoundError`-like handling, so it becomes a `ShardpackIOError` (an `OSError`)
+/// with `errno = ENOENT`, keeping the library's message.
+fn open_error(path: &std::path::Path, e: Error) -> PyErr {
+    if matches!(e, Error::Manifest { .. }) && !path.exists() {
+        return Python::attach(|py| {
+            let msg = e.to_string();
+            match error_class(py, "ShardpackIOError").and_then(|c| c.bind(py).call1((msg,))) {
+                Ok(exc) => {
+                    let _ = exc.setattr("errno", libc::ENOENT);
+                    PyErr::from_value(exc)
+                }
+                Err(lookup) => lookup,
+            }
+        });
+    }
+    to_py(e)
+}
+
+fn value_error(py: Python<'_>, msg: String) -> PyErr {
+    match error_class(py, "ShardpackValueError").and_then(|c| c.bind(py).call1((msg,))) {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(e) => e,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blob: read-only bytes exported through the buffer protocol
+// ---------------------------------------------------------------------------------------------
+
+enum BlobData {
+    /// A raw record inside a shard's memory map: `shards[shard].bytes()[start..start + len]`.
+    /// The `Arc` keeps the map alive as long as the blob (and any view of it) lives.
+    Mapped {
+        ds: Arc<shardpack::Dataset>,
+        shard: usize,
+        start: usize,
+        len: usize,
+    },
+    /// Loader bytes: a view into a pooled read buffer (raw) or decoded bytes.
+    Loaded(SampleBytes),
+    /// Decoded bytes (a compressed record read through a Dataset, or unpickled data).
+    Owned(Vec<u8>),
+}
+
+/// The bytes of one field of a sample: read-only, exported through the buffer protocol, so
+/// `memoryview(b)`, `bytes(b)`, `numpy.frombuffer(b, numpy.uint8)` and
+/// `PIL.Image.open(io.BytesIO(b))` work. A raw record is not copied (the blob keeps the
+/// memory map or the loader's read buffer alive while it, or any view of it, lives); a
+/// compressed one was decoded once into the blob's own memory. `bytes(b)` makes an
+/// independent copy (keep that rather than the blob when caching many samples: a loader blob
+/// keeps its whole read buffer, a few MiB, out of the loader's reuse). Pickles as `bytes`.
+#[pyclass(frozen, module = "shardpack._native", name = "Blob")]
+struct Blob {
+    data: BlobData,
+}
+
+impl Blob {
+    fn as_slice(&self) -> &[u8] {
+        match &self.data {
+            BlobData::Mapped {
+                ds,
+                shard,
+                start,
+                len,
+            } => &ds.shards()[*shard].bytes().bytes()[*start..*start + *len],
+            BlobData::Loaded(b) => b.as_slice(),
+            BlobData::Owned(v) => v,
+        }
+    }
+}
+
+#[pymethods]
+impl Blob {
+    /// Exports the bytes read-only (1-D, unsigned bytes).
+    ///
+    /// # Safety
+    /// Called by CPython with a valid `view`. The pointer handed out stays valid while the
+    /// exporter lives: `PyBuffer_FillInfo` stores a new reference to `slf` in `view.obj`, the
+    /// class is frozen (the bytes never change or move), and each variant's bytes are owned by
+    /// the blob (a map kept alive by its `Arc<Dataset>`, a pooled buffer kept alive by its
+    /// `Arc`, or a `Vec` that is never resized).
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "shardpack field bytes are read-only; copy them (bytearray(b)) to modify",
+            ));
+        }
+        let bytes = slf.get().as_slice();
+        // SAFETY: see the method's safety comment; `view` is valid (CPython's contract),
+        // readonly = 1 matches the flags checked above, and the length fits an isize because
+        // it is the length of a live Rust slice.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                bytes.as_ptr() as *mut std::ffi::c_void,
+                bytes.len() as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn __bytes__<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.as_slice())
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        if let Ok(b) = other.cast::<Blob>() {
+            return b.get().as_slice() == self.as_slice();
+        }
+        if let Ok(b) = other.cast::<PyBytes>() {
+            return b.as_bytes() == self.as_slice();
+        }
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        let s = self.as_slice();
+        let head: String = s
+            .iter()
+            .take(16)
+            .flat_map(|b| std::ascii::escape_default(*b))
+            .map(char::from)
+            .collect();
+        let more = if s.len() > 16 { "..." } else { "" };
+        let kind = match &self.data {
+            BlobData::Mapped { .. } => "mapped",
+            BlobData::Loaded(b) if b.is_view() => "view",
+            _ => "owned",
+        };
+        format!(
+            "<shardpack.Blob {} bytes, {kind}: b'{head}'{more}>",
+            s.len()
+        )
+    }
+
+    /// `True` when the bytes are shared with a memory map or a loader read buffer (not
+    /// copied), `False` when the blob owns decoded bytes.
+    #[getter]
+    fn zero_copy(&self) -> bool {
+        match &self.data {
+            BlobData::Mapped { .. } => true,
+            BlobData::Loaded(b) => b.is_view(),
+            BlobData::Owned(_) => false,
+        }
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let bytes_type = py.get_type::<PyBytes>();
+        (bytes_type, (PyBytes::new(py, self.as_slice()),)).into_pyobject(py)
+    }
+}
+
+fn blob(py: Python<'_>, data: BlobData) -> PyResult<Py<Blob>> {
+    Py::new(py, Blob { data })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------------------------
+
+/// A field name from Python: `str` (UTF-8) or `bytes`.
+fn name_arg(name: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(s) = name.cast::<PyString>() {
+        return Ok(s.to_str()?.as_bytes().to_vec());
+    }
+    if let Ok(b) = name.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    Err(PyTypeError::new_err(format!(
+        "a field name or key is str or bytes, not {}",
+        name.get_type().name()?
+    )))
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dataset
+// ---------------------------------------------------------------------------------------------
+
+/// An open dataset (a directory with `manifest.json` and shard files), memory-mapped.
+///
+/// `len(ds)`, `ds[i]` (negative indices count from the end), `ds.get(key)`, iteration in
+/// stored order, `ds.fields`, `ds.classes`, `ds.manifest`, `ds.verify()`. Opening costs
+/// O(shards); samples are read when their fields are asked for. Pickles as its path.
+#[pyclass(frozen, module = "shardpack._native", name = "Dataset")]
+struct Dataset {
+    inner: Arc<shardpack::Dataset>,
+}
+
+impl Dataset {
+    fn sample(&self, py: Python<'_>, i: u64) -> PyResult<Py<Sample>> {
+        let s = self.inner.get(i).map_err(to_py)?;
+        Py::new(
+            py,
+            Sample {
+                index: s.index(),
+                key: s.key().to_vec(),
+                label: s.label(),
+                ds: self.inner.clone(),
+                fields: Fields::Stored,
+            },
+        )
+    }
+}
+
+#[pymethods]
+impl Dataset {
+    /// Opens the dataset in `path` (releases the GIL while it maps and checks the shards).
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Dataset> {
+        let ds = py
+            .detach(|| shardpack::Dataset::open(&path))
+            .map_err(|e| open_error(&path, e))?;
+        Ok(Dataset {
+            inner: Arc::new(ds),
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len() as usize
+    }
+
+    /// Sample `i` in stored order; negative `i` counts from the end.
+    fn __getitem__(&self, py: Python<'_>, i: i64) -> PyResult<Py<Sample>> {
+        let n = self.inner.len() as i64;
+        let j = if i < 0 { i + n } else { i };
+        if j < 0 || j >= n {
+            return Err(PyIndexError::new_err(format!(
+                "sample index {i} is out of range (the dataset has {n} samples)"
+            )));
+        }
+        self.sample(py, j as u64)
+    }
+
+    /// The sample with key `key` (`bytes` or `str`), or `None` when there is none.
+    fn get(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<Sample>>> {
+        let key = name_arg(key)?;
+        match self.inner.get_by_key(&key).map_err(to_py)? {
+            None => Ok(None),
+            Some(s) => self.sample(py, s.index()).map(Some),
+        }
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> DatasetIter {
+        DatasetIter {
+            ds: slf.unbind(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The dataset directory.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.dir().to_path_buf()
+    }
+
+    /// Field names in field order (`str`; names that are not UTF-8 are shown lossily, use
+    /// `field_names_bytes` for the exact bytes).
+    #[getter]
+    fn fields(&self) -> Vec<String> {
+        self.inner.field_names().iter().map(|n| lossy(n)).collect()
+    }
+
+    /// Field names as the exact bytes stored.
+    #[getter]
+    fn field_names_bytes<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.inner
+            .field_names()
+            .iter()
+            .map(|n| PyBytes::new(py, n))
+            .collect()
+    }
+
+    /// Class names (label `i` is `classes[i]`); empty when the dataset has no labels.
+    #[getter]
+    fn classes(&self) -> Vec<String> {
+        self.inner
+            .manifest()
+            .classes
+            .iter()
+            .map(|c| lossy(c.as_bytes()))
+            .collect()
+    }
+
+    /// The manifest as a dict (what `manifest.json` holds).
+    #[getter]
+    fn manifest<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let json = self.inner.manifest().to_json();
+        py.import("json")?
+            .call_method1("loads", (PyBytes::new(py, &json),))
+    }
+
+    /// A hex digest identifying the dataset's contents (the xxh3-64 of its manifest, which
+    /// lists every shard's checksum). Loader states carry it so a state from another dataset
+    /// is refused.
+    #[getter]
+    fn fingerprint(&self) -> String {
+        format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(&self.inner.manifest().to_json())
+        )
+    }
+
+    /// Checks every byte (each shard's checksum, every record's checksum, every compressed
+    /// record decodes). Returns a dict: `ok`, `shards`, `samples`, `records`, `bytes`, and
+    /// `problems` (a list of dicts with `shard`, `sample`, `key`, `field`, `detail`). Releases
+    /// the GIL while it reads.
+    fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let ds = self.inner.clone();
+        let r = py.detach(move || ds.verify());
+        let d = PyDict::new(py);
+        d.set_item("ok", r.is_ok())?;
+        d.set_item("shards", r.shards)?;
+        d.set_item("samples", r.samples)?;
+        d.set_item("records", r.records)?;
+        d.set_item("bytes", r.bytes)?;
+        let problems = PyList::empty(py);
+        for p in &r.problems {
+            let pd = PyDict::new(py);
+            pd.set_item("shard", &p.shard)?;
+            pd.set_item("sample", p.sample)?;
+            pd.set_item("key", &p.key)?;
+            pd.set_item("field", &p.field)?;
+            pd.set_item("detail", &p.detail)?;
+            problems.append(pd)?;
+        }
+        d.set_item("problems", problems)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<shardpack.Dataset {:?}: {} samples, {} shards, fields {:?}>",
+            self.inner.dir().display().to_string(),
+            self.inner.len(),
+            self.inner.shards().len(),
+            self.fields()
+        )
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let open = py.import("shardpack")?.getattr("open")?;
+        (open, (self.inner.dir().to_path_buf(),)).into_pyobject(py)
+    }
+}
+
+/// Iterator over a dataset's samples in stored order.
+#[pyclass(frozen, module = "shardpack._native")]
+struct DatasetIter {
+    ds: Py<Dataset>,
+    next: AtomicU64,
+}
+
+#[pymethods]
+impl DatasetIter {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<Sample>>> {
+        let ds = self.ds.get();
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= ds.inner.len() {
+            return Ok(None);
+        }
+        ds.sample(py, i).map(Some)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sample
+// ---------------------------------------------------------------------------------------------
+
+enum Fields {
+    /// Read on access from the dataset's shards (a sample from `Dataset`).
+    Stored,
+    /// Already read and checked (a sample from the `Loader`, or unpickled): field index and
+    /// bytes, in field order.
+    Loaded(Vec<(u32, SampleBytes)>),
+}
+
+/// One sample: `.index`, `.key` (bytes), `.key_str` (str or None), `.label` (int or None),
+/// `sample[field]` (field name as str or bytes) -> `Blob`, `sample.fields()` -> dict of name
+/// -> `Blob`, `name in sample`. Field bytes are checksum-verified when read. Pickles as plain
+/// bytes (DataLoader workers send copies across the process boundary).
+#[pyclass(frozen, module = "shardpack._native", name = "Sample")]
+struct Sample {
+    index: u64,
+    key: Vec<u8>,
+    label: Option<u32>,
+    ds: Arc<shardpack::Dataset>,
+    fields: Fields,
+}
+
+impl Sample {
+    fn field_index(&self, name: &[u8]) -> Option<u32> {
+        self.ds
+            .manifest()
+            .fields
+            .iter()
+            .position(|f| f.name.as_bytes() == name)
+            .map(|i| i as u32)
+    }
+
+    /// The blob of field `fi`, if the sample has it.
+    fn blob_of(&self, py: Python<'_>, fi: u32) -> PyResult<Option<Py<Blob>>> {
+        match &self.fields {
+            Fields::Loaded(v) => match v.iter().find(|(f, _)| *f == fi) {
+                Some((_, b)) => blob(py, BlobData::Loaded(b.clone())).map(Some),
+                None => Ok(None),
+            },
+            Fields::Stored => {
+                let (shard, _) = self.ds.locate(self.index).map_err(to_py)?;
+                let s = self.ds.get(self.index).map_err(to_py)?;
+                for f in s.fields() {
+                    let f = f.map_err(to_py)?;
+                    if f.field_index() != fi {
+                        continue;
+                    }
+                    if f.codec() == Codec::Raw {
+                        f.check().map_err(to_py)?;
+                        return blob(
+                            py,
+                            BlobData::Mapped {
+                                ds: self.ds.clone(),
+                                shard,
+                                start: f.offset() as usize,
+                                len: f.stored().len(),
+                            },
+                        )
+                        .map(Some);
+                    }
+                    let mut out = Vec::new();
+                    f.read_into(&mut out).map_err(to_py)?;
+                    return blob(py, BlobData::Owned(out)).map(Some);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Field indices present, in field order.
+    fn present(&self) -> PyResult<Vec<u32>> {
+        match &self.fields {
+            Fields::Loaded(v) => Ok(v.iter().map(|(f, _)| *f).collect()),
+            Fields::Stored => {
+                let s = self.ds.get(self.index).map_err(to_py)?;
+                s.fields()
+                    .map(|f| f.map(|f| f.field_index()).map_err(to_py))
+                    .collect()
+            }
+        }
+    }
+
+    fn field_name(&self, fi: u32) -> String {
+        lossy(self.ds.manifest().fields[fi as usize].name.as_bytes())
+    }
+}
+
+#[pymethods]
+impl Sample {
+    /// Global index of the sample in the dataset (stored order).
+    #[getter]
+    fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The key as bytes (the source path up to the key dot).
+    #[getter]
+    fn key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.key)
+    }
+
+    /// The key as str, or None when it is not valid UTF-8.
+    #[getter]
+    fn key_str(&self) -> Option<String> {
+        std::str::from_utf8(&self.key).ok().map(str::to_owned)
+    }
+
+    /// The class label, or None.
+    #[getter]
+    fn label(&self) -> Option<u32> {
+        self.label
+    }
+
+    /// The bytes of field `name` (str or bytes). `KeyError` when the sample lacks it.
+    fn __getitem__(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Py<Blob>> {
+        let n = name_arg(name)?;
+        let found = match self.field_index(&n) {
+            Some(fi) => self.blob_of(py, fi)?,
+            None => None,
+        };
+        found.ok_or_else(|| {
+            PyKeyError::new_err(format!(
+                "sample {:?} has no field {:?} (it has {:?})",
+                lossy(&self.key),
+                lossy(&n),
+                self.present()
+                    .map(|v| v.iter().map(|&f| self.field_name(f)).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            ))
+        })
+    }
+
+    fn __contains__(&self, name: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let n = name_arg(name)?;
+        Ok(match self.field_index(&n) {
+            Some(fi) => self.present()?.contains(&fi),
+            None => false,
+        })
+    }
+
+    /// All fields as a dict of name (str) -> `Blob`, in field order.
+    fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for fi in self.present()? {
+            if let Some(b) = self.blob_of(py, fi)? {
+                d.set_item(self.field_name(fi), b)?;
+            }
+        }
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        let names: Vec<String> = self
+            .present()
+            .map(|v| v.iter().map(|&f| self.field_name(f)).collect())
+            .unwrap_or_default();
+        format!(
+            "<shardpack.Sample {} key={:?} label={} fields={:?}>",
+            self.index,
+            lossy(&self.key),
+            self.label.map_or("None".to_string(), |l| l.to_string()),
+            names
+        )
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let fields = PyList::empty(py);
+        for fi in self.present()? {
+            if let Some(b) = self.blob_of(py, fi)? {
+                let name = PyBytes::new(py, self.ds.manifest().fields[fi as usize].name.as_bytes());
+                let data = PyBytes::new(py, b.get().as_slice());
+                fields.append((name, data))?;
+            }
+        }
+        let restore = py.import("shardpack._pickle")?.getattr("restore_sample")?;
+        let args = (
+            self.ds.dir().to_path_buf(),
+            self.index,
+            PyBytes::new(py, &self.key),
+            self.label,
+            fields,
+        );
+        (restore, args).into_pyobject(py)
+    }
+}
+
+/// Rebuilds a pickled sample from its dataset (for the field table) and its copied bytes.
+#[pyfunction]
+fn _sample_from_parts(
+    py: Python<'_>,
+    ds: &Bound<'_, Dataset>,
+    index: u64,
+    key: Vec<u8>,
+    label: Option<u32>,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+) -> PyResult<Py<Sample>> {
+    let inner = ds.get().inner.clone();
+    let mut loaded = Vec::with_capacity(fields.len());
+    for (name, data) in fields {
+        let fi = inner
+            .manifest()
+            .fields
+            .iter()
+            .position(|f| f.name.as_bytes() == name.as_slice())
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "the dataset {} has no field {:?}",
+                    inner.dir().display(),
+                    lossy(&name)
+                ))
+            })?;
+        loaded.push((fi as u32, SampleBytes::from(data)));
+    }
+    Py::new(
+        py,
+        Sample {
+            index,
+            key,
+            label,
+            ds: inner,
+            fields: Fields::Loaded(loaded),
+        },
+    )
+}
+
+fn loaded_sample(ds: &Arc<shardpack::Dataset>, s: LoadedSample) -> Sample {
+    Sample {
+        index: s.index,
+        key: s.key,
+        label: s.label,
+        ds: ds.clone(),
+        fields: Fields::Loaded(s.fields.into_iter().map(|f| (f.field, f.data)).collect()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loader
+// ---------------------------------------------------------------------------------------------
+
+type BatchResult = Option<shardpack::Result<Vec<LoadedSample>>>;
+
+/// A started loader: a feeder thread owns the Rust `Loader` and sends its batches, one ahead,
+/// through a channel, so the Python thread can wait in short slices and see Ctrl-C.
+struct Running {
+    rx: Mutex<mpsc::Receiver<BatchResult>>,
+    feeder: Option<std::thread::JoinHandle<()>>,
+    /// The process that started the loader's threads.
+    pid: u32,
+}
+
+impl Running {
+    fn start(loader: Loader) -> PyResult<Running> {
+        let (tx, rx) = mpsc::sync_channel::<BatchResult>(1);
+        let feeder = std::thread::Builder::new()
+            .name("shardpack-feeder".into())
+            .spawn(move || {
+                let mut loader = loader;
+                loop {
+                    let b = loader.next_batch();
+                    let end = b.is_none();
+                    if tx.send(b).is_err() || end {
+                        break;
+                    }
+                }
+                // Dropping the loader stops and joins its reading threads.
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start a loader thread: {e}")))?;
+        Ok(Running {
+            rx: Mutex::new(rx),
+            feeder: Some(feeder),
+            pid: std::process::id(),
+        })
+    }
+
+    /// The next batch; waits in slices of 100 ms with the GIL released and checks for signals
+    /// between them (a `KeyboardInterrupt` leaves the batch in the channel for the next call).
+    fn recv(&self, py: Python<'_>) -> PyResult<BatchResult> {
+        loop {
+            let got = py.detach(|| match self.rx.lock() {
+                Ok(rx) => rx.recv_timeout(Duration::from_millis(100)),
+                Err(_) => Err(mpsc::RecvTimeoutError::Disconnected),
+            });
+            match got {
+                Ok(b) => return Ok(b),
+                Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err(
+                        "the loader's feeder thread stopped unexpectedly",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Stops the feeder (its pending send fails once the channel is gone) and waits for it
+    /// and the loader's threads: at most the batch being read.
+    fn join(mut self) {
+        let (tx_gone, feeder) = (self.rx, self.feeder.take());
+        drop(tx_gone);
+        if let Some(f) = feeder {
+            let _ = f.join();
+        }
+    }
+}
+
+struct LoaderInner {
+    running: Option<Running>,
+    /// Where the next batch starts (kept current after every batch).
+    state: LoaderState,
+    /// Stop after this many samples of the epoch (a sub-range of the epoch's order, for
+    /// `shardpack.torch`'s `drop_last`); `None`: the whole epoch.
+    end: Option<u64>,
+}
+
+/// The native loader behind `shardpack.Loader` (which adds the rank defaults, drop_last
+/// semantics in Python terms, state dicts and pickling). Construction starts no thread; the
+/// reading threads start at the first batch.
+#[pyclass(frozen, module = "shardpack._native", name = "_Loader")]
+struct NativeLoader {
+    ds: Arc<shardpack::Dataset>,
+    opts: LoaderOptions,
+    drop_last: bool,
+    inner: Mutex<LoaderInner>,
+}
+
+fn parse_shuffle(s: &str) -> Result<Shuffle, String> {
+    match s {
+        "chunked" => Ok(Shuffle::Chunked),
+        "none" => Ok(Shuffle::None),
+        "full" => Ok(Shuffle::Full),
+        _ => Err(format!(
+            "shuffle must be \"chunked\", \"none\" or \"full\", not {s:?}"
+        )),
+    }
+}
+
+fn parse_direct(s: &str) -> Result<DirectIo, String> {
+    match s {
+        "auto" => Ok(DirectIo::Auto),
+        "on" => Ok(DirectIo::On),
+        "off" => Ok(DirectIo::Off),
+        _ => Err(format!(
+            "direct_io must be \"auto\", \"on\" or \"off\", not {s:?}"
+        )),
+    }
+}
+
+impl NativeLoader {
+    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, LoaderInner>> {
+        self.inner
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("the loader's lock is poisoned"))
+    }
+
+    /// Stops and joins a running loader (the GIL released while its threads finish).
+    fn stop(py: Python<'_>, inner: &mut LoaderInner) {
+        if let Some(r) = inner.running.take() {
+            if r.pid == std::process::id() {
+                py.detach(move || r.join());
+            } else {
+                // Its threads did not survive the fork: joining them would wait forever.
+                std::mem::forget(r);
+            }
+        }
+    }
+
+    /// Samples per batch position at the end of the epoch when `drop_last` stops early.
+    fn usable_len(&self, samples: u64) -> u64 {
+        if self.drop_last {
+            samples / self.opts.batch_size as u64 * self.opts.batch_size as u64
+        } else {
+            samples
+        }
+    }
+}
+
+#[pymethods]
+impl NativeLoader {
+    #[new]
+    #[pyo3(signature = (dataset, *, batch_size, seed, epoch, rank, world_size, shuffle,
+                        drop_last, chunk_bytes, window_chunks, io_threads, prefetch_bytes,
+                        direct_io))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        dataset: &Bound<'_, Dataset>,
+        batch_size: usize,
+        seed: u64,
+        epoch: u64,
+        rank: u32,
+        world_size: u32,
+        shuffle: &str,
+        drop_last: bool,
+        chunk_bytes: u64,
+        window_chunks: usize,
+        io_threads: usize,
+        prefetch_bytes: u64,
+        direct_io: &str,
+    ) -> PyResult<NativeLoader> {
+        let opts = LoaderOptions {
+            seed,
+            epoch,
+            rank,
+            world_size,
+            batch_size,
+            shuffle: parse_shuffle(shuffle).map_err(|e| value_error(py, e))?,
+            chunk_bytes,
+            window_chunks,
+            io_threads,
+            prefetch_bytes,
+            direct_io: parse_direct(direct_io).map_err(|e| value_error(py, e))?,
+        };
+        let ds = dataset.get().inner.clone();
+        // Validates the options (and computes the epoch's length) without starting threads.
+        shardpack::loader::epoch_order(&ds, &opts).map_err(to_py)?;
+        let state = LoaderState {
+            seed,
+            epoch,
+            rank,
+            world_size,
+            samples_consumed: 0,
+        };
+        Ok(NativeLoader {
+            ds,
+            opts,
+            drop_last,
+            inner: Mutex::new(LoaderInner {
+                running: None,
+                state,
+                end: None,
+            }),
+        })
+    }
+
+    /// The next batch (a list of `Sample`), or None at the end of the epoch. Starts the
+    /// reading threads on the first call; releases the GIL while it waits.
+    fn next_batch(&self, py: Python<'_>) -> PyResult<Option<Vec<Py<Sample>>>> {
+        let mut inner = self.lock()?;
+        if let Some(r) = &inner.running {
+            if r.pid != std::process::id() {
+                let started = r.pid;
+                let r = inner.running.take().expect("checked above");
+                // SAFETY of leaking (no unsafe code): the threads are gone in this process;
+                // leaking the loader never touches their locks or joins them.
+                std::mem::forget(r);
+                return Err(PyRuntimeError::new_err(format!(
+                    "this shardpack Loader was started in process {started} and is used in \
+                     process {} after a fork; its reading threads did not survive the fork. \
+                     Create the Loader in the child (DataLoader workers: build it inside \
+                     __iter__, as shardpack.torch.ShardIterableDataset does), or call \
+                     set_epoch()/load_state_dict() here to start it again",
+                    std::process::id()
+                )));
+            }
+        }
+        let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
+        let end = self
+            .usable_len(epoch_len)
+            .min(inner.end.unwrap_or(u64::MAX));
+        if inner.state.samples_consumed >= end {
+            return Ok(None);
+        }
+        if inner.running.is_none() {
+            let ds = self.ds.clone();
+            let opts = self.opts.clone();
+            let state = inner.state;
+            let loader = py
+                .detach(move || Loader::resume(ds, opts, &state))
+                .map_err(to_py)?;
+            inner.running = Some(Running::start(loader)?);
+        }
+        let r = inner.running.as_ref().expect("started above");
+        let got = r.recv(py)?;
+        let batch = match got {
+            None => {
+                inner.state.samples_consumed = epoch_len;
+                return Ok(None);
+            }
+            Some(Err(e)) => return Err(to_py(e)),
+            Some(Ok(b)) => b,
+        };
+        let mut batch = batch;
+        let left = end - inner.state.samples_consumed;
+        if batch.len() as u64 > left {
+            batch.truncate(left as usize);
+        }
+        inner.state.samples_consumed += batch.len() as u64;
+        if inner.end.is_some_and(|e| inner.state.samples_consumed >= e) {
+            // A sub-range that ends before the epoch does: stop reading ahead now.
+            Self::stop(py, &mut inner);
+        }
+        if self.drop_last && batch.len() < self.opts.batch_size {
+            return Ok(None);
+        }
+        batch
+            .into_iter()
+            .map(|s| Py::new(py, loaded_sample(&self.ds, s)))
+            .collect::<PyResult<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Benchmark helper: takes the rest of the epoch's samples inside Rust (reading the first
+    /// byte of every field, as a consumer would), creating no Python object; returns how many
+    /// samples it took. Gives the Rust loader's own rate in the same process, so that
+    /// `python/bench/` can tell the Python path's per-sample overhead apart.
+    fn _drain(&self, py: Python<'_>) -> PyResult<u64> {
+        let mut inner = self.lock()?;
+        if inner
+            .running
+            .as_ref()
+            .is_some_and(|r| r.pid != std::process::id())
+        {
+            return Err(PyRuntimeError::new_err(
+                "the loader was started before a fork",
+            ));
+        }
+        if inner.running.is_none() {
+            let ds = self.ds.clone();
+            let opts = self.opts.clone();
+            let state = inner.state;
+            let loader = py
+                .detach(move || Loader::resume(ds, opts, &state))
+                .map_err(to_py)?;
+            inner.running = Some(Running::start(loader)?);
+        }
+        let r = inner.running.as_ref().expect("started above");
+        let (n, touched) = py
+            .detach(|| {
+                let mut n = 0u64;
+                let mut touched = 0u64;
+                let rx =
+                    r.rx.lock()
+                        .map_err(|_| Error::Options("the loader's lock is poisoned".into()))?;
+                while let Ok(Some(b)) = rx.recv() {
+                    for s in b? {
+                        for f in &s.fields {
+                            touched =
+                                touched.wrapping_add(f.data.first().copied().unwrap_or(0) as u64);
+                        }
+                        n += 1;
+                    }
+                }
+                Ok((n, touched))
+            })
+            .map_err(to_py)?;
+        std::hint::black_box(touched);
+        inner.state.samples_consumed += n;
+        Ok(n)
+    }
+
+    /// Restarts at `samples_consumed` of `epoch` (the loader's own seed, rank and world
+    /// size), handing out samples up to position `end` of the epoch (default: its end).
+    /// Stops the running threads; new ones start at the next batch.
+    #[pyo3(signature = (epoch, samples_consumed, end=None))]
+    fn seek(
+        &self,
+        py: Python<'_>,
+        epoch: u64,
+        samples_consumed: u64,
+        end: Option<u64>,
+    ) -> PyResult<()> {
+        let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
+        if samples_consumed > epoch_len {
+            return Err(value_error(
+                py,
+                format!(
+                    "cannot resume at sample {samples_consumed}: this rank's epoch has \
+                     {epoch_len} samples"
+                ),
+            ));
+        }
+        let mut inner = self.lock()?;
+        Self::stop(py, &mut inner);
+        inner.state.epoch = epoch;
+        inner.state.samples_consumed = samples_consumed;
+        inner.end = end;
+        Ok(())
+    }
+
+    /// Stops the reading threads (they start again at the next batch, where this left off).
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let mut inner = self.lock()?;
+        Self::stop(py, &mut inner);
+        Ok(())
+    }
+
+    /// Whether reading threads are running (for tests: none before the first batch).
+    #[getter]
+    fn running(&self) -> PyResult<bool> {
+        Ok(self.lock()?.running.is_some())
+    }
+
+    /// Samples this rank gets per epoch (padded: the same on every rank).
+    #[getter]
+    fn samples_per_epoch(&self) -> u64 {
+        self.ds.len().div_ceil(self.opts.world_size as u64)
+    }
+
+    /// `(seed, epoch, rank, world_size, samples_consumed)`.
+    #[getter]
+    fn position(&self) -> PyResult<(u64, u64, u32, u32, u64)> {
+        let s = self.lock()?.state;
+        Ok((s.seed, s.epoch, s.rank, s.world_size, s.samples_consumed))
+    }
+}
+
+impl Drop for NativeLoader {
+    fn drop(&mut self) {
+        if let Ok(inner) = self.inner.get_mut() {
+            if let Some(r) = inner.running.take() {
+                if r.pid != std::process::id() {
+                    std::mem::forget(r);
+                } else {
+                    // Joining takes at most the batch being read; the GIL may be held here
+                    // (drop from Python), which the threads never need.
+                    r.join();
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pack
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Counters {
+    cancel: AtomicBool,
+    walked: AtomicU64,
+    files_total: AtomicU64,
+    bytes_total: AtomicU64,
+    files_done: AtomicU64,
+    bytes_done: AtomicU64,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Progress for Counters {
+    fn walking(&self, files: u64) {
+        self.walked.store(files, Ordering::Relaxed);
+    }
+    fn start(&self, files: u64, bytes: u64) {
+        self.files_total.store(files, Ordering::Relaxed);
+        self.bytes_total.store(bytes, Ordering::Relaxed);
+    }
+    fn advance(&self, files: u64, bytes: u64) {
+        self.files_done.fetch_add(files, Ordering::Relaxed);
+        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn note(&self, msg: &str) {
+        if let Ok(mut n) = self.notes.lock() {
+            n.push(msg.to_string());
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+fn progress_dict<'py>(py: Python<'py>, c: &Counters) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("walked_files", c.walked.load(Ordering::Relaxed))?;
+    d.set_item("files_total", c.files_total.load(Ordering::Relaxed))?;
+    d.set_item("bytes_total", c.bytes_total.load(Ordering::Relaxed))?;
+    d.set_item("files_done", c.files_done.load(Ordering::Relaxed))?;
+    d.set_item("bytes_done", c.bytes_done.load(Ordering::Relaxed))?;
+    let notes: Vec<String> = c
+        .notes
+        .lock()
+        .map(|mut n| std::mem::take(&mut *n))
+        .unwrap_or_default();
+    d.set_item("notes", notes)?;
+    Ok(d)
+}
+
+fn parse_policy(py: Python<'_>, s: &str) -> PyResult<Policy> {
+    s.parse::<Policy>().map_err(|e| value_error(py, e))
+}
+
+/// Packs the folder tree `src` into a dataset at `out` and returns the summary as JSON text
+/// (the keys of `shardpack pack --json`). Runs on a Rust thread with the GIL released; every
+/// ~100 ms the calling thread checks for Ctrl-C (which cancels the pack: what it wrote is
+/// removed, then `KeyboardInterrupt` is raised) and calls `progress(dict)` when given.
+#[pyfunction]
+#[pyo3(signature = (src, out, *, shard_size, max_samples_per_shard, compress, field_compress,
+                    align, shuffle_seed, threads, io_threads, labels, key, follow_symlinks,
+                    skip_errors, force, progress))]
+#[allow(clippy::too_many_arguments)]
+fn _pack(
+    py: Python<'_>,
+    src: PathBuf,
+    out: PathBuf,
+    shard_size: u64,
+    max_samples_per_shard: Option<u64>,
+    compress: &str,
+    field_compress: Vec<(String, String)>,
+    align: u64,
+    shuffle_seed: Option<u64>,
+    threads: usize,
+    io_threads: usize,
+    labels: &str,
+    key: &str,
+    follow_symlinks: bool,
+    skip_errors: bool,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    let mut fc = std::collections::BTreeMap::new();
+    for (ext, pol) in &field_compress {
+        let ext = ext.trim_start_matches('.');
+        if fc
+            .insert(ext.as_bytes().to_vec(), parse_policy(py, pol)?)
+            .is_some()
+        {
+            return Err(value_error(
+                py,
+                format!("field_compress names field {ext:?} twice"),
+            ));
+        }
+    }
+    let opts = PackOptions {
+        writer: WriterOptions {
+            shard_size,
+            max_samples_per_shard,
+            record_align: align,
+        },
+        compress: parse_policy(py, compress)?,
+        field_compress: fc,
+        shuffle_seed,
+        threads,
+        io_threads,
+        labels: match labels {
+            "imagefolder" => LabelMode::ImageFolder,
+            "none" => LabelMode::None,
+            _ => {
+                return Err(value_error(
+                    py,
+                    format!("labels must be \"imagefolder\" or \"none\", not {labels:?}"),
+                ))
+            }
+        },
+        key: match key {
+            "first-dot" => KeyMode::FirstDot,
+            "last-dot" => KeyMode::LastDot,
+            _ => {
+                return Err(value_error(
+                    py,
+                    format!("key must be \"first-dot\" or \"last-dot\", not {key:?}"),
+                ))
+            }
+        },
+        follow_symlinks,
+        skip_errors,
+        force,
+        ..PackOptions::default()
+    };
+    let counters = Arc::new(Counters::default());
+    let (tx, rx) = mpsc::channel();
+    let rx = Mutex::new(rx); // `detach` needs Sync captures
+    let c2 = counters.clone();
+    let worker = std::thread::Builder::new()
+        .name("shardpack-pack".into())
+        .spawn(move || {
+            let r = compile::pack(&src, &out, &opts, &*c2)
+                .map(|s| serde_json::to_string(&s).expect("a summary serializes"));
+            let _ = tx.send(r);
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the pack thread: {e}")))?;
+    let finish = |py: Python<'_>| {
+        let _ = py.detach(|| worker.join());
+    };
+    loop {
+        let got = py.detach(|| match rx.lock() {
+            Ok(rx) => rx.recv_timeout(Duration::from_millis(100)),
+            Err(_) => Err(mpsc::RecvTimeoutError::Disconnected),
+        });
+        let interrupt = py.check_signals().err();
+        let cb_err = match (&progress, &interrupt) {
+            (Some(cb), None) => progress_dict(py, &counters)
+                .and_then(|d| cb.bind(py).call1((d,)))
+                .err(),
+            _ => None,
+        };
+        if let Some(e) = interrupt.or(cb_err) {
+            counters.cancel.store(true, Ordering::Relaxed);
+            // Wait for the pack to remove what it wrote before raising.
+            py.detach(|| {
+                if let Ok(rx) = rx.lock() {
+                    let _ = rx.recv();
+                }
+            });
+            finish(py);
+            return Err(e);
+        }
+        match got {
+            Ok(r) => {
+                finish(py);
+                return r.map_err(to_py);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                finish(py);
+                return Err(PyRuntimeError::new_err(
+                    "the pack thread stopped unexpectedly",
+                ));
+            }
+        }
+    }
+}
+
+/// The library's version.
+#[pyfunction]
+fn _version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Dataset>()?;
+    m.add_class::<DatasetIter>()?;
+    m.add_class::<Sample>()?;
+    m.add_class::<Blob>()?;
+    m.add_class::<NativeLoader>()?;
+    m.add_function(wrap_pyfunction!(_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(_sample_from_parts, m)?)?;
+    m.add_function(wrap_pyfunction!(_version, m)?)?;
+    Ok(())
+}
