@@ -147,6 +147,9 @@ def pack(
     labels: str = "imagefolder",
     key: str = "first-dot",
     follow_symlinks: bool = False,
+    symlinks: str | None = None,
+    max_skipped_share: float | str = 0.01,
+    unlabeled: str = "allow",
     skip_errors: bool = False,
     force: bool = False,
     progress: Callable[[dict[str, Any]], Any] | None = None,
@@ -162,7 +165,12 @@ def pack(
     ``zstd[:LEVEL]``, ``zstd-dict[:LEVEL]``), ``field_compress`` (``{"json": "zstd-dict"}``),
     ``align`` (a power of two from 8 to 1 MiB), ``shuffle_seed`` / ``no_shuffle``,
     ``threads``, ``io_threads``, ``labels`` (``imagefolder`` or ``none``), ``key``
-    (``first-dot`` or ``last-dot``), ``follow_symlinks``, ``skip_errors``, ``force``.
+    (``first-dot`` or ``last-dot``), ``symlinks`` (``follow``, the default, ``skip`` or
+    ``error``; ``follow_symlinks=True`` is the older spelling of ``symlinks="follow"``),
+    ``max_skipped_share`` (a share from 0 to 1 or a string such as ``"1%"``: more skipped
+    inputs than that fail the pack unless ``skip_errors``), ``unlabeled`` (``allow`` or
+    ``error`` for files outside any class folder under ``imagefolder`` labels),
+    ``skip_errors``, ``force``.
     The output is byte-identical to the CLI's for the same options.
 
     ``progress``, when given, is called about every 100 ms from the calling thread with a dict
@@ -184,6 +192,11 @@ def pack(
                 "invalid option: field_compress is a dict of field name -> policy"
             )
         fc = [(str(k), str(v)) for k, v in field_compress.items()]
+    if follow_symlinks and symlinks not in (None, "follow"):
+        raise ShardpackValueError(
+            f"invalid option: follow_symlinks=True conflicts with symlinks={symlinks!r}"
+        )
+    share = _share("max_skipped_share", max_skipped_share)
     if progress is not None and not callable(progress):
         raise ShardpackValueError("invalid option: progress must be callable")
     seed: int | None
@@ -206,7 +219,9 @@ def pack(
         io_threads=_count("io_threads", io_threads, optional=True) or 0,
         labels=str(labels),
         key=str(key),
-        follow_symlinks=bool(follow_symlinks),
+        symlinks=str(symlinks or "follow"),
+        max_skipped_share=share,
+        unlabeled=str(unlabeled),
         skip_errors=bool(skip_errors),
         force=bool(force),
         progress=progress,
@@ -223,12 +238,34 @@ _DEFAULT_SHUFFLE_SEED = 0x5348_5244_5041_434B
 # ---------------------------------------------------------------------------------------------
 
 # LoaderOptions::default() in the library.
+def _share(name: str, value: float | str) -> float:
+    """A share from 0 to 1, given as a number or as a percentage string (``"1%"``)."""
+    try:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            share = float(value.strip()[:-1]) / 100.0
+        elif isinstance(value, bool):
+            raise TypeError
+        else:
+            share = float(value)
+    except (TypeError, ValueError):
+        raise ShardpackValueError(
+            f"invalid option: {name} must be a share from 0 to 1 or a percentage such as "
+            f"'1%', not {value!r}"
+        ) from None
+    if not 0.0 <= share <= 1.0:
+        raise ShardpackValueError(
+            f"invalid option: {name} must be from 0 to 1 (0% to 100%), not {value!r}"
+        )
+    return share
+
+
 _TUNING_DEFAULTS: dict[str, Any] = {
     "chunk_bytes": 4 << 20,
     "window_chunks": 16,
     "io_threads": 8,
     "prefetch_bytes": 256 << 20,
     "direct_io": "auto",
+    "on_error": "fail",
 }
 
 _STATE_VERSION = 1
@@ -280,7 +317,9 @@ class Loader:
     - ``drop_last``: drop this rank's last batch when it is short (applied by the binding at
       the batch level: the epoch's order is unchanged, the tail is simply not handed out).
     - ``**tuning``: ``chunk_bytes`` (4 MiB), ``window_chunks`` (16), ``io_threads`` (8),
-      ``prefetch_bytes`` (256 MiB), ``direct_io`` (``"auto"``, ``"on"``, ``"off"``); sizes
+      ``prefetch_bytes`` (256 MiB), ``direct_io`` (``"auto"``, ``"on"``, ``"off"``),
+      ``on_error`` (``"fail"``, the default, raises on a corrupt record naming its shard,
+      sample, key and field; ``"skip"`` leaves out only that sample and goes on); sizes
       may be ints or strings such as ``"8MiB"``.
 
     ``len(loader)`` is the number of batches per epoch. ``for batch in loader`` continues the
@@ -340,6 +379,7 @@ class Loader:
             "io_threads": _count("io_threads", t["io_threads"]),
             "prefetch_bytes": _size("prefetch_bytes", t["prefetch_bytes"]),
             "direct_io": str(t["direct_io"]),
+            "on_error": str(t["on_error"]),
         }
         self._native = _native._Loader(ds, epoch=epoch, **self._options)
 

@@ -71,6 +71,7 @@ class _Loader:
         io_threads: int,
         prefetch_bytes: int,
         direct_io: str,
+        on_error: str,
     ) -> None: ...
     def next_batch(self) -> list[Sample] | None: ...
     def seek(self, epoch: int, samples_consumed: int, end: int | None = None) -> None: ...
@@ -96,7 +97,9 @@ def _pack(
     io_threads: int,
     labels: str,
     key: str,
-    follow_symlinks: bool,
+    symlinks: str,
+    max_skipped_share: float,
+    unlabeled: str,
     skip_errors: bool,
     force: bool,
     progress: Callable[[dict[str, Any]], Any] | None,

@@ -26,9 +26,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use shardpack::codec::Policy;
-use shardpack::compile::{self, KeyMode, LabelMode, PackOptions, Progress};
+use shardpack::compile::{
+    self, KeyMode, LabelMode, PackOptions, Progress, SymlinkPolicy, UnlabeledPolicy,
+};
 use shardpack::format::Codec;
-use shardpack::loader::{DirectIo, LoadedSample, SampleBytes, Shuffle};
+use shardpack::loader::{DirectIo, ErrorPolicy, LoadedSample, SampleBytes, Shuffle};
 use shardpack::writer::WriterOptions;
 use shardpack::{Error, Loader, LoaderOptions, LoaderState};
 
@@ -398,7 +400,8 @@ impl Dataset {
 
     /// Checks every byte (each shard's checksum, every record's checksum, every compressed
     /// record decodes). Returns a dict: `ok`, `shards`, `samples`, `records`, `bytes`, and
-    /// `problems` (a list of dicts with `shard`, `sample`, `key`, `field`, `detail`). Releases
+    /// `problems` (a list of dicts with `shard`, `kind` (the stable name of the check, as in
+    /// `shardpack verify --json`), `sample`, `key`, `field`, `detail`). Releases
     /// the GIL while it reads.
     fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let ds = self.inner.clone();
@@ -413,6 +416,7 @@ impl Dataset {
         for p in &r.problems {
             let pd = PyDict::new(py);
             pd.set_item("shard", &p.shard)?;
+            pd.set_item("kind", p.kind.name())?;
             pd.set_item("sample", p.sample)?;
             pd.set_item("key", &p.key)?;
             pd.set_item("field", &p.field)?;
@@ -846,7 +850,7 @@ impl NativeLoader {
     #[new]
     #[pyo3(signature = (dataset, *, batch_size, seed, epoch, rank, world_size, shuffle,
                         drop_last, chunk_bytes, window_chunks, io_threads, prefetch_bytes,
-                        direct_io))]
+                        direct_io, on_error))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -863,6 +867,7 @@ impl NativeLoader {
         io_threads: usize,
         prefetch_bytes: u64,
         direct_io: &str,
+        on_error: &str,
     ) -> PyResult<NativeLoader> {
         let opts = LoaderOptions {
             seed,
@@ -876,6 +881,16 @@ impl NativeLoader {
             io_threads,
             prefetch_bytes,
             direct_io: parse_direct(direct_io).map_err(|e| value_error(py, e))?,
+            on_error: match on_error {
+                "fail" => ErrorPolicy::Fail,
+                "skip" => ErrorPolicy::Skip,
+                _ => {
+                    return Err(value_error(
+                        py,
+                        format!("on_error must be \"fail\" or \"skip\", not {on_error:?}"),
+                    ))
+                }
+            },
         };
         let ds = dataset.get().inner.clone();
         // Validates the options (and computes the epoch's length) without starting threads.
@@ -1150,8 +1165,8 @@ fn parse_policy(py: Python<'_>, s: &str) -> PyResult<Policy> {
 /// removed, then `KeyboardInterrupt` is raised) and calls `progress(dict)` when given.
 #[pyfunction]
 #[pyo3(signature = (src, out, *, shard_size, max_samples_per_shard, compress, field_compress,
-                    align, shuffle_seed, threads, io_threads, labels, key, follow_symlinks,
-                    skip_errors, force, progress))]
+                    align, shuffle_seed, threads, io_threads, labels, key, symlinks,
+                    max_skipped_share, unlabeled, skip_errors, force, progress))]
 #[allow(clippy::too_many_arguments)]
 fn _pack(
     py: Python<'_>,
@@ -1167,7 +1182,9 @@ fn _pack(
     io_threads: usize,
     labels: &str,
     key: &str,
-    follow_symlinks: bool,
+    symlinks: &str,
+    max_skipped_share: f64,
+    unlabeled: &str,
     skip_errors: bool,
     force: bool,
     progress: Option<Py<PyAny>>,
@@ -1216,7 +1233,20 @@ fn _pack(
                 ))
             }
         },
-        follow_symlinks,
+        symlinks: symlinks
+            .parse::<SymlinkPolicy>()
+            .map_err(|e| value_error(py, e))?,
+        max_skipped_share: if (0.0..=1.0).contains(&max_skipped_share) {
+            max_skipped_share
+        } else {
+            return Err(value_error(
+                py,
+                format!("max_skipped_share must be a share from 0 to 1, not {max_skipped_share}"),
+            ));
+        },
+        unlabeled: unlabeled
+            .parse::<UnlabeledPolicy>()
+            .map_err(|e| value_error(py, e))?,
         skip_errors,
         force,
         ..PackOptions::default()

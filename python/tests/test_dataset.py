@@ -160,10 +160,17 @@ def test_corrupt_record(corrupt_dataset: Path) -> None:
         ds[7]["bin"]
     r = ds.verify()
     assert not r["ok"] and len(r["problems"]) >= 1
+    assert {p["kind"] for p in r["problems"]} >= {"record-checksum"}, r["problems"]
     loader = shardpack.Loader(ds, batch_size=16, shuffle="none")
     with pytest.raises(shardpack.CorruptError, match=shard.name):
         for _ in loader:
             pass
+    # on_error="skip": only the bad sample is left out, every other one is delivered once.
+    skipping = shardpack.Loader(ds, batch_size=16, shuffle="none", on_error="skip")
+    got = [s.index for batch in skipping for s in batch]
+    assert sorted(got) == [i for i in range(len(ds)) if i != 7]
+    with pytest.raises(ValueError, match="on_error"):
+        shardpack.Loader(ds, batch_size=16, on_error="ignore")
 
 
 def test_import_without_torch_starts_no_thread() -> None:

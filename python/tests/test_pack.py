@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,33 @@ def test_option_spellings(tree: Path, tmp_path: Path) -> None:
     ds = shardpack.open(tmp_path / "o")
     assert s["shards"] > 1 and ds.classes == [] and ds[0].label is None
     assert [s.key for s in ds] == sorted(s.key for s in ds)
+
+
+def test_symlink_and_unlabeled_policies(tree: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(tree, src)
+    first = sorted(p for p in src.rglob("*") if p.is_file())[0]
+    (src / "toplevel.txt").write_bytes(b"outside any class folder")
+    link = first.parent / ("link" + first.name)
+    link.symlink_to(first)
+    # Links are followed by default, like the CLI; symlinks="skip" leaves the link out, and
+    # with the share of skipped inputs allowed that still packs.
+    followed = shardpack.pack(src, tmp_path / "follow")
+    skipped = shardpack.pack(src, tmp_path / "skip", symlinks="skip", max_skipped_share="100%")
+    assert followed["files"] == skipped["files"] + 1
+    assert followed["unlabeled"] == 1
+    with pytest.raises(shardpack.ShardpackError, match="toplevel"):
+        shardpack.pack(src, tmp_path / "strict", unlabeled="error")
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+    for kw in (
+        {"symlinks": "sometimes"},
+        {"max_skipped_share": 2},
+        {"max_skipped_share": "lots"},
+        {"unlabeled": "maybe"},
+        {"follow_symlinks": True, "symlinks": "skip"},
+    ):
+        with pytest.raises(ValueError):
+            shardpack.pack(src, tmp_path / "bad", **kw)
 
 
 def test_bad_options_and_inputs(tree: Path, tmp_path: Path) -> None:
