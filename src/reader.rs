@@ -11,7 +11,8 @@ use xxhash_rust::xxh3::Xxh3;
 use zstd::zstd_safe::DCtx;
 
 use crate::codec::{
-    decode_into, decode_record, max_decoded_len, new_dctx, DecodeDict, DecodeError, StreamCheck,
+    decode_into, decode_record, frame_header, new_dctx, DecodeDict, DecodeError, FrameDecoder,
+    StreamCheck,
 };
 use crate::error::{Error, Result};
 use crate::format::{
@@ -726,8 +727,10 @@ impl<'a> Field<'a> {
     /// for copying large records to a file or a pipe. The record's checksum is checked before
     /// this returns (for a large record, by a first pass of positioned reads through the
     /// file), so a damaged record is an error before any byte is read from it; a compressed
-    /// record is then decoded as it is read (zstd's streaming decoder), and a decoded length
-    /// other than the index's is an error at the end. Records up to [`STREAM_ABOVE`] bytes
+    /// record is then decoded as it is read (zstd's streaming decoder) under the frame rules
+    /// `verify` applies ([`crate::codec::FrameDecoder`]): a skippable frame or a window above 2^27 bytes is
+    /// an error before any byte is read, bytes after the frame or a decoded length other
+    /// than the index's are an error at the end. Records up to [`STREAM_ABOVE`] bytes
     /// (stored and decoded) are simply checked and decoded in memory.
     ///
     /// Errors while reading are `io::Error`s of kind `InvalidData` wrapping the
@@ -769,33 +772,25 @@ impl<'a> Field<'a> {
                 end,
             },
             Codec::Zstd | Codec::ZstdDict => {
-                if self.rec.raw_len > max_decoded_len(stored_len) {
-                    return Err(self.bad(format!(
-                        "claims {} decoded bytes from {stored_len} stored bytes, more than \
-                         zstd can produce",
-                        self.rec.raw_len
-                    )));
-                }
-                let mut dctx = new_dctx();
-                if self.codec == Codec::ZstdDict {
-                    let dict = shard
-                        .bytes
-                        .field_dict(self.rec.field as usize)
-                        .ok_or_else(|| self.bad("dictionary missing".into()))?;
-                    dctx.load_dictionary(dict).map_err(|c| {
-                        self.bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))
-                    })?;
-                }
+                // The frame rules of `format-spec/shard.md` section 6, as in `decode_record`
+                // and `verify`: the header (skippable frame, window) is checked here on the
+                // first piece, so such a record fails before any byte is handed out; bytes
+                // after the frame and the decoded length fail at the end.
+                let dict = shard.dict(self.rec.field);
+                let dec = FrameDecoder::new(self.codec, stored_len, self.rec.raw_len, dict)
+                    .map_err(|e| self.bad(e.to_string()))?;
+                let n = (stored_len as usize).min(buf.len());
+                read_exact_at(&shard.file, &mut buf[..n], start)
+                    .map_err(|e| Error::io(&shard.path, "read", e))?;
+                frame_header(&buf[..n]).map_err(|e| self.bad(e.to_string()))?;
                 ReaderKind::Zstd(Box::new(ZstdStream {
                     field: *self,
-                    dctx,
-                    pos: start,
+                    dec,
+                    pos: start + n as u64,
                     end,
                     input: buf,
                     in_pos: 0,
-                    in_len: 0,
-                    produced: 0,
-                    frame_done: false,
+                    in_len: n,
                 }))
             }
         };
@@ -978,15 +973,13 @@ impl std::fmt::Debug for ReaderKind<'_> {
 
 struct ZstdStream<'a> {
     field: Field<'a>,
-    dctx: DCtx<'static>,
+    dec: FrameDecoder<'a>,
     /// Next stored byte to read from the file, and the end of the record.
     pos: u64,
     end: u64,
     input: Vec<u8>,
     in_pos: usize,
     in_len: usize,
-    produced: u64,
-    frame_done: bool,
 }
 
 fn invalid(e: Error) -> std::io::Error {
@@ -995,24 +988,9 @@ fn invalid(e: Error) -> std::io::Error {
 
 impl ZstdStream<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let raw_len = self.field.rec.raw_len;
         let shard = self.field.sample.shard;
+        let bad = |e: DecodeError| invalid(self.field.bad(e.to_string()));
         loop {
-            if self.frame_done {
-                if self.in_pos < self.in_len || self.pos < self.end {
-                    return Err(invalid(
-                        self.field
-                            .bad("bytes follow the end of the zstd frame".into()),
-                    ));
-                }
-                if self.produced != raw_len {
-                    return Err(invalid(self.field.bad(format!(
-                        "decoded to {} bytes, the index says {raw_len}",
-                        self.produced
-                    ))));
-                }
-                return Ok(0);
-            }
             if self.in_pos == self.in_len && self.pos < self.end {
                 let n = ((self.end - self.pos) as usize).min(self.input.len());
                 read_exact_at(&shard.file, &mut self.input[..n], self.pos)
@@ -1021,42 +999,34 @@ impl ZstdStream<'_> {
                 self.in_pos = 0;
                 self.in_len = n;
             }
+            if self.dec.is_done() {
+                // Bytes after the frame are refused by `decode`; `finish` checks the length
+                // and that the frame ended at the end of the record.
+                self.dec
+                    .decode(&self.input[self.in_pos..self.in_len], out)
+                    .map_err(bad)?;
+                self.dec.finish().map_err(bad)?;
+                return Ok(0);
+            }
             if out.is_empty() {
                 return Ok(0);
             }
-            let mut inb = zstd::zstd_safe::InBuffer::around(&self.input[self.in_pos..self.in_len]);
-            let mut outb = zstd::zstd_safe::OutBuffer::around(&mut *out);
-            let hint = self
-                .dctx
-                .decompress_stream(&mut outb, &mut inb)
-                .map_err(|c| {
-                    invalid(
-                        self.field
-                            .bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c))),
-                    )
-                })?;
-            let (consumed, written) = (inb.pos(), outb.pos());
+            let (consumed, written) = self
+                .dec
+                .decode(&self.input[self.in_pos..self.in_len], out)
+                .map_err(bad)?;
             self.in_pos += consumed;
-            self.produced += written as u64;
-            if self.produced > raw_len {
-                return Err(invalid(self.field.bad(format!(
-                    "decodes to more than the {raw_len} bytes the index says"
-                ))));
-            }
-            if hint == 0 {
-                self.frame_done = true;
-            } else if consumed == 0
-                && written == 0
-                && self.in_pos == self.in_len
-                && self.pos >= self.end
-            {
-                return Err(invalid(
-                    self.field
-                        .bad("the zstd frame ends early (truncated record)".into()),
-                ));
-            }
             if written > 0 {
                 return Ok(written);
+            }
+            if consumed == 0 && self.in_pos == self.in_len && self.pos >= self.end {
+                if self.dec.is_done() {
+                    continue;
+                }
+                // All input in, nothing more out, and the frame has not ended.
+                return Err(bad(DecodeError::Zstd(
+                    "the frame ends early (truncated record)",
+                )));
             }
         }
     }

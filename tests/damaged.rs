@@ -559,7 +559,7 @@ mod stream {
         let cases: [(&str, &[u8], u64, &str); 3] = [
             ("cut", &frame[..frame.len() / 2], n, "ends early"),
             ("short", &frame, n + 1, "decoded to"),
-            ("long", &frame, n - 1, "decodes to more"),
+            ("long", &frame, n - 1, "the index says"),
         ];
         for (name, stored, raw_len, words) in cases {
             let tmp = tempfile::tempdir().unwrap();
