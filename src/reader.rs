@@ -927,6 +927,8 @@ pub const STREAM_ABOVE: u64 = 8 << 20;
 /// Bytes [`Field::reader`] reads from the shard file at a time when streaming.
 const STREAM_PIECE: usize = 1 << 20;
 
+/// Fills `buf` from `offset` with positioned reads ([`crate::sys::read_full_at`]); a file that
+/// ends first (a shard cut short under a record) is an `UnexpectedEof` saying where.
 fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     let n = crate::sys::read_full_at(file, buf, offset)?;
     if n < buf.len() {
@@ -1203,19 +1205,12 @@ impl<'m> Verifier<'m> {
         let end = f.rec.offset + f.rec.stored_len;
         while at < end {
             let n = PIECE.min((end - at) as usize);
-            let got = crate::sys::read_full_at(file, &mut piece_buf[..n], at).map_err(|e| {
+            read_exact_at(file, &mut piece_buf[..n], at).map_err(|e| {
                 (
                     ProblemKind::Shard,
                     Error::io(f.sample.shard.path(), "read", e),
                 )
             })?;
-            if got < n {
-                let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                return Err((
-                    ProblemKind::Shard,
-                    Error::io(f.sample.shard.path(), "read", e),
-                ));
-            }
             let piece = &piece_buf[..n];
             h.update(piece);
             if decode.is_ok() {
