@@ -2,7 +2,8 @@
 //! `STREAM_ABOVE`) obey the same zstd frame rules as `verify` and the in-memory decoder
 //! (`format-spec/shard.md` section 6: exactly one zstd frame, no skippable frame, a window of
 //! at most 2^27 bytes), and the frames the writer streams for files above 16 MiB pass those
-//! rules in `verify` and read back byte-equal through `cat`.
+//! rules in `verify` and read back byte-equal through `cat`. Also: what extract says when two
+//! records map to one path.
 
 #![cfg(unix)]
 
@@ -133,4 +134,21 @@ fn streamed_frames_of_large_files_verify_and_cat_back_exactly() {
         "cat gives {} bytes, not the file",
         r.stdout.len()
     );
+}
+
+/// Two records that map to one path (here a key repeated across shards) stop extract with a
+/// message that says which path, why it can happen and what to run.
+#[test]
+fn extract_of_colliding_paths_says_why_and_what_to_do() {
+    let t = tmp();
+    let ds = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/corrupt/duplicate-key-across-shards");
+    let out = t.path().join("out");
+    sp(&[&"extract", &ds, &out]).code(1).stderr_has(&[
+        "circle/0005.bin",
+        "two samples share a key",
+        "`shardpack verify`",
+        "nothing was kept",
+    ]);
+    assert!(!out.exists());
 }

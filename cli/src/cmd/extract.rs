@@ -316,7 +316,9 @@ fn write_field(f: &Field<'_>, part: &Path, path: &Path, buf: &mut [u8]) -> Resul
     match fs::symlink_metadata(path) {
         Ok(_) => {
             return Err(Failure::Data(anyhow!(
-                "two records of the dataset would both be written to {} (duplicate key?)",
+                "two records of the dataset would both be written to {}: two samples share a \
+                 key, or one key is another's key plus \".FIELD\" (`shardpack verify` names \
+                 duplicate keys; `shardpack cat` reads each record)",
                 shown.display()
             )))
         }
