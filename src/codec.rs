@@ -477,6 +477,68 @@ pub fn check_frame(stored: &[u8]) -> Result<FrameHeader, DecodeError> {
     }
 }
 
+/// The length of the zstd frame that starts a record of `stored_len` bytes, found without
+/// decoding by walking its block headers (RFC 8878 section 3.1.1.2) through `read_at(offset,
+/// buf)`, which must fill `buf` from that offset of the record. What [`check_frame`] gives for
+/// a record in memory, for a streaming reader that must refuse a second frame (or other bytes
+/// after the frame) before it decodes: the record is exactly one frame when this returns
+/// `stored_len`. The header is checked as by [`frame_header`]; a frame cut short is an error.
+/// The record is read in pieces of 64 KiB, so a frame of many tiny blocks costs no more reads
+/// than its size needs.
+pub fn walk_frame(
+    stored_len: u64,
+    read_at: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<Result<u64, DecodeError>> {
+    const WIN: u64 = 64 << 10;
+    let cut = DecodeError::Zstd("the frame ends early (truncated record)");
+    let mut win = vec![0u8; WIN.min(stored_len) as usize];
+    let mut win_start = 0u64;
+    read_at(0, &mut win)?;
+    if let Err(e) = frame_header(&win) {
+        return Ok(Err(e));
+    }
+    let fhd = win[4];
+    let single_segment = fhd & 0x20 != 0;
+    let did_len = [0u64, 1, 2, 4][(fhd & 3) as usize];
+    let fcs_len = match fhd >> 6 {
+        0 if single_segment => 1,
+        0 => 0,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let checksum_len = if fhd & 0x04 != 0 { 4 } else { 0 };
+    let mut pos = 5 + u64::from(!single_segment) + did_len + fcs_len;
+    loop {
+        if pos + 3 > stored_len {
+            return Ok(Err(cut));
+        }
+        if pos < win_start || pos + 3 > win_start + win.len() as u64 {
+            let n = WIN.min(stored_len - pos) as usize;
+            win.resize(n, 0);
+            read_at(pos, &mut win)?;
+            win_start = pos;
+        }
+        let at = (pos - win_start) as usize;
+        let bh = u32::from_le_bytes([win[at], win[at + 1], win[at + 2], 0]);
+        let size = u64::from(bh >> 3);
+        let body = match (bh >> 1) & 3 {
+            0 | 2 => size,
+            1 => 1,
+            _ => return Ok(Err(DecodeError::Zstd("reserved block type"))),
+        };
+        pos += 3 + body;
+        if bh & 1 != 0 {
+            break;
+        }
+    }
+    pos += checksum_len;
+    if pos > stored_len {
+        return Ok(Err(cut));
+    }
+    Ok(Ok(pos))
+}
+
 /// Decodes a compressed record into `out` (cleared first), checking that it yields exactly
 /// `raw_len` bytes. `dict` must be given for [`Codec::ZstdDict`]. The error as text; see
 /// [`decode_record`] for the typed error.
@@ -973,5 +1035,45 @@ mod tests {
         let mut out = Vec::new();
         let e = decode_into(&mut dctx, Codec::Zstd, b"xx", u64::MAX, None, &mut out).unwrap_err();
         assert!(e.contains("more than zstd can produce"), "{e}");
+    }
+
+    /// walk_frame finds the same frame end as zstd's `ZSTD_findFrameCompressedSize` on frames
+    /// of every block type, with and without content checksum, read in any piece size, and
+    /// reports trailing bytes, a skippable frame and a cut frame.
+    #[test]
+    fn walk_frame_agrees_with_zstd() {
+        let text = b"walk the frame, walk the frame ".repeat(20_000);
+        let zeros = vec![0u8; 300_000]; // RLE blocks
+        let mut noise = vec![0u8; 200_000]; // raw blocks
+        let mut x = 1u64;
+        for b in noise.iter_mut() {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (x >> 56) as u8;
+        }
+        let walk = |stored: &[u8]| {
+            walk_frame(stored.len() as u64, &mut |off, b| {
+                let off = off as usize;
+                b.copy_from_slice(&stored[off..off + b.len()]);
+                Ok(())
+            })
+            .unwrap()
+        };
+        for raw in [&text[..], &zeros, &noise, b"x"] {
+            for checksum in [false, true] {
+                let mut c = zstd::bulk::Compressor::new(3).unwrap();
+                c.include_checksum(checksum).unwrap();
+                let f = c.compress(raw).unwrap();
+                let n = zstd_safe::find_frame_compressed_size(&f).unwrap() as u64;
+                assert_eq!(walk(&f), Ok(n), "{} bytes, checksum {checksum}", raw.len());
+                let two = [f.clone(), f.clone()].concat();
+                assert_eq!(walk(&two), Ok(n));
+                assert!(walk(&f[..f.len() - 1]).is_err());
+                let mut skip = vec![0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
+                skip.extend_from_slice(&f);
+                assert_eq!(walk(&skip), Err(DecodeError::SkippableFrame));
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::Xxh3;
 use zstd::zstd_safe::DCtx;
 
 use crate::codec::{
-    decode_into, decode_record, frame_header, new_dctx, DecodeDict, DecodeError, FrameDecoder,
+    decode_into, decode_record, new_dctx, walk_frame, DecodeDict, DecodeError, FrameDecoder,
     StreamCheck,
 };
 use crate::error::{Error, Result};
@@ -728,10 +728,11 @@ impl<'a> Field<'a> {
     /// this returns (for a large record, by a first pass of positioned reads through the
     /// file), so a damaged record is an error before any byte is read from it; a compressed
     /// record is then decoded as it is read (zstd's streaming decoder) under the frame rules
-    /// `verify` applies ([`crate::codec::FrameDecoder`]): a skippable frame or a window above 2^27 bytes is
-    /// an error before any byte is read, bytes after the frame or a decoded length other
-    /// than the index's are an error at the end. Records up to [`STREAM_ABOVE`] bytes
-    /// (stored and decoded) are simply checked and decoded in memory.
+    /// `verify` applies ([`crate::codec::FrameDecoder`]): a skippable frame, a window above
+    /// 2^27 bytes or bytes after the frame (found by [`crate::codec::walk_frame`]) are an
+    /// error before any byte is read, a decoded length other than the index's at the end.
+    /// Records up to [`STREAM_ABOVE`] bytes (stored and decoded) are simply checked and
+    /// decoded in memory.
     ///
     /// Errors while reading are `io::Error`s of kind `InvalidData` wrapping the
     /// [`Error::BadRecord`] (or, for a failed read of the shard file, its [`Error::Io`]).
@@ -773,16 +774,27 @@ impl<'a> Field<'a> {
             },
             Codec::Zstd | Codec::ZstdDict => {
                 // The frame rules of `format-spec/shard.md` section 6, as in `decode_record`
-                // and `verify`: the header (skippable frame, window) is checked here on the
-                // first piece, so such a record fails before any byte is handed out; bytes
-                // after the frame and the decoded length fail at the end.
+                // and `verify`, before any byte is handed out: the header (skippable frame,
+                // window) and, by walking the block headers, that the frame is the whole
+                // record. The decoder checks them again, and the decoded length at the end.
                 let dict = shard.dict(self.rec.field);
                 let dec = FrameDecoder::new(self.codec, stored_len, self.rec.raw_len, dict)
                     .map_err(|e| self.bad(e.to_string()))?;
+                let frame_len = walk_frame(stored_len, &mut |off, b| {
+                    read_exact_at(&shard.file, b, start + off)
+                })
+                .map_err(|e| Error::io(&shard.path, "read", e))?
+                .map_err(|e| self.bad(e.to_string()))?;
+                if frame_len != stored_len {
+                    let e = DecodeError::TrailingBytes {
+                        frame_len,
+                        stored_len,
+                    };
+                    return Err(self.bad(e.to_string()));
+                }
                 let n = (stored_len as usize).min(buf.len());
                 read_exact_at(&shard.file, &mut buf[..n], start)
                     .map_err(|e| Error::io(&shard.path, "read", e))?;
-                frame_header(&buf[..n]).map_err(|e| self.bad(e.to_string()))?;
                 ReaderKind::Zstd(Box::new(ZstdStream {
                     field: *self,
                     dec,

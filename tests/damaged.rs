@@ -579,10 +579,19 @@ mod stream {
             w.finish(DatasetInfo::default()).unwrap();
             let ds = Dataset::open(tmp.path()).unwrap();
             let f = ds.get(0).unwrap().fields().next().unwrap().unwrap();
-            let mut r = f.reader().expect("the checksum is right");
-            let e = read_all(&mut r).expect_err(name);
-            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{name}");
-            let inner = e.into_inner().unwrap().downcast::<Error>().unwrap();
+            // A frame cut short is found before the first byte (by walking its blocks), a
+            // wrong length while reading.
+            let inner = match f.reader() {
+                Err(e) => {
+                    assert_eq!(name, "cut", "{e}");
+                    Box::new(e)
+                }
+                Ok(mut r) => {
+                    let e = read_all(&mut r).expect_err(name);
+                    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{name}");
+                    e.into_inner().unwrap().downcast::<Error>().unwrap()
+                }
+            };
             match *inner {
                 Error::BadRecord { ref detail, .. } => {
                     assert!(detail.contains(words), "{name}: {detail}")
