@@ -167,7 +167,15 @@ fn a_damaged_shard_is_marked_and_the_rest_is_served() {
 
         // A key in none of the intact shards is not "absent": it may be in the damaged one.
         let e = ds.get_by_key(BAD_KEY.as_bytes()).unwrap_err();
-        assert_names_damaged(&e, None, &[BAD_KEY, "may be in this one"]);
+        assert_names_damaged(
+            &e,
+            None,
+            &[
+                BAD_KEY,
+                "may be in this one",
+                "restore that file from a copy or pack the dataset again",
+            ],
+        );
 
         // iter: 18 samples and one error per sample of shard 1, in order.
         let items: Vec<_> = ds.iter().collect();
