@@ -477,6 +477,68 @@ pub fn check_frame(stored: &[u8]) -> Result<FrameHeader, DecodeError> {
     }
 }
 
+/// The length of the zstd frame that starts a record of `stored_len` bytes, found without
+/// decoding by walking its block headers (RFC 8878 section 3.1.1.2) through `read_at(offset,
+/// buf)`, which must fill `buf` from that offset of the record. What [`check_frame`] gives for
+/// a record in memory, for a streaming reader that must refuse a second frame (or other bytes
+/// after the frame) before it decodes: the record is exactly one frame when this returns
+/// `stored_len`. The header is checked as by [`frame_header`]; a frame cut short is an error.
+/// The record is read in pieces of 64 KiB, so a frame of many tiny blocks costs no more reads
+/// than its size needs.
+pub fn walk_frame(
+    stored_len: u64,
+    read_at: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<Result<u64, DecodeError>> {
+    const WIN: u64 = 64 << 10;
+    let cut = DecodeError::Zstd("the frame ends early (truncated record)");
+    let mut win = vec![0u8; WIN.min(stored_len) as usize];
+    let mut win_start = 0u64;
+    read_at(0, &mut win)?;
+    if let Err(e) = frame_header(&win) {
+        return Ok(Err(e));
+    }
+    let fhd = win[4];
+    let single_segment = fhd & 0x20 != 0;
+    let did_len = [0u64, 1, 2, 4][(fhd & 3) as usize];
+    let fcs_len = match fhd >> 6 {
+        0 if single_segment => 1,
+        0 => 0,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let checksum_len = if fhd & 0x04 != 0 { 4 } else { 0 };
+    let mut pos = 5 + u64::from(!single_segment) + did_len + fcs_len;
+    loop {
+        if pos + 3 > stored_len {
+            return Ok(Err(cut));
+        }
+        if pos < win_start || pos + 3 > win_start + win.len() as u64 {
+            let n = WIN.min(stored_len - pos) as usize;
+            win.resize(n, 0);
+            read_at(pos, &mut win)?;
+            win_start = pos;
+        }
+        let at = (pos - win_start) as usize;
+        let bh = u32::from_le_bytes([win[at], win[at + 1], win[at + 2], 0]);
+        let size = u64::from(bh >> 3);
+        let body = match (bh >> 1) & 3 {
+            0 | 2 => size,
+            1 => 1,
+            _ => return Ok(Err(DecodeError::Zstd("reserved block type"))),
+        };
+        pos += 3 + body;
+        if bh & 1 != 0 {
+            break;
+        }
+    }
+    pos += checksum_len;
+    if pos > stored_len {
+        return Ok(Err(cut));
+    }
+    Ok(Ok(pos))
+}
+
 /// Decodes a compressed record into `out` (cleared first), checking that it yields exactly
 /// `raw_len` bytes. `dict` must be given for [`Codec::ZstdDict`]. The error as text; see
 /// [`decode_record`] for the typed error.
@@ -567,41 +629,44 @@ pub fn decode_record(
     Ok(())
 }
 
-/// Checks a compressed record fed in pieces, in bounded memory: what [`decode_record`] checks
-/// (one frame, window at most [`MAX_WINDOW`], exactly `raw_len` bytes out), through zstd's
-/// streaming decoder into a fixed 1 MiB buffer whose contents are discarded. For records too
-/// large to decode whole (`verify` of a multi-GiB record).
-pub struct StreamCheck<'d> {
+/// zstd's streaming decoder under the format's frame rules (`format-spec/shard.md` section 6),
+/// in bounded memory: the record's stored bytes go in piece by piece, decoded bytes come out
+/// into the caller's buffer. Checks what [`decode_record`] checks: the frame header on the
+/// first piece (a zstd frame, not skippable, window at most [`MAX_WINDOW`]), that nothing
+/// follows the frame, and that it yields exactly `raw_len` bytes. Used by [`StreamCheck`]
+/// (`verify`) and by the reader's `Field::reader` (`cat`, `extract`).
+pub struct FrameDecoder<'d> {
     /// Refers to the dictionary of `'d` (`ZSTD_DCtx_refDDict`) until dropped.
     dctx: DCtx<'static>,
     _dict: std::marker::PhantomData<&'d DecodeDict>,
-    out: Vec<u8>,
     stored_len: u64,
     raw_len: u64,
+    /// Stored bytes consumed so far.
     fed: u64,
     decoded: u64,
     /// Where the frame ended, once it has.
     frame_end: Option<u64>,
 }
 
-impl fmt::Debug for StreamCheck<'_> {
+impl fmt::Debug for FrameDecoder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamCheck")
+        f.debug_struct("FrameDecoder")
             .field("fed", &self.fed)
             .field("decoded", &self.decoded)
+            .field("frame_end", &self.frame_end)
             .finish()
     }
 }
 
-impl<'d> StreamCheck<'d> {
-    /// A check of a `codec` record of `stored_len` bytes that must decode to `raw_len`; `dict`
-    /// must be given for [`Codec::ZstdDict`].
+impl<'d> FrameDecoder<'d> {
+    /// A decoder of a `codec` record of `stored_len` bytes that must decode to `raw_len`;
+    /// `dict` must be given for [`Codec::ZstdDict`].
     pub fn new(
         codec: Codec,
         stored_len: u64,
         raw_len: u64,
         dict: Option<&'d DecodeDict>,
-    ) -> Result<StreamCheck<'d>, DecodeError> {
+    ) -> Result<FrameDecoder<'d>, DecodeError> {
         if raw_len > max_decoded_len(stored_len) {
             return Err(DecodeError::TooLarge {
                 raw_len,
@@ -617,10 +682,9 @@ impl<'d> StreamCheck<'d> {
             (Codec::ZstdDict, None) => return Err(DecodeError::DictionaryMissing),
             _ => {}
         }
-        Ok(StreamCheck {
+        Ok(FrameDecoder {
             dctx,
             _dict: std::marker::PhantomData,
-            out: vec![0; 1 << 20],
             stored_len,
             raw_len,
             fed: 0,
@@ -629,67 +693,69 @@ impl<'d> StreamCheck<'d> {
         })
     }
 
-    /// Feeds the next piece of the stored bytes. The first piece must hold the whole frame
-    /// header (18 bytes are always enough).
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), DecodeError> {
-        if self.fed == 0 {
-            frame_header(chunk)?;
+    /// Decodes from the front of `input` (the stored bytes that follow those consumed so far)
+    /// into `out`; returns `(consumed, written)`. The first call's `input` must hold the whole
+    /// frame header (18 bytes are always enough, or the whole record). With an empty `input`
+    /// it flushes what zstd still holds. `written` is 0 with input left only when `out` is
+    /// empty.
+    pub fn decode(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), DecodeError> {
+        if self.fed == 0 && self.frame_end.is_none() && !input.is_empty() {
+            frame_header(input)?;
         }
         if let Some(end) = self.frame_end {
-            if !chunk.is_empty() {
+            if !input.is_empty() {
                 return Err(DecodeError::TrailingBytes {
                     frame_len: end,
                     stored_len: self.stored_len,
                 });
             }
+            return Ok((0, 0));
         }
-        let mut input = zstd_safe::InBuffer::around(chunk);
-        while input.pos() < chunk.len() {
-            let mut output = zstd_safe::OutBuffer::around(&mut self.out[..]);
-            let res = self.dctx.decompress_stream(&mut output, &mut input);
-            self.decoded += output.pos() as u64;
-            match res {
-                Ok(0) => {
-                    let end = self.fed + input.pos() as u64;
-                    self.frame_end = Some(end);
-                    if input.pos() < chunk.len() {
-                        return Err(DecodeError::TrailingBytes {
-                            frame_len: end,
-                            stored_len: self.stored_len,
-                        });
-                    }
+        let mut inb = zstd_safe::InBuffer::around(input);
+        let mut outb = zstd_safe::OutBuffer::around(out);
+        let res = self.dctx.decompress_stream(&mut outb, &mut inb);
+        let (consumed, written) = (inb.pos(), outb.pos());
+        self.fed += consumed as u64;
+        self.decoded += written as u64;
+        match res {
+            Ok(0) => {
+                self.frame_end = Some(self.fed);
+                if consumed < input.len() {
+                    return Err(DecodeError::TrailingBytes {
+                        frame_len: self.fed,
+                        stored_len: self.stored_len,
+                    });
                 }
-                Ok(_) => {}
-                Err(code) => return Err(DecodeError::Zstd(zstd_safe::get_error_name(code))),
             }
-            if self.decoded > self.raw_len {
-                return Err(DecodeError::LengthMismatch {
-                    decoded: self.decoded,
-                    expected: self.raw_len,
-                });
-            }
+            Ok(_) => {}
+            Err(code) => return Err(DecodeError::Zstd(zstd_safe::get_error_name(code))),
         }
-        // Output zstd still holds once all input is consumed.
-        while self.frame_end.is_none() {
-            let mut output = zstd_safe::OutBuffer::around(&mut self.out[..]);
-            let mut empty = zstd_safe::InBuffer::around(&[]);
-            let res = self.dctx.decompress_stream(&mut output, &mut empty);
-            self.decoded += output.pos() as u64;
-            match res {
-                Ok(0) => self.frame_end = Some(self.fed + chunk.len() as u64),
-                Ok(_) if output.pos() == 0 => break,
-                Ok(_) => {}
-                Err(code) => return Err(DecodeError::Zstd(zstd_safe::get_error_name(code))),
-            }
+        if self.decoded > self.raw_len {
+            return Err(DecodeError::LengthMismatch {
+                decoded: self.decoded,
+                expected: self.raw_len,
+            });
         }
-        self.fed += chunk.len() as u64;
-        Ok(())
+        Ok((consumed, written))
     }
 
-    /// After the last piece: the frame ended, and it decoded to exactly `raw_len` bytes.
-    pub fn finish(self) -> Result<(), DecodeError> {
-        if self.frame_end.is_none() {
-            return Err(DecodeError::Zstd("the frame is cut short"));
+    /// `true` once the frame has ended (and all its output was handed out).
+    pub fn is_done(&self) -> bool {
+        self.frame_end.is_some()
+    }
+
+    /// After the last piece: the frame ended at the end of the stored bytes, and it decoded to
+    /// exactly `raw_len` bytes.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        match self.frame_end {
+            None => return Err(DecodeError::Zstd("the frame ends early (truncated record)")),
+            Some(end) if end != self.stored_len => {
+                return Err(DecodeError::TrailingBytes {
+                    frame_len: end,
+                    stored_len: self.stored_len,
+                })
+            }
+            Some(_) => {}
         }
         if self.decoded != self.raw_len {
             return Err(DecodeError::LengthMismatch {
@@ -698,6 +764,62 @@ impl<'d> StreamCheck<'d> {
             });
         }
         Ok(())
+    }
+}
+
+/// Checks a compressed record fed in pieces, in bounded memory: what [`decode_record`] checks
+/// (one frame, window at most [`MAX_WINDOW`], exactly `raw_len` bytes out), through a
+/// [`FrameDecoder`] into a fixed 1 MiB buffer whose contents are discarded. For records too
+/// large to decode whole (`verify` of a multi-GiB record).
+pub struct StreamCheck<'d> {
+    dec: FrameDecoder<'d>,
+    out: Vec<u8>,
+}
+
+impl fmt::Debug for StreamCheck<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamCheck")
+            .field("dec", &self.dec)
+            .finish()
+    }
+}
+
+impl<'d> StreamCheck<'d> {
+    /// A check of a `codec` record of `stored_len` bytes that must decode to `raw_len`; `dict`
+    /// must be given for [`Codec::ZstdDict`].
+    pub fn new(
+        codec: Codec,
+        stored_len: u64,
+        raw_len: u64,
+        dict: Option<&'d DecodeDict>,
+    ) -> Result<StreamCheck<'d>, DecodeError> {
+        Ok(StreamCheck {
+            dec: FrameDecoder::new(codec, stored_len, raw_len, dict)?,
+            out: vec![0; 1 << 20],
+        })
+    }
+
+    /// Feeds the next piece of the stored bytes. The first piece must hold the whole frame
+    /// header (18 bytes are always enough).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), DecodeError> {
+        let mut at = 0;
+        while at < chunk.len() {
+            let (consumed, _) = self.dec.decode(&chunk[at..], &mut self.out)?;
+            at += consumed;
+        }
+        // Output zstd still holds once all input is consumed.
+        while !self.dec.is_done() {
+            let (_, written) = self.dec.decode(&[], &mut self.out)?;
+            if written == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last piece: the frame ended, and it decoded to exactly `raw_len` bytes.
+    pub fn finish(self) -> Result<(), DecodeError> {
+        self.dec.finish()
     }
 }
 
@@ -913,5 +1035,57 @@ mod tests {
         let mut out = Vec::new();
         let e = decode_into(&mut dctx, Codec::Zstd, b"xx", u64::MAX, None, &mut out).unwrap_err();
         assert!(e.contains("more than zstd can produce"), "{e}");
+    }
+
+    /// walk_frame finds the same frame end as zstd's `ZSTD_findFrameCompressedSize` on frames
+    /// of every block type, with and without content checksum, read in any piece size, and
+    /// reports trailing bytes, a skippable frame and a cut frame.
+    #[test]
+    fn walk_frame_agrees_with_zstd() {
+        let text = b"walk the frame, walk the frame ".repeat(20_000);
+        let zeros = vec![0u8; 300_000]; // RLE blocks
+        let mut noise = vec![0u8; 200_000]; // raw blocks
+        let mut x = 1u64;
+        for b in noise.iter_mut() {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (x >> 56) as u8;
+        }
+        let walk = |stored: &[u8]| {
+            walk_frame(stored.len() as u64, &mut |off, b| {
+                let off = off as usize;
+                b.copy_from_slice(&stored[off..off + b.len()]);
+                Ok(())
+            })
+            .unwrap()
+        };
+        for raw in [&text[..], &zeros, &noise, b"x"] {
+            for checksum in [false, true] {
+                let mut c = zstd::bulk::Compressor::new(3).unwrap();
+                c.include_checksum(checksum).unwrap();
+                let f = c.compress(raw).unwrap();
+                let n = zstd_safe::find_frame_compressed_size(&f).unwrap() as u64;
+                assert_eq!(walk(&f), Ok(n), "{} bytes, checksum {checksum}", raw.len());
+                let two = [f.clone(), f.clone()].concat();
+                assert_eq!(walk(&two), Ok(n));
+                assert!(walk(&f[..f.len() - 1]).is_err());
+                let mut skip = vec![0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
+                skip.extend_from_slice(&f);
+                assert_eq!(walk(&skip), Err(DecodeError::SkippableFrame));
+                // Damaged headers: never a panic, and never a frame end other than zstd's
+                // where zstd accepts the bytes as one frame.
+                for at in 0..f.len().min(64) {
+                    for bit in 0..8 {
+                        let mut m = f.clone();
+                        m[at] ^= 1 << bit;
+                        let w = walk(&m);
+                        if check_frame(&m).is_ok() {
+                            assert_eq!(w, Ok(m.len() as u64), "byte {at} bit {bit}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -162,7 +162,10 @@ impl fmt::Display for Error {
                 } else {
                     write!(f, "damaged shard {shard} ({}): ", path.display())?;
                 }
-                write!(f, "{detail}")
+                write!(
+                    f,
+                    "{detail}; restore that file from a copy or pack the dataset again"
+                )
             }
             Error::Manifest { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Input { path, detail } => write!(f, "{}: {detail}", path.display()),

@@ -1498,23 +1498,9 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
         let h = key_hash(key);
         let n = self.index.sample_count;
         let base = self.index_abs(self.layout.key_hashes);
-        let entry = |i: u64| {
-            let at = base + (i as usize) * KeyHashEntry::SIZE;
-            KeyHashEntry::decode(&self.bytes()[at..at + KeyHashEntry::SIZE])
-        };
-        // First entry with hash >= h.
-        let (mut lo, mut hi) = (0u64, n);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if entry(mid).hash < h {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let mut i = lo;
+        let mut i = self.first_key_hash_at_least(h);
         while i < n {
-            let e = entry(i);
+            let e = self.key_hash_entry(i);
             if e.hash != h {
                 break;
             }
@@ -1543,26 +1529,33 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
     /// which `verify` checks separately).
     pub fn samples_with_hash(&self, hash: u64) -> Vec<u64> {
         let n = self.index.sample_count;
-        let base = self.index_abs(self.layout.key_hashes);
-        let entry = |i: u64| {
-            let at = base + (i as usize) * KeyHashEntry::SIZE;
-            KeyHashEntry::decode(&self.bytes()[at..at + KeyHashEntry::SIZE])
-        };
-        let (mut lo, mut hi) = (0u64, n);
+        (self.first_key_hash_at_least(hash)..n)
+            .map(|i| self.key_hash_entry(i))
+            .take_while(|e| e.hash == hash)
+            .filter(|e| e.sample < n)
+            .map(|e| e.sample)
+            .collect()
+    }
+
+    /// Entry `i` of the key-hash table (`i` below the sample count).
+    fn key_hash_entry(&self, i: u64) -> KeyHashEntry {
+        let at = self.index_abs(self.layout.key_hashes) + (i as usize) * KeyHashEntry::SIZE;
+        KeyHashEntry::decode(&self.bytes()[at..at + KeyHashEntry::SIZE])
+    }
+
+    /// The first entry of the key-hash table whose hash is at least `h` (binary search over
+    /// a table assumed sorted), or the sample count when none is.
+    fn first_key_hash_at_least(&self, h: u64) -> u64 {
+        let (mut lo, mut hi) = (0u64, self.index.sample_count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if entry(mid).hash < hash {
+            if self.key_hash_entry(mid).hash < h {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        (lo..n)
-            .map(entry)
-            .take_while(|e| e.hash == hash)
-            .filter(|e| e.sample < n)
-            .map(|e| e.sample)
-            .collect()
+        lo
     }
 }
 

@@ -11,7 +11,8 @@ use xxhash_rust::xxh3::Xxh3;
 use zstd::zstd_safe::DCtx;
 
 use crate::codec::{
-    decode_into, decode_record, max_decoded_len, new_dctx, DecodeDict, DecodeError, StreamCheck,
+    decode_into, decode_record, new_dctx, walk_frame, DecodeDict, DecodeError, FrameDecoder,
+    StreamCheck,
 };
 use crate::error::{Error, Result};
 use crate::format::{
@@ -726,9 +727,12 @@ impl<'a> Field<'a> {
     /// for copying large records to a file or a pipe. The record's checksum is checked before
     /// this returns (for a large record, by a first pass of positioned reads through the
     /// file), so a damaged record is an error before any byte is read from it; a compressed
-    /// record is then decoded as it is read (zstd's streaming decoder), and a decoded length
-    /// other than the index's is an error at the end. Records up to [`STREAM_ABOVE`] bytes
-    /// (stored and decoded) are simply checked and decoded in memory.
+    /// record is then decoded as it is read (zstd's streaming decoder) under the frame rules
+    /// `verify` applies ([`crate::codec::FrameDecoder`]): a skippable frame, a window above
+    /// 2^27 bytes or bytes after the frame (found by [`crate::codec::walk_frame`]) are an
+    /// error before any byte is read, a decoded length other than the index's at the end.
+    /// Records up to [`STREAM_ABOVE`] bytes (stored and decoded) are simply checked and
+    /// decoded in memory.
     ///
     /// Errors while reading are `io::Error`s of kind `InvalidData` wrapping the
     /// [`Error::BadRecord`] (or, for a failed read of the shard file, its [`Error::Io`]).
@@ -769,33 +773,36 @@ impl<'a> Field<'a> {
                 end,
             },
             Codec::Zstd | Codec::ZstdDict => {
-                if self.rec.raw_len > max_decoded_len(stored_len) {
-                    return Err(self.bad(format!(
-                        "claims {} decoded bytes from {stored_len} stored bytes, more than \
-                         zstd can produce",
-                        self.rec.raw_len
-                    )));
+                // The frame rules of `format-spec/shard.md` section 6, as in `decode_record`
+                // and `verify`, before any byte is handed out: the header (skippable frame,
+                // window) and, by walking the block headers, that the frame is the whole
+                // record. The decoder checks them again, and the decoded length at the end.
+                let dict = shard.dict(self.rec.field);
+                let dec = FrameDecoder::new(self.codec, stored_len, self.rec.raw_len, dict)
+                    .map_err(|e| self.bad(e.to_string()))?;
+                let frame_len = walk_frame(stored_len, &mut |off, b| {
+                    read_exact_at(&shard.file, b, start + off)
+                })
+                .map_err(|e| Error::io(&shard.path, "read", e))?
+                .map_err(|e| self.bad(e.to_string()))?;
+                if frame_len != stored_len {
+                    let e = DecodeError::TrailingBytes {
+                        frame_len,
+                        stored_len,
+                    };
+                    return Err(self.bad(e.to_string()));
                 }
-                let mut dctx = new_dctx();
-                if self.codec == Codec::ZstdDict {
-                    let dict = shard
-                        .bytes
-                        .field_dict(self.rec.field as usize)
-                        .ok_or_else(|| self.bad("dictionary missing".into()))?;
-                    dctx.load_dictionary(dict).map_err(|c| {
-                        self.bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))
-                    })?;
-                }
+                let n = (stored_len as usize).min(buf.len());
+                read_exact_at(&shard.file, &mut buf[..n], start)
+                    .map_err(|e| Error::io(&shard.path, "read", e))?;
                 ReaderKind::Zstd(Box::new(ZstdStream {
                     field: *self,
-                    dctx,
-                    pos: start,
+                    dec,
+                    pos: start + n as u64,
                     end,
                     input: buf,
                     in_pos: 0,
-                    in_len: 0,
-                    produced: 0,
-                    frame_done: false,
+                    in_len: n,
                 }))
             }
         };
@@ -932,6 +939,8 @@ pub const STREAM_ABOVE: u64 = 8 << 20;
 /// Bytes [`Field::reader`] reads from the shard file at a time when streaming.
 const STREAM_PIECE: usize = 1 << 20;
 
+/// Fills `buf` from `offset` with positioned reads ([`crate::sys::read_full_at`]); a file that
+/// ends first (a shard cut short under a record) is an `UnexpectedEof` saying where.
 fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     let n = crate::sys::read_full_at(file, buf, offset)?;
     if n < buf.len() {
@@ -978,15 +987,13 @@ impl std::fmt::Debug for ReaderKind<'_> {
 
 struct ZstdStream<'a> {
     field: Field<'a>,
-    dctx: DCtx<'static>,
+    dec: FrameDecoder<'a>,
     /// Next stored byte to read from the file, and the end of the record.
     pos: u64,
     end: u64,
     input: Vec<u8>,
     in_pos: usize,
     in_len: usize,
-    produced: u64,
-    frame_done: bool,
 }
 
 fn invalid(e: Error) -> std::io::Error {
@@ -995,24 +1002,9 @@ fn invalid(e: Error) -> std::io::Error {
 
 impl ZstdStream<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let raw_len = self.field.rec.raw_len;
         let shard = self.field.sample.shard;
+        let bad = |e: DecodeError| invalid(self.field.bad(e.to_string()));
         loop {
-            if self.frame_done {
-                if self.in_pos < self.in_len || self.pos < self.end {
-                    return Err(invalid(
-                        self.field
-                            .bad("bytes follow the end of the zstd frame".into()),
-                    ));
-                }
-                if self.produced != raw_len {
-                    return Err(invalid(self.field.bad(format!(
-                        "decoded to {} bytes, the index says {raw_len}",
-                        self.produced
-                    ))));
-                }
-                return Ok(0);
-            }
             if self.in_pos == self.in_len && self.pos < self.end {
                 let n = ((self.end - self.pos) as usize).min(self.input.len());
                 read_exact_at(&shard.file, &mut self.input[..n], self.pos)
@@ -1021,42 +1013,34 @@ impl ZstdStream<'_> {
                 self.in_pos = 0;
                 self.in_len = n;
             }
+            if self.dec.is_done() {
+                // Bytes after the frame are refused by `decode`; `finish` checks the length
+                // and that the frame ended at the end of the record.
+                self.dec
+                    .decode(&self.input[self.in_pos..self.in_len], out)
+                    .map_err(bad)?;
+                self.dec.finish().map_err(bad)?;
+                return Ok(0);
+            }
             if out.is_empty() {
                 return Ok(0);
             }
-            let mut inb = zstd::zstd_safe::InBuffer::around(&self.input[self.in_pos..self.in_len]);
-            let mut outb = zstd::zstd_safe::OutBuffer::around(&mut *out);
-            let hint = self
-                .dctx
-                .decompress_stream(&mut outb, &mut inb)
-                .map_err(|c| {
-                    invalid(
-                        self.field
-                            .bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c))),
-                    )
-                })?;
-            let (consumed, written) = (inb.pos(), outb.pos());
+            let (consumed, written) = self
+                .dec
+                .decode(&self.input[self.in_pos..self.in_len], out)
+                .map_err(bad)?;
             self.in_pos += consumed;
-            self.produced += written as u64;
-            if self.produced > raw_len {
-                return Err(invalid(self.field.bad(format!(
-                    "decodes to more than the {raw_len} bytes the index says"
-                ))));
-            }
-            if hint == 0 {
-                self.frame_done = true;
-            } else if consumed == 0
-                && written == 0
-                && self.in_pos == self.in_len
-                && self.pos >= self.end
-            {
-                return Err(invalid(
-                    self.field
-                        .bad("the zstd frame ends early (truncated record)".into()),
-                ));
-            }
             if written > 0 {
                 return Ok(written);
+            }
+            if consumed == 0 && self.in_pos == self.in_len && self.pos >= self.end {
+                if self.dec.is_done() {
+                    continue;
+                }
+                // All input in, nothing more out, and the frame has not ended.
+                return Err(bad(DecodeError::Zstd(
+                    "the frame ends early (truncated record)",
+                )));
             }
         }
     }
@@ -1233,19 +1217,12 @@ impl<'m> Verifier<'m> {
         let end = f.rec.offset + f.rec.stored_len;
         while at < end {
             let n = PIECE.min((end - at) as usize);
-            let got = crate::sys::read_full_at(file, &mut piece_buf[..n], at).map_err(|e| {
+            read_exact_at(file, &mut piece_buf[..n], at).map_err(|e| {
                 (
                     ProblemKind::Shard,
                     Error::io(f.sample.shard.path(), "read", e),
                 )
             })?;
-            if got < n {
-                let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                return Err((
-                    ProblemKind::Shard,
-                    Error::io(f.sample.shard.path(), "read", e),
-                ));
-            }
             let piece = &piece_buf[..n];
             h.update(piece);
             if decode.is_ok() {

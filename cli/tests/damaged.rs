@@ -393,7 +393,14 @@ fn extract_removes_a_file_that_fails_midway() {
 #[test]
 fn extract_refuses_escaping_and_reserved_paths() {
     use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
-    for key in [&b"../escaped"[..], b".shardpack-extract.tmp/x"] {
+    // Each refusal names the rule (format::check_extraction_path's, or extract's own).
+    for (key, rule) in [
+        (&b"../escaped"[..], "has a '.' or '..' component"),
+        (
+            b".shardpack-extract.tmp/x",
+            "is reserved for extract's temporary files",
+        ),
+    ] {
         let t = tmp();
         let ds = t.path().join("ds");
         fs::create_dir(&ds).unwrap();
@@ -407,9 +414,11 @@ fn extract_refuses_escaping_and_reserved_paths() {
         }
         w.finish(DatasetInfo::default()).unwrap();
         let out = t.path().join("out");
-        sp(&[&"extract", &ds, &out])
-            .code(1)
-            .stderr_has(&["would escape", "nothing was kept"]);
+        sp(&[&"extract", &ds, &out]).code(1).stderr_has(&[
+            "would escape",
+            rule,
+            "nothing was kept",
+        ]);
         assert!(!out.exists());
         sp(&[&"extract", &"--skip-errors", &ds, &out])
             .code(1)

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use shardpack::compile::join_bytes;
+use shardpack::format::{check_extraction_path, extraction_path};
 use shardpack::reader::OpenOptions as DatasetOptions;
 use shardpack::{Dataset, Field};
 
@@ -43,15 +44,6 @@ const STAGING: &str = ".shardpack-extract.tmp";
 const RESERVED: &[u8] = b".shardpack-extract.";
 /// Bytes copied at a time.
 const PIECE: usize = 1 << 20;
-
-/// Rejects relative paths that could escape the output directory.
-fn safe_rel(rel: &[u8]) -> bool {
-    !rel.is_empty()
-        && !rel.starts_with(b"/")
-        && rel
-            .split(|&c| c == b'/')
-            .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0))
-}
 
 /// The library error inside an `io::Error` from a [`shardpack::reader::FieldReader`], or the
 /// `io::Error` itself.
@@ -114,7 +106,6 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             a.dir.display()
         ))
     };
-    let mut rel = Vec::new();
     let mut written: Vec<PathBuf> = Vec::new();
     for s in 0..ds.shard_count() {
         if let Some(d) = ds.damaged().iter().find(|d| d.index == s) {
@@ -150,16 +141,17 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                         break;
                     }
                 };
-                rel.clear();
-                rel.extend_from_slice(sample.key());
-                if !f.name().is_empty() {
-                    rel.push(b'.');
-                    rel.extend_from_slice(f.name());
-                }
-                if !safe_rel(&rel) || rel.starts_with(RESERVED) {
+                // The spec's rules for an extraction path (format-spec/manifest.md section 3),
+                // plus extract's own reserved names.
+                let rel = extraction_path(sample.key(), f.name());
+                let refused = check_extraction_path(&rel).err().or_else(|| {
+                    rel.starts_with(RESERVED)
+                        .then_some("is reserved for extract's temporary files")
+                });
+                if let Some(why) = refused {
                     result = Err(Failure::Data(anyhow!(
-                        "sample {} has the path {:?}, which would escape {} or is reserved \
-                         for extract's temporary files; refusing to write it",
+                        "sample {} has the path {:?}, which {why}: it would escape {} or \
+                         clash with extract's own files; refusing to write it",
                         sample.index(),
                         String::from_utf8_lossy(&rel),
                         a.dir.display()
@@ -324,7 +316,9 @@ fn write_field(f: &Field<'_>, part: &Path, path: &Path, buf: &mut [u8]) -> Resul
     match fs::symlink_metadata(path) {
         Ok(_) => {
             return Err(Failure::Data(anyhow!(
-                "two records of the dataset would both be written to {} (duplicate key?)",
+                "two records of the dataset would both be written to {}: two samples share a \
+                 key, or one key is another's key plus \".FIELD\" (`shardpack verify` names \
+                 duplicate keys; `shardpack cat` reads each record)",
                 shown.display()
             )))
         }
@@ -378,20 +372,4 @@ fn finish(dir: &Path, staging: &Path) -> Result<()> {
             .with_context(|| format!("cannot move the tree into {}", to.display()))?;
     }
     fs::remove_dir(staging).with_context(|| format!("cannot remove {}", staging.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::safe_rel;
-
-    #[test]
-    fn unsafe_paths_are_rejected() {
-        assert!(safe_rel(b"cat/0001.jpg"));
-        assert!(safe_rel(b".bashrc"));
-        assert!(!safe_rel(b"/etc/passwd"));
-        assert!(!safe_rel(b"../x"));
-        assert!(!safe_rel(b"a/../../x"));
-        assert!(!safe_rel(b"a//b"));
-        assert!(!safe_rel(b""));
-    }
 }
