@@ -10,9 +10,24 @@ use shardpack::rng::SplitMix64;
 use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
 use shardpack::Manifest;
 
-/// A "raw content" zstd dictionary (zstd takes any bytes as one) for the zstd-dict field.
-const JSON_DICT: &[u8] = br#"{"class": "bird", "id": 0, "width": 64, "height": 48,
-"source": "synthetic", "tags": ["a", "b", "c"], "caption": "a photo of a bird"}"#;
+/// The `json` record of sample `i` of class `class`.
+fn json_record(class: &str, i: u32) -> String {
+    format!(
+        r#"{{"class": "{class}", "id": {i}, "width": 64, "height": 48, "source": "synthetic", "tags": ["a", "b"], "caption": "a photo of a {class}"}}"#
+    )
+}
+
+/// A trained zstd dictionary for the zstd-dict field (the format requires the dictionary
+/// magic, so a raw-content dictionary is refused by the writer). Trained on records like the
+/// field's; the trainer is deterministic, so every build gets the same bytes.
+fn json_dict() -> Vec<u8> {
+    let classes = ["bird", "cat", "dog", "fish"];
+    let samples: Vec<String> = (0..512u32)
+        .map(|i| json_record(classes[(i % 4) as usize], i * 7919 % 100_000))
+        .collect();
+    let refs: Vec<&[u8]> = samples.iter().map(|s| s.as_bytes()).collect();
+    shardpack::codec::train_dictionary(&refs, 2048).expect("train the json dictionary")
+}
 
 /// Which dataset to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +74,7 @@ fn build_main(dir: &Path) -> shardpack::Result<Manifest> {
             name: b"json".to_vec(),
             codec: Codec::ZstdDict,
             level: 3,
-            dict: Some(JSON_DICT.to_vec()),
+            dict: Some(json_dict()),
         },
         FieldSpec::zstd("txt"),
     ];
@@ -74,9 +89,7 @@ fn build_main(dir: &Path) -> shardpack::Result<Manifest> {
         let class = classes[(i % 2) as usize];
         let key = format!("{class}/{i:04}");
         let img = noise(&mut rng, 40 + 16 * i as usize);
-        let json = format!(
-            r#"{{"class": "{class}", "id": {i}, "width": 64, "height": 48, "source": "synthetic", "tags": ["a", "b"], "caption": "a photo of a {class}"}}"#
-        );
+        let json = json_record(class, i);
         let txt = if i == 5 {
             String::new()
         } else {
