@@ -658,20 +658,6 @@ fn a_full_tmpfs_gives_a_clear_error_and_leaves_nothing() {
     assert_unchanged(&small, &small_before, "packs into a full disk");
 }
 
-/// `bash -c 'trap "" XFSZ; ulimit -f KIB; exec shardpack ARGS...'`: files above KIB KiB cannot
-/// grow, and with SIGXFSZ ignored the write fails with EFBIG instead of killing the process.
-fn pack_under_ulimit(kib: u64, args: &[&dyn AsRef<OsStr>]) -> Run {
-    let prefix: Vec<OsString> = [
-        "bash",
-        "-c",
-        &format!("trap '' XFSZ; ulimit -f {kib} && exec \"$0\" \"$@\""),
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    wrapped(&prefix, args).run()
-}
-
 #[test]
 fn a_file_size_limit_gives_a_clear_error_and_leaves_nothing() {
     let ok = Command::new("bash")
@@ -704,7 +690,7 @@ fn a_file_size_limit_gives_a_clear_error_and_leaves_nothing() {
     let before = snapshot(&src);
     let out = t.path().join("out");
     assert_failed_cleanly(
-        pack_under_ulimit(1024, &[&"pack", &"-q", &src, &out]),
+        under_file_size_limit(1024, &[&"pack", &"-q", &src, &out]),
         &out,
         "shard-000000.spk.tmp",
         efbig,
@@ -713,7 +699,7 @@ fn a_file_size_limit_gives_a_clear_error_and_leaves_nothing() {
     // Several shards of 500 KiB are committed before the big one fails.
     fs::create_dir(&out).unwrap();
     let err = assert_failed_cleanly(
-        pack_under_ulimit(
+        under_file_size_limit(
             1024,
             &[
                 &"pack",
@@ -757,7 +743,7 @@ fn a_file_size_limit_gives_a_clear_error_and_leaves_nothing() {
         &"100%",
     ];
     assert_failed_cleanly(
-        pack_under_ulimit(64, &args),
+        under_file_size_limit(64, &args),
         &out,
         "manifest.json.tmp",
         efbig,

@@ -117,20 +117,6 @@ fn force_on_a_full_disk_keeps_the_old_dataset() {
     sp(&[&"verify", &out]).ok();
 }
 
-/// `bash -c 'trap "" XFSZ; ulimit -f KIB; exec shardpack ARGS...'`: files above KIB KiB cannot
-/// grow, and with SIGXFSZ ignored the write fails with EFBIG instead of killing the process.
-fn under_file_size_limit(kib: u64, cmd_args: &[&dyn AsRef<OsStr>]) -> Run {
-    let prefix: Vec<OsString> = [
-        "bash",
-        "-c",
-        &format!("trap '' XFSZ; ulimit -f {kib} && exec \"$0\" \"$@\""),
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    wrapped(&prefix, cmd_args).run()
-}
-
 #[test]
 fn force_that_fails_late_keeps_the_old_dataset() {
     // No mount needed: a file size limit makes the new pack fail at its last, large shard,

@@ -645,3 +645,17 @@ pub fn free_bytes(p: &Path) -> u64 {
     assert_eq!(rc, 0, "statvfs {}", p.display());
     s.f_bavail as u64 * s.f_frsize as u64
 }
+
+/// `bash -c 'trap "" XFSZ; ulimit -f KIB; exec shardpack ARGS...'`: files above KIB KiB cannot
+/// grow, and with SIGXFSZ ignored the write fails with EFBIG instead of killing the process.
+pub fn under_file_size_limit(kib: u64, cmd_args: &[&dyn AsRef<OsStr>]) -> Run {
+    let prefix: Vec<OsString> = [
+        "bash",
+        "-c",
+        &format!("trap '' XFSZ; ulimit -f {kib} && exec \"$0\" \"$@\""),
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    wrapped(&prefix, cmd_args).run()
+}
