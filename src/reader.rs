@@ -1397,10 +1397,13 @@ impl<'m> Verifier<'m> {
                 report.records += 1;
                 let (field, res) = match f {
                     Ok(f) => {
+                        // Saturating: `raw_len` is untrusted (a damaged table can claim
+                        // sizes that overflow a sum); a saturated sum still differs from the
+                        // manifest's and is reported as field statistics.
                         if let Some(st) = self.stats.get_mut(f.field_index() as usize) {
                             st.0 += 1;
-                            st.1 += f.raw_len();
-                            st.2 += f.stored().len() as u64;
+                            st.1 = st.1.saturating_add(f.raw_len());
+                            st.2 = st.2.saturating_add(f.stored().len() as u64);
                         }
                         let res = match file.as_ref() {
                             Some(file) if f.rec.stored_len >= self.large => {
