@@ -823,6 +823,43 @@ impl NativeLoader {
             .map_err(|_| PyRuntimeError::new_err("the loader's lock is poisoned"))
     }
 
+    /// Refuses a loader whose threads were started in another process (before a `fork`): they
+    /// did not survive it. The loader is leaked, never joined, so no lock of theirs is touched.
+    fn check_fork(inner: &mut LoaderInner) -> PyResult<()> {
+        if let Some(r) = &inner.running {
+            if r.pid != std::process::id() {
+                let started = r.pid;
+                let r = inner.running.take().expect("checked above");
+                // SAFETY of leaking (no unsafe code): the threads are gone in this process;
+                // leaking the loader never touches their locks or joins them.
+                std::mem::forget(r);
+                return Err(PyRuntimeError::new_err(format!(
+                    "this shardpack Loader was started in process {started} and is used in \
+                     process {} after a fork; its reading threads did not survive the fork. \
+                     Create the Loader in the child (DataLoader workers: build it inside \
+                     __iter__, as shardpack.torch.ShardIterableDataset does), or call \
+                     set_epoch()/load_state_dict() here to start it again",
+                    std::process::id()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The running loader, started from the saved position if it is not running.
+    fn started<'a>(&self, py: Python<'_>, inner: &'a mut LoaderInner) -> PyResult<&'a Running> {
+        if inner.running.is_none() {
+            let ds = self.ds.clone();
+            let opts = self.opts.clone();
+            let state = inner.state;
+            let loader = py
+                .detach(move || Loader::resume(ds, opts, &state))
+                .map_err(to_py)?;
+            inner.running = Some(Running::start(loader)?);
+        }
+        Ok(inner.running.as_ref().expect("started above"))
+    }
+
     /// Stops and joins a running loader (the GIL released while its threads finish).
     fn stop(py: Python<'_>, inner: &mut LoaderInner) {
         if let Some(r) = inner.running.take() {
@@ -918,23 +955,7 @@ impl NativeLoader {
     /// reading threads on the first call; releases the GIL while it waits.
     fn next_batch(&self, py: Python<'_>) -> PyResult<Option<Vec<Py<Sample>>>> {
         let mut inner = self.lock()?;
-        if let Some(r) = &inner.running {
-            if r.pid != std::process::id() {
-                let started = r.pid;
-                let r = inner.running.take().expect("checked above");
-                // SAFETY of leaking (no unsafe code): the threads are gone in this process;
-                // leaking the loader never touches their locks or joins them.
-                std::mem::forget(r);
-                return Err(PyRuntimeError::new_err(format!(
-                    "this shardpack Loader was started in process {started} and is used in \
-                     process {} after a fork; its reading threads did not survive the fork. \
-                     Create the Loader in the child (DataLoader workers: build it inside \
-                     __iter__, as shardpack.torch.ShardIterableDataset does), or call \
-                     set_epoch()/load_state_dict() here to start it again",
-                    std::process::id()
-                )));
-            }
-        }
+        Self::check_fork(&mut inner)?;
         let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
         let end = self
             .usable_len(epoch_len)
@@ -942,16 +963,7 @@ impl NativeLoader {
         if inner.state.samples_consumed >= end {
             return Ok(None);
         }
-        if inner.running.is_none() {
-            let ds = self.ds.clone();
-            let opts = self.opts.clone();
-            let state = inner.state;
-            let loader = py
-                .detach(move || Loader::resume(ds, opts, &state))
-                .map_err(to_py)?;
-            inner.running = Some(Running::start(loader)?);
-        }
-        let r = inner.running.as_ref().expect("started above");
+        let r = self.started(py, &mut inner)?;
         let got = r.recv(py)?;
         let batch = match got {
             None => {
@@ -987,25 +999,8 @@ impl NativeLoader {
     /// `python/bench/` can tell the Python path's per-sample overhead apart.
     fn _drain(&self, py: Python<'_>) -> PyResult<u64> {
         let mut inner = self.lock()?;
-        if inner
-            .running
-            .as_ref()
-            .is_some_and(|r| r.pid != std::process::id())
-        {
-            return Err(PyRuntimeError::new_err(
-                "the loader was started before a fork",
-            ));
-        }
-        if inner.running.is_none() {
-            let ds = self.ds.clone();
-            let opts = self.opts.clone();
-            let state = inner.state;
-            let loader = py
-                .detach(move || Loader::resume(ds, opts, &state))
-                .map_err(to_py)?;
-            inner.running = Some(Running::start(loader)?);
-        }
-        let r = inner.running.as_ref().expect("started above");
+        Self::check_fork(&mut inner)?;
+        let r = self.started(py, &mut inner)?;
         let (n, touched) = py
             .detach(|| {
                 let mut n = 0u64;
