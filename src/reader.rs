@@ -399,6 +399,28 @@ impl Dataset {
             .collect()
     }
 
+    /// The index of the field named `name` (as in [`LoadedSample::field`] and
+    /// [`Sample::field_index`]), if the dataset has one.
+    ///
+    /// [`LoadedSample::field`]: crate::loader::LoadedSample::field
+    pub fn field_id(&self, name: &[u8]) -> Option<u32> {
+        self.manifest
+            .fields
+            .iter()
+            .position(|f| f.name.as_bytes() == name)
+            .map(|i| i as u32)
+    }
+
+    /// Class names, in label order (label `i` is class `i`); empty without labels.
+    pub fn class_names(&self) -> Vec<&[u8]> {
+        self.manifest.classes.iter().map(|c| c.as_bytes()).collect()
+    }
+
+    /// The class name of `label`, if the dataset has that class.
+    pub fn class_name(&self, label: u32) -> Option<&[u8]> {
+        self.manifest.class_name(label).map(|c| c.as_bytes())
+    }
+
     /// Checks every byte and every rule of the format: each shard's whole-file checksum, the
     /// index structure, every record's checksum and decoding, labels, unique keys across
     /// shards and the manifest's per-field statistics. Each problem is named by its
@@ -431,9 +453,17 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
                 ),
             ));
         }
+        let what = if dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
         return Err(Error::manifest(
             dir,
-            "is not a directory; a dataset is a directory holding manifest.json and shard files",
+            format!(
+                "{what}; a dataset is a directory holding manifest.json and shard files \
+                 (made by `shardpack pack SRC OUT`)"
+            ),
         ));
     }
     let bytes = match fs::read(&path) {

@@ -41,11 +41,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Whether a failure prints a JSON error object on stdout: `Lines` after any output (JSON
+    // Lines), `Document` only when nothing was printed (one JSON document).
+    let json = match &cli.command {
+        Command::Ls(a) if a.json => JsonErrors::Lines,
+        Command::Pack(cmd::pack::Args { json: true, .. })
+        | Command::Info(cmd::info::Args { json: true, .. })
+        | Command::Verify(cmd::verify::Args { json: true, .. })
+        | Command::Bench(cmd::bench::Args { json: true, .. }) => JsonErrors::Document,
+        _ => JsonErrors::No,
+    };
     if matches!(cli.command, Command::Pack(_)) {
         signal::install();
     }
     let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut out = Counting {
+        inner: io::BufWriter::with_capacity(1 << 16, stdout.lock()),
+        written: 0,
+    };
     let res = match cli.command {
         Command::Pack(a) => cmd::pack::run(a, &mut out),
         Command::Info(a) => cmd::info::run(a, &mut out),
@@ -63,24 +76,76 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if util::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if is_cancelled(&e) => {
-            let _ = out.flush();
             let sig = signal::received().unwrap_or(0);
-            eprintln!(
-                "shardpack: interrupted by {}; removed what this pack had written",
+            let msg = format!(
+                "interrupted by {}; removed what this pack had written",
                 signal::name(sig)
             );
-            ExitCode::from(if sig > 0 { (128 + sig) as u8 } else { 1 })
+            let code = if sig > 0 { (128 + sig) as u8 } else { 1 };
+            if json.wanted(out.written) {
+                json_error(&mut out, &msg, &[], code);
+            }
+            let _ = out.flush();
+            eprintln!("shardpack: {msg}");
+            ExitCode::from(code)
         }
         Err(e) => {
+            let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+            if json.wanted(out.written) {
+                json_error(&mut out, &e.to_string(), &causes, 1);
+            }
             let _ = out.flush();
             let mut msg = format!("shardpack: error: {e}");
-            for cause in e.chain().skip(1) {
+            for cause in &causes {
                 msg.push_str(&format!("\n  caused by: {cause}"));
             }
             eprintln!("{msg}");
             ExitCode::from(1)
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum JsonErrors {
+    No,
+    Lines,
+    Document,
+}
+
+impl JsonErrors {
+    fn wanted(self, written: u64) -> bool {
+        match self {
+            JsonErrors::No => false,
+            JsonErrors::Lines => true,
+            JsonErrors::Document => written == 0,
+        }
+    }
+}
+
+/// stdout, counting the bytes the command wrote (see [`JsonErrors`]).
+struct Counting<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The JSON error object of a failed `--json` command, on one line of stdout.
+fn json_error(out: &mut impl Write, message: &str, causes: &[String], exit_code: u8) {
+    let v = serde_json::json!({
+        "error": { "message": message, "causes": causes, "exit_code": exit_code }
+    });
+    // Best effort: stdout may be the very thing that failed.
+    let _ = writeln!(out, "{v}");
 }
 
 /// Whether the command stopped because it was asked to (a signal; see `signal`).

@@ -388,7 +388,7 @@ fn check_killed_out(src: &Path, out: &Path, v: &View, reference: &BTreeMap<Vec<u
     } else if v.exists {
         &["no manifest.json", "not a shardpack dataset"]
     } else {
-        &["is not a directory"]
+        &["does not exist"]
     };
     for cmd in ["info", "verify"] {
         sp(&[&cmd, &out])

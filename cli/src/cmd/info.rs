@@ -21,7 +21,14 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// List every field (by default a dataset with more than 20 fields shows the 20 with the
+    /// most records and one line for the rest; `--json` always lists all).
+    #[arg(long)]
+    pub all_fields: bool,
 }
+
+/// Fields shown by default before the rest are summed up in one line.
+pub const FIELDS_SHOWN: usize = 20;
 
 /// Runs `info`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
@@ -94,7 +101,14 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         "  {:<14} {:>10} {:>12} {:>12} {:>7}  compression",
         "name", "records", "raw", "stored", "ratio"
     )?;
-    for f in &m.fields {
+    let mut shown: Vec<&shardpack::manifest::FieldMeta> = m.fields.iter().collect();
+    let mut rest = Vec::new();
+    if !a.all_fields && shown.len() > FIELDS_SHOWN {
+        // The most used fields first; the sort is stable, so ties keep the manifest's order.
+        shown.sort_by_key(|f| std::cmp::Reverse(f.records));
+        rest = shown.split_off(FIELDS_SHOWN);
+    }
+    for f in shown {
         let comp = match f.compression.as_str() {
             "none" => "none".to_string(),
             "zstd-dict" => format!("zstd-dict:{} ({} dict)", f.level, human_bytes(f.dict_bytes)),
@@ -107,12 +121,22 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             f.records,
             human_bytes(f.raw_bytes),
             human_bytes(f.stored_bytes),
-            if f.raw_bytes == 0 {
-                1.0
-            } else {
-                f.stored_bytes as f64 / f.raw_bytes as f64
-            },
+            ratio(f.raw_bytes, f.stored_bytes),
             comp
+        )?;
+    }
+    if !rest.is_empty() {
+        let (records, raw, stored) = rest.iter().fold((0, 0, 0), |(r, a, b), f| {
+            (r + f.records, a + f.raw_bytes, b + f.stored_bytes)
+        });
+        writeln!(
+            out,
+            "  {:<14} {:>10} {:>12} {:>12} {:>7.3}  (--all-fields lists them)",
+            format!("{} more", rest.len()),
+            records,
+            human_bytes(raw),
+            human_bytes(stored),
+            ratio(raw, stored),
         )?;
     }
     writeln!(out, "labels:         {}", m.labels)?;
@@ -157,6 +181,14 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         }
     }
     damage_verdict(&ds)
+}
+
+fn ratio(raw: u64, stored: u64) -> f64 {
+    if raw == 0 {
+        1.0
+    } else {
+        stored as f64 / raw as f64
+    }
 }
 
 /// Success, or (after the description is written) an error naming each damaged shard.

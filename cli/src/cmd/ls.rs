@@ -1,26 +1,50 @@
-//! `shardpack ls DATASET`: one line per sample.
+//! `shardpack ls DATASET`: one line per sample (TSV, JSON Lines, or NUL-terminated keys).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+use shardpack::manifest::Name;
 use shardpack::reader::OpenOptions;
 use shardpack::Dataset;
 
 /// List samples, one per line: index, key, label, and each field with its size
-/// (tab-separated; keys are written as their raw bytes). A damaged shard does not stop the
+/// (tab-separated; keys are written as their raw bytes, so a key holding a tab or a newline
+/// breaks the columns: use `--json` or `-0` for such keys). A damaged shard does not stop the
 /// listing: its samples are reported on stderr, the others listed, and the exit code is 1.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The dataset directory.
     pub dataset: PathBuf,
+    /// One JSON object per line (JSON Lines): `index`, `key`, `label`, `class`, `fields`
+    /// (list of `{"name", "size"}`). A key or name that is UTF-8 is a JSON string, any other
+    /// is `{"hex": "..."}` (as in manifest.json); `label` and `class` are null when absent.
+    #[arg(long, conflicts_with = "null")]
+    pub json: bool,
+    /// Print only the keys, each followed by a NUL byte (for `xargs -0`), like `find -print0`.
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Style {
+    Tsv,
+    Json,
+    Null,
 }
 
 /// Runs `ls`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     let ds = Dataset::open_with(&a.dataset, &OpenOptions::mark_damaged())?;
     let m = ds.manifest();
+    let style = if a.json {
+        Style::Json
+    } else if a.null {
+        Style::Null
+    } else {
+        Style::Tsv
+    };
     for shard in 0..ds.shard_count() {
         if let Some(d) = ds.damaged().iter().find(|d| d.index == shard) {
             out.flush()?;
@@ -33,7 +57,15 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             continue;
         }
         for s in ds.shard_samples(shard) {
-            list(&mut *out, m, s?)?;
+            let s = s?;
+            match style {
+                Style::Tsv => list(&mut *out, m, s)?,
+                Style::Json => list_json(&mut *out, m, s)?,
+                Style::Null => {
+                    out.write_all(s.key())?;
+                    out.write_all(b"\0")?;
+                }
+            }
         }
     }
     if !ds.damaged().is_empty() {
@@ -65,6 +97,31 @@ fn list(out: &mut impl Write, m: &shardpack::Manifest, s: shardpack::Sample<'_>)
         out.write_all(f.name())?;
         write!(out, "={}", f.raw_len())?;
     }
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+fn list_json(
+    out: &mut impl Write,
+    m: &shardpack::Manifest,
+    s: shardpack::Sample<'_>,
+) -> Result<()> {
+    let mut fields = Vec::with_capacity(s.field_count());
+    for f in s.fields() {
+        let f = f?;
+        fields.push(serde_json::json!({
+            "name": Name::from(f.name()),
+            "size": f.raw_len(),
+        }));
+    }
+    let v = serde_json::json!({
+        "index": s.index(),
+        "key": Name::from(s.key()),
+        "label": s.label(),
+        "class": s.label().and_then(|l| m.class_name(l)),
+        "fields": fields,
+    });
+    serde_json::to_writer(&mut *out, &v)?;
     out.write_all(b"\n")?;
     Ok(())
 }

@@ -1,17 +1,19 @@
 //! `shardpack pack SRC OUT`: compile a folder tree into a dataset.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use shardpack::codec::Policy;
 use shardpack::compile::{pack, KeyMode, LabelMode, PackOptions, PackSummary, Progress};
 use shardpack::writer::WriterOptions;
 
+use crate::cmd::info::FIELDS_SHOWN;
 use crate::util::{human_bytes, parse_size};
 
 /// Pack a folder tree (images, texts, any files) into shards.
@@ -93,10 +95,15 @@ pub struct Args {
     /// or an interrupt keeps the old one.
     #[arg(long)]
     pub force: bool,
-    /// Print the summary as one JSON object (for CI).
+    /// Print the summary as one JSON object (for CI), with the keys: out, samples, shards,
+    /// files, input_bytes, output_bytes, ratio (output/input), seconds, files_per_s, mb_per_s
+    /// (10^6 bytes/s), classes, fields (name, records, raw_bytes, stored_bytes, compression,
+    /// level, ... as in manifest.json), skipped (path, reason), skipped_share, unlabeled,
+    /// unlabeled_examples, warnings. On failure: {"error": {"message", "causes", "exit_code"}}.
     #[arg(long)]
     pub json: bool,
-    /// No progress bar.
+    /// Quiet: no progress bar, no notes, no summary (warnings and errors still go to stderr;
+    /// --json still prints its object).
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -134,6 +141,7 @@ fn parse_field_policy(s: &str) -> Result<(String, Policy), String> {
 
 struct Bar {
     bar: ProgressBar,
+    quiet: bool,
 }
 
 impl Progress for Bar {
@@ -143,12 +151,7 @@ impl Progress for Bar {
     fn start(&self, files: u64, bytes: u64) {
         self.bar.set_length(bytes);
         self.bar.set_position(0);
-        self.bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-            )
-            .expect("valid template"),
-        );
+        self.bar.set_style(packing_style(Instant::now()));
         self.bar.set_message(format!("0/{files} files"));
         self.bar.set_length(bytes);
         FILES_TOTAL.store(files, std::sync::atomic::Ordering::Relaxed);
@@ -157,19 +160,49 @@ impl Progress for Bar {
         let done = FILES_DONE.fetch_add(files, std::sync::atomic::Ordering::Relaxed) + files;
         self.bar.inc(bytes);
         if done % 256 < files || done == FILES_TOTAL.load(std::sync::atomic::Ordering::Relaxed) {
-            let secs = self.bar.elapsed().as_secs_f64().max(1e-3);
             self.bar.set_message(format!(
-                "{done}/{} files, {:.0} files/s",
+                "{done}/{} files",
                 FILES_TOTAL.load(std::sync::atomic::Ordering::Relaxed),
-                done as f64 / secs
             ));
         }
     }
     fn note(&self, msg: &str) {
-        self.bar.suspend(|| eprintln!("shardpack: {msg}"));
+        if !self.quiet {
+            self.bar.suspend(|| eprintln!("shardpack: {msg}"));
+        }
     }
     fn cancelled(&self) -> bool {
         crate::signal::received().is_some()
+    }
+}
+
+/// The bar while packing. It fits 80 columns with room for the bar itself (the summary gives
+/// the exact sizes and rates).
+fn packing_style(t0: Instant) -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner} {elapsed:>4} {wide_bar} {percent:>3}% {binary_bytes_per_sec:>11} ETA {steady_eta:>6} {msg}",
+    )
+    .expect("valid template")
+    .with_key("steady_eta", move |st: &ProgressState, w: &mut dyn fmt::Write| {
+        let _ = w.write_str(&steady_eta(t0.elapsed(), st.fraction() as f64));
+    })
+}
+
+/// The time left, from the average rate since packing started: `--` for the first 2 seconds
+/// and the first 1% (too little to go on; a rate measured over a few files is noise), then
+/// e.g. `45s`, `3m05s`, `1h02m`.
+fn steady_eta(elapsed: Duration, done: f64) -> String {
+    if elapsed < Duration::from_secs(2) || done.is_nan() || done < 0.01 {
+        return "--".into();
+    }
+    if done >= 1.0 {
+        return "0s".into();
+    }
+    let left = (elapsed.as_secs_f64() * (1.0 - done) / done).round() as u64;
+    match left {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
     }
 }
 
@@ -235,7 +268,10 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     );
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
-    let progress = Bar { bar };
+    let progress = Bar {
+        bar,
+        quiet: a.quiet,
+    };
     let summary = pack(&a.src, &a.out, &opts, &progress).with_context(|| {
         format!(
             "packing {} into {} failed",
@@ -248,6 +284,10 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &summary)?;
         writeln!(out)?;
+    } else if a.quiet {
+        for w in &summary.warnings {
+            eprintln!("shardpack: warning: {w}");
+        }
     } else {
         print_summary(&summary, out)?;
     }
@@ -272,7 +312,13 @@ fn print_summary(s: &PackSummary, out: &mut impl Write) -> Result<()> {
         s.files_per_s,
         s.mb_per_s
     )?;
-    for f in &s.fields {
+    let shown = s.fields.len().min(FIELDS_SHOWN);
+    let mut fields: Vec<_> = s.fields.iter().collect();
+    if fields.len() > shown {
+        // The most used fields first (stable: ties keep the manifest's order).
+        fields.sort_by_key(|f| std::cmp::Reverse(f.records));
+    }
+    for f in &fields[..shown] {
         let level = if f.compression == "none" {
             String::new()
         } else {
@@ -287,6 +333,14 @@ fn print_summary(s: &PackSummary, out: &mut impl Write) -> Result<()> {
             human_bytes(f.stored_bytes),
             f.compression,
             level
+        )?;
+    }
+    if fields.len() > shown {
+        writeln!(
+            out,
+            "  ... and {} more fields (`shardpack info --all-fields {}` lists them)",
+            fields.len() - shown,
+            s.out.display()
         )?;
     }
     if s.classes > 0 {
@@ -323,4 +377,79 @@ fn print_summary(s: &PackSummary, out: &mut impl Write) -> Result<()> {
     }
     writeln!(out, "  dataset: {}", s.out.display())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A terminal of 80 columns that keeps what is drawn.
+    #[derive(Debug, Default, Clone)]
+    struct Term80(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl indicatif::TermLike for Term80 {
+        fn width(&self) -> u16 {
+            80
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(s.to_string());
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.write_line(s)
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_bar_fits_80_columns_with_large_numbers() {
+        let term = Term80::default();
+        let bar = ProgressBar::with_draw_target(
+            Some(3 << 40),
+            ProgressDrawTarget::term_like(Box::new(term.clone())),
+        );
+        bar.set_style(packing_style(Instant::now() - Duration::from_secs(3600)));
+        bar.set_position(1 << 40);
+        bar.set_message("12345678/123456789 files");
+        bar.tick();
+        let drawn = term.0.lock().unwrap().clone();
+        let line = drawn
+            .iter()
+            .rev()
+            .find(|l| l.contains("ETA"))
+            .unwrap_or_else(|| panic!("no bar drawn: {drawn:?}"));
+        let width = line.chars().count();
+        assert!(width <= 80, "{width} columns: {line:?}");
+        assert!(line.contains("33%") && line.contains("files"), "{line:?}");
+        assert!(line.contains("ETA  2h00m"), "a sane first ETA: {line:?}");
+    }
+
+    #[test]
+    fn eta_waits_for_enough_progress_then_follows_the_average_rate() {
+        let s = Duration::from_secs;
+        assert_eq!(steady_eta(s(1), 0.5), "--", "too early");
+        assert_eq!(steady_eta(s(10), 0.001), "--", "too little done");
+        assert_eq!(steady_eta(s(10), f64::NAN), "--");
+        assert_eq!(steady_eta(s(10), 0.5), "10s");
+        assert_eq!(steady_eta(s(10), 0.1), "1m30s");
+        assert_eq!(steady_eta(s(100), 0.02), "1h21m");
+        assert_eq!(steady_eta(s(10), 1.0), "0s");
+    }
 }
