@@ -12,6 +12,7 @@
 //! - [`loader`]: [`Loader`], shuffled, partitioned, resumable epochs with large sequential
 //!   reads on background threads; [`quality`] scores an order's shuffle.
 //! - [`compile`] (feature `compile`, on by default): walks a folder tree and packs it.
+//! - `table` (feature `arrow`): the sample index as an Arrow table (`shardpack index`).
 //!
 //! A data loader that only reads can depend on `shardpack` with `default-features = false`:
 //! it then links no directory-walking or thread-pool crate.
@@ -50,6 +51,8 @@ pub mod quality;
 pub mod reader;
 pub mod rng;
 pub mod sys;
+#[cfg(feature = "arrow")]
+pub mod table;
 pub mod writer;
 
 pub use error::{Error, Result};

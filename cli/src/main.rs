@@ -35,6 +35,7 @@ enum Command {
     Ls(cmd::ls::Args),
     Cat(cmd::cat::Args),
     Extract(cmd::extract::Args),
+    Index(cmd::index::Args),
     Verify(cmd::verify::Args),
     Bench(cmd::bench::Args),
 }
@@ -48,7 +49,8 @@ fn main() -> ExitCode {
         Command::Pack(cmd::pack::Args { json: true, .. })
         | Command::Info(cmd::info::Args { json: true, .. })
         | Command::Verify(cmd::verify::Args { json: true, .. })
-        | Command::Bench(cmd::bench::Args { json: true, .. }) => JsonErrors::Document,
+        | Command::Bench(cmd::bench::Args { json: true, .. })
+        | Command::Index(cmd::index::Args { json: true, .. }) => JsonErrors::Document,
         _ => JsonErrors::No,
     };
     if matches!(cli.command, Command::Pack(_)) {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Ls(a) => cmd::ls::run(a, &mut out),
         Command::Cat(a) => cmd::cat::run(a, &mut out),
         Command::Extract(a) => cmd::extract::run(a, &mut out),
+        Command::Index(a) => cmd::index::run(a, &mut out),
         Command::Verify(a) => cmd::verify::run(a, &mut out),
         Command::Bench(a) => cmd::bench::run(a, &mut out),
     };

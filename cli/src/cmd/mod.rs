@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cat;
 pub mod extract;
+pub mod index;
 pub mod info;
 pub mod ls;
 pub mod pack;
