@@ -20,6 +20,7 @@ list per batch) or a ``transform`` that returns tensors.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Callable, Iterator, Mapping
 
 try:
@@ -77,8 +78,13 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
     applied to each :class:`shardpack.Sample` in the worker. ``loader_options``:
     ``batch_size`` (samples taken from the Rust loader per call, default 64; unrelated to the
     DataLoader's), ``rank``, ``world_size``, and the Loader's tuning options
-    (``chunk_bytes``, ``window_chunks``, ``io_threads``, ``prefetch_bytes``, ``direct_io``).
-    ``io_threads`` defaults to 8 divided by the number of workers (at least 2).
+    (``chunk_bytes``, ``window_chunks``, ``io_threads``, ``prefetch_bytes``, ``direct_io``,
+    ``on_error``). ``io_threads`` defaults to 8 divided by the number of workers (at least 2).
+
+    ``on_error="skip"`` leaves out a sample whose record is damaged instead of raising: each
+    one is appended to :attr:`skipped` (the dicts of :attr:`shardpack.Loader.skipped`) of the
+    process that read it and reported with ``warnings.warn`` (a DataLoader worker's warning
+    reaches the main process's stderr); that partition then yields one sample fewer.
 
     ``set_epoch(e)`` selects epoch ``e``'s order (call it before each epoch, before the
     DataLoader's iterator is created; with ``persistent_workers=True`` workers keep the epoch
@@ -105,6 +111,8 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
         self.drop_last = bool(drop_last)
         self.loader_options = dict(loader_options)
         self.epoch = 0
+        #: Samples left out under ``on_error="skip"`` by iterations in this process.
+        self.skipped: list[dict[str, Any]] = []
         self._pending: dict[str, Any] | None = None
         self._yielded = 0
         self._partition: tuple[int, int] | None = None
@@ -189,13 +197,31 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
         self._partition = (part, parts)
         self._yielded = skip
         transform = self.transform
+        skip = self.loader_options.get("on_error") == "skip"
+        seen = 0
         try:
             for batch in loader:
-                for s in batch:
-                    self._yielded += 1
-                    yield s if transform is None else transform(s)
+                if skip:
+                    seen = self._note_skipped(loader, seen)
+                if transform is None:
+                    for s in batch:
+                        self._yielded += 1
+                        yield s
+                else:
+                    for s in batch:
+                        self._yielded += 1
+                        yield transform(s)
         finally:
+            if skip:
+                self._note_skipped(loader, seen)
             loader.close()
+
+    def _note_skipped(self, loader: Loader, seen: int) -> int:
+        new = loader.skipped[seen:]
+        for s in new:
+            warnings.warn(f"shardpack: skipped sample {s['index']}: {s['reason']}", stacklevel=2)
+        self.skipped.extend(new)
+        return seen + len(new)
 
     # -- state (torchdata StatefulDataLoader protocol) ---------------------------------------
 
