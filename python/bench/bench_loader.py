@@ -167,8 +167,7 @@ def main() -> None:
     import shardpack
 
     ds = shardpack.open(ds_path)
-    raw = all(f["codec"] == "raw" or f.get("compressed_records", 0) == 0
-              for f in ds.manifest.get("fields", []) if isinstance(f, dict))
+    raw = all(f.get("stored_bytes") == f.get("raw_bytes") for f in ds.manifest["fields"])
 
     def cold(fn: Callable[[], tuple[float, int]]) -> Callable[[], tuple[float, int]]:
         def run() -> tuple[float, int]:

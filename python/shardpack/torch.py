@@ -33,6 +33,8 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     ) from e
 
 from . import Loader, ShardpackError, _distributed_defaults, _native
+
+_Blob = _native.Blob
 from ._pickle import open_cached
 
 __all__ = ["ShardIterableDataset", "ShardMapDataset", "collate_samples"]
@@ -75,7 +77,10 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
     ``loader_options``.
 
     ``shuffle=False`` gives stored order (split the same way). ``transform(sample)`` is
-    applied to each :class:`shardpack.Sample` in the worker. ``loader_options``:
+    applied to each :class:`shardpack.Sample` in the worker (in a DataLoader worker process a
+    :class:`shardpack.Blob` it returns is copied to ``bytes`` at once: it would be pickled as
+    ``bytes`` anyway, and the copy frees the loader's read buffer for reuse).
+    ``loader_options``:
     ``batch_size`` (samples taken from the Rust loader per call, default 64; unrelated to the
     DataLoader's), ``rank``, ``world_size``, and the Loader's tuning options
     (``chunk_bytes``, ``window_chunks``, ``io_threads``, ``prefetch_bytes``, ``direct_io``,
@@ -198,6 +203,11 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
         self._yielded = skip
         transform = self.transform
         skip = self.loader_options.get("on_error") == "skip"
+        # In a DataLoader worker every item is pickled (copied) to reach the main process, but
+        # only when the DataLoader sends its batch: a Blob held until then keeps its read
+        # buffer out of the loader's reuse, so the loader allocates fresh ones (slow: the
+        # first touch of fresh memory). A Blob result is copied to bytes at once instead.
+        in_worker = tud.get_worker_info() is not None
         seen = 0
         try:
             for batch in loader:
@@ -207,6 +217,11 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
                     for s in batch:
                         self._yielded += 1
                         yield s
+                elif in_worker:
+                    for s in batch:
+                        self._yielded += 1
+                        out = transform(s)
+                        yield bytes(out) if type(out) is _Blob else out
                 else:
                     for s in batch:
                         self._yielded += 1
