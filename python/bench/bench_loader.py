@@ -27,6 +27,10 @@ always runs first or last. Each round measures:
   `open().read()` per sample in `__getitem__`, the DataLoader's own shuffle, the same batch
   size, workers and collate function, the same bytes).
 
+For the torch passes it also records the seconds to the first batch (worker processes
+starting, and the loader's first window of chunks read before its first sample) and the rate
+after it: on a small dataset the start is a large part of the epoch.
+
 Then, warm (the shards cached, buffered reads), `--rounds` alternating passes of `python` and
 `drain`: their per-sample times and the difference, the Python path's per-sample overhead in
 microseconds (medians).
@@ -119,7 +123,14 @@ class Loose:
             return f.read()
 
 
-def torch_pass(make: Callable[[], Any], workers: int, shuffle: bool) -> tuple[float, int]:
+FIRST_BATCH: dict[str, list[tuple[float, float]]] = {}
+
+
+def torch_pass(name: str, make: Callable[[], Any], workers: int,
+               shuffle: bool) -> tuple[float, int]:
+    """One epoch through a DataLoader; also records (seconds to the first batch, samples/s
+    after it) in FIRST_BATCH[name]: the start (worker processes, the first read) apart from
+    the steady rate."""
     import torch.utils.data as tud
 
     from shardpack.torch import collate_samples
@@ -127,10 +138,18 @@ def torch_pass(make: Callable[[], Any], workers: int, shuffle: bool) -> tuple[fl
     dl = tud.DataLoader(make(), batch_size=256, num_workers=workers, shuffle=shuffle or None,
                         collate_fn=collate_samples)
     n = 0
+    first = None
     t = time.perf_counter()
     for b in dl:
+        if first is None:
+            first = (time.perf_counter() - t, len(b))
         n += len(b)
-    return time.perf_counter() - t, n
+    s = time.perf_counter() - t
+    if first is not None:
+        rest = s - first[0]
+        FIRST_BATCH.setdefault(name, []).append(
+            (first[0], (n - first[1]) / rest if rest > 0 else 0.0))
+    return s, n
 
 
 def median(xs: list[float]) -> float:
@@ -191,10 +210,11 @@ def main() -> None:
 
         for w in workers:
             contenders[f"torch_spk_w{w}"] = cold(
-                lambda w=w: torch_pass(lambda: ShardIterableDataset(
+                lambda w=w: torch_pass(f"torch_spk_w{w}", lambda: ShardIterableDataset(
                     ds_path, seed=0, transform=_raw, direct_io="on"), w, shuffle=False))
             contenders[f"torch_loose_w{w}"] = cold(
-                lambda w=w: torch_pass(lambda: Loose(files), w, shuffle=True))
+                lambda w=w: torch_pass(f"torch_loose_w{w}", lambda: Loose(files), w,
+                                       shuffle=True))
 
     names = list(contenders)
     rates: dict[str, list[float]] = {k: [] for k in names}
@@ -227,6 +247,9 @@ def main() -> None:
     }
     for w in workers if not a.no_torch else []:
         out[f"torch_w{w}_spk_to_loose"] = ratio(f"torch_spk_w{w}", f"torch_loose_w{w}")
+    out["torch_first_batch_s"] = {k: median([f for f, _ in v]) for k, v in FIRST_BATCH.items()}
+    out["torch_after_first_batch_samples_s"] = {
+        k: median([r for _, r in v]) for k, v in FIRST_BATCH.items()}
 
     # Warm: everything cached, buffered reads; alternating passes.
     python_loader(ds_path, "off")
