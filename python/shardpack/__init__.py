@@ -319,8 +319,13 @@ class Loader:
     - ``**tuning``: ``chunk_bytes`` (4 MiB), ``window_chunks`` (16), ``io_threads`` (8),
       ``prefetch_bytes`` (256 MiB), ``direct_io`` (``"auto"``, ``"on"``, ``"off"``),
       ``on_error`` (``"fail"``, the default, raises on a corrupt record naming its shard,
-      sample, key and field; ``"skip"`` leaves out only that sample and goes on); sizes
-      may be ints or strings such as ``"8MiB"``.
+      sample, key and field; ``"skip"`` leaves out only that sample, lists it in
+      :attr:`skipped` and goes on); sizes may be ints or strings such as ``"8MiB"``.
+
+    Under ``on_error="skip"`` positions (``state_dict()``'s ``samples_consumed``) count the
+    skipped samples too, so a resume continues exactly where the loader stopped; a rank that
+    skips ``k`` samples hands out ``k`` fewer that epoch (ranks of a DDP job that must take
+    equal step counts should keep ``"fail"``).
 
     ``len(loader)`` is the number of batches per epoch. ``for batch in loader`` continues the
     current epoch from where it stands and, once the epoch is done, starts it again: call
@@ -460,6 +465,15 @@ class Loader:
         world size); ``batch_size`` may differ."""
         check_state(state, self._ds.fingerprint, self._options, self.samples_per_epoch)
         self._native.seek(int(state["epoch"]), int(state["samples_consumed"]))
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        """The samples left out under ``on_error="skip"`` since the loader was made, in the
+        order met: dicts with ``position`` (in this rank's epoch, skipped samples counted),
+        ``index`` (global sample index), ``key`` (bytes, or None when the damaged index
+        cannot give it) and ``reason`` (the error's message: shard file, sample, key, field,
+        what to do). Empty under ``on_error="fail"``."""
+        return self._native.skipped
 
     def close(self) -> None:
         """Stops the reading threads now (iteration can go on later: they start again)."""

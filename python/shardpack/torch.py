@@ -20,6 +20,7 @@ list per batch) or a ``transform`` that returns tensors.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Callable, Iterator, Mapping
 
 try:
@@ -32,6 +33,8 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     ) from e
 
 from . import Loader, ShardpackError, _distributed_defaults, _native
+
+_Blob = _native.Blob
 from ._pickle import open_cached
 
 __all__ = ["ShardIterableDataset", "ShardMapDataset", "collate_samples"]
@@ -74,11 +77,19 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
     ``loader_options``.
 
     ``shuffle=False`` gives stored order (split the same way). ``transform(sample)`` is
-    applied to each :class:`shardpack.Sample` in the worker. ``loader_options``:
+    applied to each :class:`shardpack.Sample` in the worker (in a DataLoader worker process a
+    :class:`shardpack.Blob` it returns is copied to ``bytes`` at once: it would be pickled as
+    ``bytes`` anyway, and the copy frees the loader's read buffer for reuse).
+    ``loader_options``:
     ``batch_size`` (samples taken from the Rust loader per call, default 64; unrelated to the
     DataLoader's), ``rank``, ``world_size``, and the Loader's tuning options
-    (``chunk_bytes``, ``window_chunks``, ``io_threads``, ``prefetch_bytes``, ``direct_io``).
-    ``io_threads`` defaults to 8 divided by the number of workers (at least 2).
+    (``chunk_bytes``, ``window_chunks``, ``io_threads``, ``prefetch_bytes``, ``direct_io``,
+    ``on_error``). ``io_threads`` defaults to 8 divided by the number of workers (at least 2).
+
+    ``on_error="skip"`` leaves out a sample whose record is damaged instead of raising: each
+    one is appended to :attr:`skipped` (the dicts of :attr:`shardpack.Loader.skipped`) of the
+    process that read it and reported with ``warnings.warn`` (a DataLoader worker's warning
+    reaches the main process's stderr); that partition then yields one sample fewer.
 
     ``set_epoch(e)`` selects epoch ``e``'s order (call it before each epoch, before the
     DataLoader's iterator is created; with ``persistent_workers=True`` workers keep the epoch
@@ -105,6 +116,8 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
         self.drop_last = bool(drop_last)
         self.loader_options = dict(loader_options)
         self.epoch = 0
+        #: Samples left out under ``on_error="skip"`` by iterations in this process.
+        self.skipped: list[dict[str, Any]] = []
         self._pending: dict[str, Any] | None = None
         self._yielded = 0
         self._partition: tuple[int, int] | None = None
@@ -189,13 +202,41 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
         self._partition = (part, parts)
         self._yielded = skip
         transform = self.transform
+        skip = self.loader_options.get("on_error") == "skip"
+        # In a DataLoader worker every item is pickled (copied) to reach the main process, but
+        # only when the DataLoader sends its batch: a Blob held until then keeps its read
+        # buffer out of the loader's reuse, so the loader allocates fresh ones (slow: the
+        # first touch of fresh memory). A Blob result is copied to bytes at once instead.
+        in_worker = tud.get_worker_info() is not None
+        seen = 0
         try:
             for batch in loader:
-                for s in batch:
-                    self._yielded += 1
-                    yield s if transform is None else transform(s)
+                if skip:
+                    seen = self._note_skipped(loader, seen)
+                if transform is None:
+                    for s in batch:
+                        self._yielded += 1
+                        yield s
+                elif in_worker:
+                    for s in batch:
+                        self._yielded += 1
+                        out = transform(s)
+                        yield bytes(out) if type(out) is _Blob else out
+                else:
+                    for s in batch:
+                        self._yielded += 1
+                        yield transform(s)
         finally:
+            if skip:
+                self._note_skipped(loader, seen)
             loader.close()
+
+    def _note_skipped(self, loader: Loader, seen: int) -> int:
+        new = loader.skipped[seen:]
+        for s in new:
+            warnings.warn(f"shardpack: skipped sample {s['index']}: {s['reason']}", stacklevel=2)
+        self.skipped.extend(new)
+        return seen + len(new)
 
     # -- state (torchdata StatefulDataLoader protocol) ---------------------------------------
 

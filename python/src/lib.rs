@@ -30,7 +30,9 @@ use shardpack::compile::{
     self, KeyMode, LabelMode, PackOptions, Progress, SymlinkPolicy, UnlabeledPolicy,
 };
 use shardpack::format::Codec;
-use shardpack::loader::{DirectIo, ErrorPolicy, LoadedSample, SampleBytes, Shuffle};
+use shardpack::loader::{
+    DirectIo, ErrorPolicy, LoadedField, LoadedSample, SampleBytes, Shuffle, SkippedSample,
+};
 use shardpack::writer::WriterOptions;
 use shardpack::{Error, Loader, LoaderOptions, LoaderState};
 
@@ -282,6 +284,20 @@ fn lossy(b: &[u8]) -> String {
 #[pyclass(frozen, module = "shardpack._native", name = "Dataset")]
 struct Dataset {
     inner: Arc<shardpack::Dataset>,
+    /// The field names as Python strings, made once (every `sample.fields()` reuses them).
+    names: Names,
+}
+
+/// A dataset's field names as Python `str` (lossy where a name is not UTF-8), in field order:
+/// made once per `Dataset` or loader and shared by its samples, so `sample.fields()` builds
+/// no string.
+type Names = Arc<[Py<PyString>]>;
+
+fn names_of(py: Python<'_>, ds: &shardpack::Dataset) -> Names {
+    ds.field_names()
+        .iter()
+        .map(|n| PyString::new(py, &lossy(n)).unbind())
+        .collect()
 }
 
 impl Dataset {
@@ -294,6 +310,7 @@ impl Dataset {
                 key: s.key().to_vec(),
                 label: s.label(),
                 ds: self.inner.clone(),
+                names: self.names.clone(),
                 fields: Fields::Stored,
             },
         )
@@ -309,6 +326,7 @@ impl Dataset {
             .detach(|| shardpack::Dataset::open(&path))
             .map_err(|e| open_error(&path, e))?;
         Ok(Dataset {
+            names: names_of(py, &ds),
             inner: Arc::new(ds),
         })
     }
@@ -475,7 +493,7 @@ enum Fields {
     Stored,
     /// Already read and checked (a sample from the `Loader`, or unpickled): field index and
     /// bytes, in field order.
-    Loaded(Vec<(u32, SampleBytes)>),
+    Loaded(Vec<LoadedField>),
 }
 
 /// One sample: `.index`, `.key` (bytes), `.key_str` (str or None), `.label` (int or None),
@@ -488,6 +506,7 @@ struct Sample {
     key: Vec<u8>,
     label: Option<u32>,
     ds: Arc<shardpack::Dataset>,
+    names: Names,
     fields: Fields,
 }
 
@@ -504,8 +523,8 @@ impl Sample {
     /// The blob of field `fi`, if the sample has it.
     fn blob_of(&self, py: Python<'_>, fi: u32) -> PyResult<Option<Py<Blob>>> {
         match &self.fields {
-            Fields::Loaded(v) => match v.iter().find(|(f, _)| *f == fi) {
-                Some((_, b)) => blob(py, BlobData::Loaded(b.clone())).map(Some),
+            Fields::Loaded(v) => match v.iter().find(|f| f.field == fi) {
+                Some(f) => Self::loaded_blob(py, &f.data).map(Some),
                 None => Ok(None),
             },
             Fields::Stored => {
@@ -541,7 +560,7 @@ impl Sample {
     /// Field indices present, in field order.
     fn present(&self) -> PyResult<Vec<u32>> {
         match &self.fields {
-            Fields::Loaded(v) => Ok(v.iter().map(|(f, _)| *f).collect()),
+            Fields::Loaded(v) => Ok(v.iter().map(|f| f.field).collect()),
             Fields::Stored => {
                 let s = self.ds.get(self.index).map_err(to_py)?;
                 s.fields()
@@ -553,6 +572,10 @@ impl Sample {
 
     fn field_name(&self, fi: u32) -> String {
         lossy(self.ds.manifest().fields[fi as usize].name.as_bytes())
+    }
+
+    fn loaded_blob(py: Python<'_>, b: &SampleBytes) -> PyResult<Py<Blob>> {
+        blob(py, BlobData::Loaded(b.clone()))
     }
 }
 
@@ -612,6 +635,16 @@ impl Sample {
     /// All fields as a dict of name (str) -> `Blob`, in field order.
     fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
+        if let Fields::Loaded(v) = &self.fields {
+            // The loader's path: no lookup, no name built (the names are shared strings).
+            for f in v {
+                d.set_item(
+                    self.names[f.field as usize].bind(py),
+                    Self::loaded_blob(py, &f.data)?,
+                )?;
+            }
+            return Ok(d);
+        }
         for fi in self.present()? {
             if let Some(b) = self.blob_of(py, fi)? {
                 d.set_item(self.field_name(fi), b)?;
@@ -666,6 +699,7 @@ fn _sample_from_parts(
     fields: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> PyResult<Py<Sample>> {
     let inner = ds.get().inner.clone();
+    let names = ds.get().names.clone();
     let mut loaded = Vec::with_capacity(fields.len());
     for (name, data) in fields {
         let fi = inner
@@ -680,7 +714,10 @@ fn _sample_from_parts(
                     lossy(&name)
                 ))
             })?;
-        loaded.push((fi as u32, SampleBytes::from(data)));
+        loaded.push(LoadedField {
+            field: fi as u32,
+            data: SampleBytes::from(data),
+        });
     }
     Py::new(
         py,
@@ -689,18 +726,20 @@ fn _sample_from_parts(
             key,
             label,
             ds: inner,
+            names,
             fields: Fields::Loaded(loaded),
         },
     )
 }
 
-fn loaded_sample(ds: &Arc<shardpack::Dataset>, s: LoadedSample) -> Sample {
+fn loaded_sample(ds: &Arc<shardpack::Dataset>, names: &Names, s: LoadedSample) -> Sample {
     Sample {
         index: s.index,
         key: s.key,
         label: s.label,
         ds: ds.clone(),
-        fields: Fields::Loaded(s.fields.into_iter().map(|f| (f.field, f.data)).collect()),
+        names: names.clone(),
+        fields: Fields::Loaded(s.fields),
     }
 }
 
@@ -708,10 +747,22 @@ fn loaded_sample(ds: &Arc<shardpack::Dataset>, s: LoadedSample) -> Sample {
 // Loader
 // ---------------------------------------------------------------------------------------------
 
-type BatchResult = Option<shardpack::Result<Vec<LoadedSample>>>;
+/// One message from the feeder: a batch (or the error that ended it), where the loader stands
+/// after it, and the samples it left out under `on_error="skip"` while making it. `None`: the
+/// range is done.
+struct Fed {
+    batch: shardpack::Result<Vec<LoadedSample>>,
+    /// The loader's position after this batch (planned samples: skipped ones count).
+    consumed: u64,
+    skipped: Vec<SkippedSample>,
+}
 
-/// A started loader: a feeder thread owns the Rust `Loader` and sends its batches, one ahead,
-/// through a channel, so the Python thread can wait in short slices and see Ctrl-C.
+type BatchResult = Option<Fed>;
+
+/// A started loader: a feeder thread owns the Rust `Loader`, cuts its samples into batches
+/// that stop exactly at the end of the range asked for, and sends them, two ahead, through a
+/// channel, so the Python thread usually finds its next batch ready (no wait, no GIL
+/// hand-off) and otherwise waits in short slices and sees Ctrl-C.
 struct Running {
     rx: Mutex<mpsc::Receiver<BatchResult>>,
     feeder: Option<std::thread::JoinHandle<()>>,
@@ -719,17 +770,46 @@ struct Running {
     pid: u32,
 }
 
+/// Batches the feeder keeps ready ahead of Python (each holds its read buffers, which the
+/// prefetch budget already counts).
+const FEED_AHEAD: usize = 2;
+
 impl Running {
-    fn start(loader: Loader) -> PyResult<Running> {
-        let (tx, rx) = mpsc::sync_channel::<BatchResult>(1);
+    fn start(loader: Loader, batch_size: usize, end: u64) -> PyResult<Running> {
+        let (tx, rx) = mpsc::sync_channel::<BatchResult>(FEED_AHEAD);
         let feeder = std::thread::Builder::new()
             .name("shardpack-feeder".into())
             .spawn(move || {
                 let mut loader = loader;
                 loop {
-                    let b = loader.next_batch();
-                    let end = b.is_none();
-                    if tx.send(b).is_err() || end {
+                    let mut batch = Vec::with_capacity(batch_size);
+                    let mut failed = None;
+                    while batch.len() < batch_size && loader.consumed() < end {
+                        match loader.next_sample() {
+                            Some(Ok(s)) => batch.push(s),
+                            Some(Err(e)) => {
+                                failed = Some(e);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let skipped = loader.take_skipped();
+                    let msg = match failed {
+                        Some(e) => Some(Fed {
+                            batch: Err(e),
+                            consumed: loader.consumed(),
+                            skipped,
+                        }),
+                        None if batch.is_empty() && skipped.is_empty() => None,
+                        None => Some(Fed {
+                            batch: Ok(batch),
+                            consumed: loader.consumed(),
+                            skipped,
+                        }),
+                    };
+                    let last = msg.is_none();
+                    if tx.send(msg).is_err() || last {
                         break;
                     }
                 }
@@ -743,9 +823,22 @@ impl Running {
         })
     }
 
-    /// The next batch; waits in slices of 100 ms with the GIL released and checks for signals
-    /// between them (a `KeyboardInterrupt` leaves the batch in the channel for the next call).
+    /// The next batch: taken at once when the feeder has one ready (the usual case: no GIL
+    /// hand-off), else waited for in slices of 100 ms with the GIL released, checking for
+    /// signals between them (a `KeyboardInterrupt` leaves the batch in the channel for the
+    /// next call).
     fn recv(&self, py: Python<'_>) -> PyResult<BatchResult> {
+        if let Ok(rx) = self.rx.try_lock() {
+            match rx.try_recv() {
+                Ok(b) => return Ok(b),
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err(
+                        "the loader's feeder thread stopped unexpectedly",
+                    ))
+                }
+            }
+        }
         loop {
             let got = py.detach(|| match self.rx.lock() {
                 Ok(rx) => rx.recv_timeout(Duration::from_millis(100)),
@@ -774,6 +867,12 @@ impl Running {
     }
 }
 
+/// A sample left out under `on_error="skip"`, with its key when the index still gives it.
+struct Skipped {
+    sample: SkippedSample,
+    key: Option<Vec<u8>>,
+}
+
 struct LoaderInner {
     running: Option<Running>,
     /// Where the next batch starts (kept current after every batch).
@@ -781,6 +880,8 @@ struct LoaderInner {
     /// Stop after this many samples of the epoch (a sub-range of the epoch's order, for
     /// `shardpack.torch`'s `drop_last`); `None`: the whole epoch.
     end: Option<u64>,
+    /// Samples left out under `on_error="skip"` since the loader was made, in the order met.
+    skipped: Vec<Skipped>,
 }
 
 /// The native loader behind `shardpack.Loader` (which adds the rank defaults, drop_last
@@ -791,6 +892,7 @@ struct NativeLoader {
     ds: Arc<shardpack::Dataset>,
     opts: LoaderOptions,
     drop_last: bool,
+    names: Names,
     inner: Mutex<LoaderInner>,
 }
 
@@ -852,10 +954,11 @@ impl NativeLoader {
             let ds = self.ds.clone();
             let opts = self.opts.clone();
             let state = inner.state;
+            let end = self.end(inner);
             let loader = py
                 .detach(move || Loader::resume(ds, opts, &state))
                 .map_err(to_py)?;
-            inner.running = Some(Running::start(loader)?);
+            inner.running = Some(Running::start(loader, self.opts.batch_size, end)?);
         }
         Ok(inner.running.as_ref().expect("started above"))
     }
@@ -869,6 +972,22 @@ impl NativeLoader {
                 // Its threads did not survive the fork: joining them would wait forever.
                 std::mem::forget(r);
             }
+        }
+    }
+
+    /// The position this loader hands out samples up to: the epoch's end, the last full
+    /// batch's under `drop_last`, or the sub-range's end set by `seek`.
+    fn end(&self, inner: &LoaderInner) -> u64 {
+        let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
+        self.usable_len(epoch_len)
+            .min(inner.end.unwrap_or(u64::MAX))
+    }
+
+    /// Records what the feeder left out, with each sample's key where the index gives it.
+    fn note_skipped(&self, inner: &mut LoaderInner, skipped: Vec<SkippedSample>) {
+        for sample in skipped {
+            let key = self.ds.get(sample.index).ok().map(|s| s.key().to_vec());
+            inner.skipped.push(Skipped { sample, key });
         }
     }
 
@@ -940,6 +1059,7 @@ impl NativeLoader {
             samples_consumed: 0,
         };
         Ok(NativeLoader {
+            names: dataset.get().names.clone(),
             ds,
             opts,
             drop_last,
@@ -947,69 +1067,73 @@ impl NativeLoader {
                 running: None,
                 state,
                 end: None,
+                skipped: Vec::new(),
             }),
         })
     }
 
     /// The next batch (a list of `Sample`), or None at the end of the epoch. Starts the
-    /// reading threads on the first call; releases the GIL while it waits.
-    fn next_batch(&self, py: Python<'_>) -> PyResult<Option<Vec<Py<Sample>>>> {
+    /// reading threads on the first call; releases the GIL while it waits (a batch that is
+    /// already waiting is taken without releasing it).
+    fn next_batch<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
         let mut inner = self.lock()?;
         Self::check_fork(&mut inner)?;
-        let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
-        let end = self
-            .usable_len(epoch_len)
-            .min(inner.end.unwrap_or(u64::MAX));
-        if inner.state.samples_consumed >= end {
-            return Ok(None);
-        }
-        let r = self.started(py, &mut inner)?;
-        let got = r.recv(py)?;
-        let batch = match got {
-            None => {
-                inner.state.samples_consumed = epoch_len;
+        let end = self.end(&inner);
+        loop {
+            if inner.state.samples_consumed >= end {
                 return Ok(None);
             }
-            Some(Err(e)) => return Err(to_py(e)),
-            Some(Ok(b)) => b,
-        };
-        let mut batch = batch;
-        let left = end - inner.state.samples_consumed;
-        if batch.len() as u64 > left {
-            batch.truncate(left as usize);
+            let got = self.started(py, &mut inner)?.recv(py)?;
+            let Some(fed) = got else {
+                // The feeder stops only at `end` (or the epoch's end, which `end` never
+                // passes).
+                inner.state.samples_consumed = inner.state.samples_consumed.max(end);
+                Self::stop(py, &mut inner);
+                return Ok(None);
+            };
+            inner.state.samples_consumed = fed.consumed;
+            self.note_skipped(&mut inner, fed.skipped);
+            let batch = fed.batch.map_err(to_py)?;
+            if inner.end.is_some_and(|e| inner.state.samples_consumed >= e) {
+                // A sub-range that ends before the epoch does: stop reading ahead now.
+                Self::stop(py, &mut inner);
+            }
+            if batch.is_empty() {
+                continue; // every sample of the rest was skipped; the next message ends it
+            }
+            if self.drop_last && batch.len() < self.opts.batch_size {
+                return Ok(None);
+            }
+            let list = PyList::empty(py);
+            for s in batch {
+                list.append(Py::new(py, loaded_sample(&self.ds, &self.names, s))?)?;
+            }
+            return Ok(Some(list));
         }
-        inner.state.samples_consumed += batch.len() as u64;
-        if inner.end.is_some_and(|e| inner.state.samples_consumed >= e) {
-            // A sub-range that ends before the epoch does: stop reading ahead now.
-            Self::stop(py, &mut inner);
-        }
-        if self.drop_last && batch.len() < self.opts.batch_size {
-            return Ok(None);
-        }
-        batch
-            .into_iter()
-            .map(|s| Py::new(py, loaded_sample(&self.ds, s)))
-            .collect::<PyResult<Vec<_>>>()
-            .map(Some)
     }
 
     /// Benchmark helper: takes the rest of the epoch's samples inside Rust (reading the first
     /// byte of every field, as a consumer would), creating no Python object; returns how many
-    /// samples it took. Gives the Rust loader's own rate in the same process, so that
-    /// `python/bench/` can tell the Python path's per-sample overhead apart.
+    /// samples it took. Gives the Rust loader's own rate in the same process, through the
+    /// same feeder thread and channel as `next_batch`, so that `python/bench/` can tell the
+    /// Python path's per-sample overhead apart.
     fn _drain(&self, py: Python<'_>) -> PyResult<u64> {
         let mut inner = self.lock()?;
         Self::check_fork(&mut inner)?;
         let r = self.started(py, &mut inner)?;
-        let (n, touched) = py
+        let (n, consumed, skipped) = py
             .detach(|| {
                 let mut n = 0u64;
                 let mut touched = 0u64;
+                let mut consumed = None;
+                let mut skipped = Vec::new();
                 let rx =
                     r.rx.lock()
                         .map_err(|_| Error::Options("the loader's lock is poisoned".into()))?;
-                while let Ok(Some(b)) = rx.recv() {
-                    for s in b? {
+                while let Ok(Some(fed)) = rx.recv() {
+                    consumed = Some(fed.consumed);
+                    skipped.extend(fed.skipped);
+                    for s in fed.batch? {
                         for f in &s.fields {
                             touched =
                                 touched.wrapping_add(f.data.first().copied().unwrap_or(0) as u64);
@@ -1017,12 +1141,35 @@ impl NativeLoader {
                         n += 1;
                     }
                 }
-                Ok((n, touched))
+                std::hint::black_box(touched);
+                Ok((n, consumed, skipped))
             })
             .map_err(to_py)?;
-        std::hint::black_box(touched);
-        inner.state.samples_consumed += n;
+        if let Some(c) = consumed {
+            inner.state.samples_consumed = c;
+        }
+        self.note_skipped(&mut inner, skipped);
+        Self::stop(py, &mut inner);
         Ok(n)
+    }
+
+    /// The samples left out under `on_error="skip"` since the loader was made, in the order
+    /// met: dicts with `position` (in this rank's epoch, counting skipped samples), `index`
+    /// (the global sample index), `key` (bytes, or None when the index cannot give it) and
+    /// `reason` (the error's message: shard file, sample, key, field).
+    #[getter]
+    fn skipped<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let inner = self.lock()?;
+        let list = PyList::empty(py);
+        for s in &inner.skipped {
+            let d = PyDict::new(py);
+            d.set_item("position", s.sample.position)?;
+            d.set_item("index", s.sample.index)?;
+            d.set_item("key", s.key.as_deref().map(|k| PyBytes::new(py, k)))?;
+            d.set_item("reason", &s.sample.reason)?;
+            list.append(d)?;
+        }
+        Ok(list)
     }
 
     /// Restarts at `samples_consumed` of `epoch` (the loader's own seed, rank and world
