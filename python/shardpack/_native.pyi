@@ -53,6 +53,8 @@ class Dataset:
     @property
     def fingerprint(self) -> str: ...
     def verify(self) -> dict[str, Any]: ...
+    def index(self) -> Any:
+        """The sample index as a pyarrow.Table (format-spec/index-table.md)."""
 
 class _Loader:
     def __init__(

@@ -421,6 +421,35 @@ impl Dataset {
     /// `problems` (a list of dicts with `shard`, `kind` (the stable name of the check, as in
     /// `shardpack verify --json`), `sample`, `key`, `field`, `detail`). Releases
     /// the GIL while it reads.
+    /// The sample index as a `pyarrow.Table` (the columns of format-spec/index-table.md:
+    /// index, key, key_utf8, label, class, shard, and per field `<name>_size`,
+    /// `<name>_stored`, `<name>_codec`), handed over through the Arrow C stream interface
+    /// (no Parquet or IPC round trip). Reads only the indexes, with the GIL released. Needs
+    /// pyarrow.
+    fn index<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let pa = py.import("pyarrow").map_err(|e| {
+            pyo3::exceptions::PyImportError::new_err(format!(
+                "Dataset.index() returns a pyarrow.Table and needs pyarrow \
+                 (pip install pyarrow): {e}"
+            ))
+        })?;
+        let ds = self.inner.clone();
+        let (schema, batches) = py
+            .detach(move || {
+                let t = shardpack::table::IndexTable::new(&ds);
+                let batches = t.batches(64 * 1024).collect::<shardpack::Result<Vec<_>>>()?;
+                Ok::<_, Error>((t.schema(), batches))
+            })
+            .map_err(to_py)?;
+        let reader = arrow_array::RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        let stream = ArrowStream {
+            stream: Mutex::new(Some(arrow_array::ffi_stream::FFI_ArrowArrayStream::new(
+                Box::new(reader),
+            ))),
+        };
+        pa.call_method1("table", (Py::new(py, stream)?,))
+    }
+
     fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let ds = self.inner.clone();
         let r = py.detach(move || ds.verify());
@@ -466,6 +495,36 @@ impl Dataset {
 struct DatasetIter {
     ds: Py<Dataset>,
     next: AtomicU64,
+}
+
+/// An Arrow C stream handed to pyarrow once, through the PyCapsule interface
+/// (`__arrow_c_stream__`).
+#[pyclass(module = "shardpack._native")]
+struct ArrowStream {
+    // A Mutex makes the (Send, not Sync) stream shareable, as a pyclass must be.
+    stream: Mutex<Option<arrow_array::ffi_stream::FFI_ArrowArrayStream>>,
+}
+
+#[pymethods]
+impl ArrowStream {
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_stream__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, pyo3::types::PyCapsule>> {
+        // The table has one schema; a consumer that wants another casts it itself.
+        let _ = requested_schema;
+        let stream = self
+            .stream
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("the Arrow stream's lock is poisoned"))?
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this Arrow stream was already consumed"))?;
+        // The consumer moves the stream out of the capsule (and marks it released); a capsule
+        // dropped unconsumed releases it through FFI_ArrowArrayStream's Drop.
+        pyo3::types::PyCapsule::new_with_value(py, stream, c"arrow_array_stream")
+    }
 }
 
 #[pymethods]
@@ -1459,6 +1518,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DatasetIter>()?;
     m.add_class::<Sample>()?;
     m.add_class::<Blob>()?;
+    m.add_class::<ArrowStream>()?;
     m.add_class::<NativeLoader>()?;
     m.add_function(wrap_pyfunction!(_pack, m)?)?;
     m.add_function(wrap_pyfunction!(_sample_from_parts, m)?)?;

@@ -94,3 +94,19 @@ def test_index_of_a_missing_dataset_fails_without_output(tmp_path: Path) -> None
     )
     assert r.returncode == 1 and b"does not exist" in r.stderr
     assert not out.exists()
+
+
+def test_dataset_index_is_the_same_table_without_a_file(dataset: Path, tmp_path: Path) -> None:
+    ds = shardpack.open(dataset)
+    t = ds.index()
+    assert isinstance(t, pa.Table)
+    ref = read(dataset, tmp_path, "arrow")
+    assert t.schema.names == ref.schema.names
+    assert t.schema.metadata == ref.schema.metadata
+    assert t.to_pylist() == ref.to_pylist()
+    # The table owns its memory: it outlives the dataset.
+    del ds
+    import gc
+
+    gc.collect()
+    assert t.num_rows == ref.num_rows and t.column("key").to_pylist() == ref.column("key").to_pylist()
