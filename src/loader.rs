@@ -87,8 +87,9 @@
 //! buffers alive on top of that, so drop them after each step (or copy out what must stay).
 //!
 //! The first sample of an epoch waits for its whole first window to be read. To hide that at
-//! epoch boundaries, create the next epoch's loader a little before the current one ends: a
-//! loader starts reading as soon as it is created, under its own budget.
+//! epoch boundaries, set [`LoaderOptions::read_next_epoch`]: once every piece of the epoch
+//! has been handed to a reading thread, the loader starts the next epoch's loader (under its
+//! own budget), and [`Loader::next_epoch`] hands it over, already reading.
 //!
 //! A sample that cannot be delivered (a record failing its checksum or not decoding, a read
 //! error, a sample of a damaged shard) is handed out as its error by default; with
@@ -251,6 +252,14 @@ pub struct LoaderOptions {
     /// Serve only these samples (`None`: the whole dataset); see [`Subset`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<Subset>,
+    /// Back-to-back epochs: once every piece of this epoch has been handed to a reading
+    /// thread, start the loader of epoch `epoch + 1` (same options, from its start) so that
+    /// it reads its first window while this epoch's last samples are taken; take it with
+    /// [`Loader::next_epoch`]. At the boundary the two loaders hold up to twice
+    /// [`LoaderOptions::prefetch_bytes`]. Off by default (a loader whose next epoch is never
+    /// taken would read a window for nothing).
+    #[serde(default)]
+    pub read_next_epoch: bool,
 }
 
 impl Default for LoaderOptions {
@@ -270,6 +279,7 @@ impl Default for LoaderOptions {
             on_error: ErrorPolicy::Fail,
             drop_last: false,
             subset: None,
+            read_next_epoch: false,
         }
     }
 }
@@ -740,6 +750,10 @@ pub struct Loader {
     batch_size: usize,
     direct: bool,
     notes: Vec<String>,
+    /// The options, for the next epoch's loader.
+    opts: LoaderOptions,
+    /// The next epoch's loader, started early under [`LoaderOptions::read_next_epoch`].
+    next: Option<Result<Box<Loader>>>,
     on_error: ErrorPolicy,
     skipped: Vec<SkippedSample>,
     skipped_total: u64,
@@ -904,6 +918,8 @@ impl Loader {
             on_error: opts.on_error,
             skipped: Vec::new(),
             skipped_total: 0,
+            opts,
+            next: None,
         })
     }
 
@@ -955,6 +971,58 @@ impl Loader {
     /// Whether chunk reads bypass the page cache.
     pub fn direct_io(&self) -> bool {
         self.direct
+    }
+
+    /// The loader of the next epoch (`epoch + 1`, from its start, the same options): the one
+    /// [`LoaderOptions::read_next_epoch`] already started reading, else a new one. Call it at
+    /// the end of an epoch (or earlier: the rest of this one is dropped):
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use shardpack::loader::{Loader, LoaderOptions};
+    /// # fn main() -> shardpack::Result<()> {
+    /// # let ds = Arc::new(shardpack::Dataset::open("train.spk")?);
+    /// let opts = LoaderOptions { read_next_epoch: true, ..LoaderOptions::default() };
+    /// let mut loader = Loader::new(ds, opts)?;
+    /// for _epoch in 0..10 {
+    ///     while let Some(batch) = loader.next_batch() {
+    ///         let _ = batch?; // train
+    ///     }
+    ///     loader = loader.next_epoch()?; // already reading its first window
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn next_epoch(mut self) -> Result<Loader> {
+        match self.next.take() {
+            Some(next) => next.map(|b| *b),
+            None => Loader::new(self.shared.ds.clone(), self.next_opts()),
+        }
+    }
+
+    /// Whether the next epoch's loader has started (see [`LoaderOptions::read_next_epoch`]).
+    pub fn next_epoch_started(&self) -> bool {
+        self.next.is_some()
+    }
+
+    fn next_opts(&self) -> LoaderOptions {
+        LoaderOptions {
+            epoch: self.opts.epoch + 1,
+            ..self.opts.clone()
+        }
+    }
+
+    /// Starts the next epoch's loader once every piece of this one has been claimed by a
+    /// reading thread (its I/O is done or in flight), under `read_next_epoch`.
+    fn maybe_start_next_epoch(&mut self) {
+        let n_work = *self.shared.piece_starts.last().unwrap_or(&0);
+        if self.opts.read_next_epoch
+            && self.next.is_none()
+            && self.shared.next_work.load(Ordering::SeqCst) >= n_work
+        {
+            let next = Loader::new(self.shared.ds.clone(), self.next_opts());
+            self.next = Some(next.map(Box::new));
+        }
     }
 
     /// Things the user should know (e.g. a fallback from direct I/O).
@@ -1012,6 +1080,7 @@ impl Loader {
                 }
             }
             let p = self.pending.remove(&w).expect("window complete");
+            self.maybe_start_next_epoch();
             self.current_window = Some((w, p.charge));
             self.current = self.assemble(w, p.pieces).into_iter();
             self.next_window += 1;
