@@ -316,6 +316,9 @@ class Loader:
     - ``rank`` / ``world_size`` default to ``torch.distributed``'s when it is initialised,
       else to the ``RANK`` / ``WORLD_SIZE`` environment variables, else to 0 / 1.
     - ``shuffle``: ``"chunked"`` (default), ``"none"`` (stored order) or ``"full"``.
+    - ``indices``: serve only these sample numbers (any iterable; duplicates count once), in
+      the same chunked order restricted to them; dense runs keep large reads, sparse members
+      are read alone. The state records the set's identity.
     - ``drop_last``: equal counts per rank by dropping instead of padding (the library's
       ``LoaderOptions::drop_last``: every rank gets ``floor(len(ds) / world_size)`` distinct
       samples), and this rank's last batch is dropped when it is short.
@@ -352,6 +355,7 @@ class Loader:
         world_size: int | None = None,
         shuffle: str = "chunked",
         drop_last: bool = False,
+        indices: Any = None,
         **tuning: Any,
     ) -> None:
         unknown = sorted(set(tuning) - set(_TUNING_DEFAULTS))
@@ -386,6 +390,20 @@ class Loader:
             "direct_io": str(t["direct_io"]),
             "on_error": str(t["on_error"]),
         }
+        if indices is not None:
+            try:
+                subset = sorted({int(i) for i in indices})
+            except (TypeError, ValueError):
+                raise ShardpackValueError(
+                    "invalid option: indices must be an iterable of sample numbers"
+                ) from None
+            if subset and (subset[0] < 0 or subset[-1] >= len(ds)):
+                bad = subset[0] if subset[0] < 0 else subset[-1]
+                raise ShardpackValueError(
+                    f"invalid option: subset index {bad} is out of range: the dataset has "
+                    f"{len(ds)} samples"
+                )
+            self._options["indices"] = subset
         self._native = _native._Loader(ds, epoch=epoch, **self._options)
 
     # -- iteration ------------------------------------------------------------------------

@@ -894,7 +894,7 @@ impl NativeLoader {
     #[new]
     #[pyo3(signature = (dataset, *, batch_size, seed, epoch, rank, world_size, shuffle,
                         drop_last, chunk_bytes, window_chunks, io_threads, prefetch_bytes,
-                        direct_io, on_error))]
+                        direct_io, on_error, indices=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -912,6 +912,7 @@ impl NativeLoader {
         prefetch_bytes: u64,
         direct_io: &str,
         on_error: &str,
+        indices: Option<Vec<u64>>,
     ) -> PyResult<NativeLoader> {
         let opts = LoaderOptions {
             seed,
@@ -936,6 +937,7 @@ impl NativeLoader {
                     ))
                 }
             },
+            subset: indices.map(shardpack::loader::Subset::new),
             ..LoaderOptions::default()
         };
         let ds = dataset.get().inner.clone();

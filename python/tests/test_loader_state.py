@@ -76,3 +76,22 @@ def test_refusals_name_the_field_and_old_states(dataset: Path) -> None:
     # batch_size and the tuning options may change.
     lo = shardpack.Loader(dataset, batch_size=3, seed=1, window_chunks=4, io_threads=1)
     lo.load_state_dict(st)
+
+
+def test_indices_subset_and_its_state(dataset: Path) -> None:
+    want = list(range(10, 60)) + [100, 120]
+    lo = shardpack.Loader(dataset, batch_size=7, seed=2, indices=reversed(want))
+    got = [s.index for b in lo for s in b]
+    assert sorted(got) == want
+    lo2 = shardpack.Loader(dataset, batch_size=7, seed=2, indices=want)
+    it = iter(lo2)
+    head = [s.index for s in next(it)]
+    st = lo2.state_dict()
+    assert st["subset"].startswith("52:")
+    again = shardpack.Loader(dataset, batch_size=5, seed=2, indices=want)
+    again.load_state_dict(st)
+    assert head + [s.index for b in again for s in b] == got
+    with pytest.raises(shardpack.ShardpackError, match="subset"):
+        shardpack.Loader(dataset, batch_size=7, seed=2).load_state_dict(st)
+    with pytest.raises(shardpack.ShardpackValueError, match="out of range"):
+        shardpack.Loader(dataset, batch_size=7, indices=[N])

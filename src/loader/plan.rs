@@ -510,3 +510,57 @@ pub fn resume_point(
         plan.len,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::Subset;
+    use crate::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
+
+    fn dataset(dir: &std::path::Path) -> Dataset {
+        let opts = WriterOptions {
+            shard_size: 1 << 20,
+            ..WriterOptions::default()
+        };
+        let mut w = DatasetWriter::create(dir, vec![FieldSpec::raw("x")], opts).unwrap();
+        for i in 0..4000u32 {
+            w.append(format!("{i:05}").as_bytes(), None, &[(0, &[7u8; 100])])
+                .unwrap();
+        }
+        w.finish(DatasetInfo::default()).unwrap();
+        Dataset::open(dir).unwrap()
+    }
+
+    fn opts(subset: Option<Subset>) -> LoaderOptions {
+        LoaderOptions {
+            chunk_bytes: 16 << 10,
+            subset,
+            ..LoaderOptions::default()
+        }
+    }
+
+    #[test]
+    fn dense_subsets_keep_whole_chunks_and_sparse_ones_read_only_their_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = dataset(dir.path());
+        let whole = global_sequence(&ds, &opts(None)).unwrap();
+        assert!(whole.iter().all(|i| i.mask.is_none()));
+        let per_chunk = whole.iter().map(|i| i.piece.count).max().unwrap();
+        assert!(per_chunk > 50, "chunks of many samples: {per_chunk}");
+        // Every sample but a few: the same reads, holes masked.
+        let dense = Subset::new((0..4000).filter(|i| i % 97 != 0));
+        let d = global_sequence(&ds, &opts(Some(dense))).unwrap();
+        assert_eq!(d.len(), whole.len());
+        assert_eq!(d.iter().map(|i| i.n).sum::<u64>(), 4000 - 42);
+        // One sample in 500: one-sample reads, nothing else read.
+        let sparse = Subset::new((0..4000).step_by(500));
+        let s = global_sequence(&ds, &opts(Some(sparse))).unwrap();
+        assert_eq!(s.len(), 8);
+        assert!(s.iter().all(|i| i.piece.count == 1 && i.n == 1), "{s:?}");
+        // Members a few samples apart share one read.
+        let close = Subset::new([10, 12, 15]);
+        let c = global_sequence(&ds, &opts(Some(close))).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].piece.first, c[0].piece.count, c[0].n), (10, 6, 3));
+    }
+}
