@@ -817,17 +817,26 @@ impl Loader {
         let mut notes = Vec::new();
         let mut files = Vec::with_capacity(ds.shard_count());
         let mut direct = want_direct;
-        for s in 0..ds.shard_count() {
-            let Ok(shard) = ds.shard(s) else {
+        // From the manifest and the damaged list only: starting a loader touches no shard's
+        // index (each is first used by the reading thread of its first piece).
+        let mut damaged = vec![false; ds.shard_count()];
+        for d in ds.damaged() {
+            if let Some(x) = damaged.get_mut(d.index) {
+                *x = true;
+            }
+        }
+        for (s, meta) in ds.manifest().shards.iter().enumerate() {
+            if damaged[s] {
                 files.push(None); // damaged: each of its samples fails or is skipped
                 continue;
-            };
-            let (f, d) = open_read(shard.path(), want_direct)
-                .map_err(|e| Error::io(shard.path(), "open shard", e))?;
+            }
+            let path = ds.dir().join(&meta.file);
+            let (f, d) =
+                open_read(&path, want_direct).map_err(|e| Error::io(&path, "open shard", e))?;
             if want_direct && !d && direct {
                 notes.push(format!(
                     "{}: the filesystem refuses O_DIRECT; reading through the page cache",
-                    shard.path().display()
+                    path.display()
                 ));
                 direct = false;
             }

@@ -310,8 +310,8 @@ class Loader:
     must be kept). An epoch's order is a pure function of ``(seed, epoch, rank,
     world_size)``: chunks of consecutive samples are shuffled, each rank takes an equal slice
     (the last ranks are padded by repeating the first samples of the epoch's sequence, so every
-    rank has ``ceil(len(ds) / world_size)`` samples), and samples are shuffled within windows
-    of chunks.
+    rank has ``ceil(len(ds) / world_size)`` samples; ``floor`` and no repeats with
+    ``drop_last``), and samples are shuffled within windows of chunks.
 
     - ``rank`` / ``world_size`` default to ``torch.distributed``'s when it is initialised,
       else to the ``RANK`` / ``WORLD_SIZE`` environment variables, else to 0 / 1.
@@ -444,7 +444,9 @@ class Loader:
 
     @property
     def samples_per_epoch(self) -> int:
-        """Samples this rank gets per epoch (``ceil(len(dataset) / world_size)``)."""
+        """Samples this rank gets per epoch (``ceil(len(dataset) / world_size)``, or ``floor``
+        with ``drop_last``; after loading a state saved at another world size, in the rest of
+        the epoch)."""
         return self._native.samples_per_epoch
 
     @property
