@@ -1022,12 +1022,12 @@ impl Loader {
     }
 
     /// Starts the next epoch's loader once every piece of this one has been claimed by a
-    /// reading thread (its I/O is done or in flight), under `read_next_epoch`.
+    /// reading thread (its I/O is done or in flight), at the latest when the consumer takes
+    /// the first sample of the last window.
     fn maybe_start_next_epoch(&mut self) {
         let n_work = *self.shared.piece_starts.last().unwrap_or(&0);
-        if self.opts.read_next_epoch
-            && self.next.is_none()
-            && self.shared.next_work.load(Ordering::SeqCst) >= n_work
+        if self.shared.next_work.load(Ordering::SeqCst) >= n_work
+            || self.next_window >= self.shared.plan.windows.len()
         {
             let next = Loader::new(self.shared.ds.clone(), self.next_opts());
             self.next = Some(next.map(Box::new));
@@ -1041,6 +1041,9 @@ impl Loader {
 
     /// The next sample, or `None` at the end of the epoch.
     pub fn next_sample(&mut self) -> Option<Result<LoadedSample>> {
+        if self.opts.read_next_epoch && self.next.is_none() {
+            self.maybe_start_next_epoch();
+        }
         loop {
             if let Some((index, s)) = self.current.next() {
                 let position = self.consumed;
@@ -1089,10 +1092,12 @@ impl Loader {
                 }
             }
             let p = self.pending.remove(&w).expect("window complete");
-            self.maybe_start_next_epoch();
             self.current_window = Some((w, p.charge));
             self.current = self.assemble(w, p.pieces).into_iter();
             self.next_window += 1;
+            if self.opts.read_next_epoch && self.next.is_none() {
+                self.maybe_start_next_epoch();
+            }
         }
     }
 
