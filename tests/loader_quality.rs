@@ -74,6 +74,12 @@ fn label_diversity_on_sorted_storage_grows_with_chunks_per_window() {
     );
     // The same window bytes spread over more, smaller chunks mix more classes.
     assert!(ratios[0] < ratios[1] && ratios[1] < ratios[2], "{ratios:?}");
-    assert!(ratios[0] < 0.5, "the default shape on sorted storage is poor: {ratios:?}");
-    assert!(ratios[2] > 0.85, "256 chunks of a few samples per window: {ratios:?}");
+    assert!(
+        ratios[0] < 0.5,
+        "the default shape on sorted storage is poor: {ratios:?}"
+    );
+    assert!(
+        ratios[2] > 0.85,
+        "256 chunks of a few samples per window: {ratios:?}"
+    );
 }
