@@ -82,6 +82,9 @@ pub enum Error {
     },
     /// An option value is invalid.
     Options(String),
+    /// A [`LoaderState`](crate::loader::LoaderState) does not fit the dataset or the options
+    /// it is resumed with (the message names the field, the saved and the current value).
+    State(String),
     /// The caller asked the operation to stop (see `compile::Progress::cancelled`); what it
     /// had written is removed.
     Cancelled,
@@ -177,6 +180,7 @@ impl fmt::Display for Error {
                 features.join(", ")
             ),
             Error::Options(s) => write!(f, "invalid option: {s}"),
+            Error::State(s) => write!(f, "cannot resume from this loader state: {s}"),
             Error::Cancelled => write!(f, "cancelled; nothing this operation wrote was kept"),
             Error::OutOfRange { index, len } => {
                 write!(

@@ -1,19 +1,75 @@
 //! The Loader: shuffled, partitioned, resumable epochs served with large sequential reads.
 //!
-//! An epoch's order is a pure function of `(seed, epoch, rank, world_size)` (and the dataset
-//! and chunking options):
+//! An epoch's order is a pure function of `(seed, epoch, rank, world_size)` (and the dataset,
+//! the chunking options, [`LoaderOptions::drop_last`] and [`LoaderOptions::subset`]):
 //!
 //! 1. Each shard's samples are cut into **chunks** of consecutive samples covering about
-//!    [`LoaderOptions::chunk_bytes`] of stored data.
+//!    [`LoaderOptions::chunk_bytes`]: the chunk's sample count is `chunk_bytes` divided by
+//!    the shard's bytes per sample (its file size over its sample count, from the manifest),
+//!    at least 1. The plan reads only the manifest, never a shard's index.
 //! 2. The chunk list is shuffled with a generator seeded by `(seed, epoch)`; concatenated, the
-//!    chunks give the epoch's global sequence of `N` samples.
+//!    chunks give the epoch's **global sequence** of `N` samples. It does not depend on the
+//!    world size or the rank. (With a [`Subset`], each chunk keeps only the subset's samples.)
 //! 3. Rank `r` of `W` takes positions `r*n .. (r+1)*n` of that sequence, `n = ceil(N / W)`.
 //!    Positions past `N` wrap around to the start: the last ranks are **padded by repeating**
-//!    the first samples of the sequence, so every rank gets exactly `n` samples, ranks are
-//!    disjoint before padding and their union is the dataset.
+//!    the first samples of the sequence (at most `W - 1` repeats), so every rank gets exactly
+//!    `n` samples, ranks are disjoint before padding and their union is the dataset. With
+//!    [`LoaderOptions::drop_last`], `n = floor(N / W)` instead: no repeats, and the last
+//!    `N mod W` samples of the sequence are not served that epoch.
 //! 4. The rank's pieces of chunks are grouped into **windows** of
 //!    [`LoaderOptions::window_chunks`] pieces; the samples of a window are shuffled in memory
 //!    with a generator seeded by `(seed, epoch, rank, window)`.
+//!
+//! # Resuming, at the same or another world size
+//!
+//! [`Loader::state`] gives a [`LoaderState`]: at a global step (all ranks in lockstep, having
+//! each taken the same number of samples, as data-parallel training does) it is one global
+//! state, the same on every rank except for the informational [`LoaderState::rank`]. Save any
+//! rank's; [`Loader::resume`] with it on every rank of the new job:
+//!
+//! - At the **same world size**, each rank continues exactly its uninterrupted order: it
+//!   starts at the window holding the next sample, skips the chunks of that window that hold
+//!   only consumed samples, and decodes none of those. O(chunks), no replay of samples.
+//! - At **another world size** the rest of the epoch is partitioned again: the samples every
+//!   rank had taken (padding repeats included) are removed from the global sequence, and the
+//!   remaining sequence (in its order) is split as in step 3 over the new ranks, windows
+//!   shuffled with generators that also take the segment number. Over all new ranks this
+//!   serves exactly the samples of the epoch not yet served, each once, plus at most
+//!   `W' - 1` padding repeats (none under `drop_last`, which leaves out at most `W' - 1`
+//!   instead), with equal counts per rank. Whole chunks stay whole; only the windows that
+//!   were in progress at the stop leave pieces with holes (read whole, holes not decoded).
+//!   The state records each finished part as a [`Segment`] (world size, samples per rank),
+//!   so the world size may change any number of times in one epoch; the remaining
+//!   sequence is recomputed from the global one at resume (O(chunks + samples of the windows
+//!   in progress), no I/O).
+//!
+//! What may change between stop and resume: the rank, the world size, the batch size, the
+//! I/O threads, the prefetch budget, direct I/O and the error policy. What may not (it is
+//! checked, and a mismatch is an [`Error::State`] naming the field with its saved and
+//! current values): the dataset (its manifest's fingerprint), the subset, the seed, the epoch,
+//! the shuffle mode, `chunk_bytes`, `window_chunks` and `drop_last`. States saved by
+//! shardpack 0.2.0 (no `version`) are refused: this version cuts chunks differently.
+//!
+//! # The state as JSON
+//!
+//! A checkpoint stores [`LoaderState`] with serde; its JSON layout is a contract:
+//!
+//! ```json
+//! {
+//!   "version": 2,                    // STATE_VERSION
+//!   "dataset": "9f0c3e1d2a4b5c6d",   // fingerprint(): xxh3-64 of manifest.json, hex
+//!   "seed": 0, "epoch": 3,
+//!   "rank": 1,                       // who saved it (informational)
+//!   "world_size": 8,                 // of the current segment
+//!   "samples_consumed": 1024,        // per rank, in the current segment
+//!   "shuffle": "chunked",            // "none" | "chunked" | "full"
+//!   "chunk_bytes": 4194304, "window_chunks": 16, "drop_last": false,
+//!   "subset": "1000:5d1e...",        // only with a subset: Subset::id()
+//!   "segments": [                    // earlier parts of the epoch, oldest first
+//!     {"world_size": 4, "samples_consumed": 5000}
+//!   ]
+//! }
+//! ```
 //!
 //! Each piece of a chunk is read with one large read (aligned, `O_DIRECT` when asked) into a
 //! recycled buffer by a background thread, which also checks every record's checksum and
@@ -31,19 +87,15 @@
 //! buffers alive on top of that, so drop them after each step (or copy out what must stay).
 //!
 //! The first sample of an epoch waits for its whole first window to be read. To hide that at
-//! epoch boundaries, create the next epoch's loader a little before the current one ends: a
-//! loader starts reading as soon as it is created, under its own budget.
+//! epoch boundaries, set [`LoaderOptions::read_next_epoch`]: once every piece of the epoch
+//! has been handed to a reading thread, the loader starts the next epoch's loader (under its
+//! own budget), and [`Loader::next_epoch`] hands it over, already reading.
 //!
 //! A sample that cannot be delivered (a record failing its checksum or not decoding, a read
 //! error, a sample of a damaged shard) is handed out as its error by default; with
 //! [`LoaderOptions::on_error`] set to [`ErrorPolicy::Skip`] it is left out instead, the rest
 //! of its batch still delivered, and [`Loader::skipped`] says which samples were left out and
 //! why. The order does not change either way (see [`ErrorPolicy`] for ranks and resume).
-//!
-//! [`LoaderState`] records `(seed, epoch, samples_consumed)` (with rank and world size); a
-//! loader built from it continues with exactly the samples that would have come next, without
-//! replaying the skipped ones: it starts at the window holding the next sample, skips the
-//! chunks of that window that hold only consumed samples, and decodes none of those.
 //!
 //! ```
 //! # use std::sync::Arc;
@@ -76,7 +128,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::codec::{decode_into, max_decoded_len, new_dctx};
 use crate::error::{Error, Result};
@@ -84,8 +135,16 @@ use crate::format::{record_checksum, Codec, FormatError, FormatErrorKind};
 pub use crate::pool::SampleBytes;
 use crate::pool::{BufPool, PooledBuf};
 use crate::reader::Dataset;
-use crate::rng::SplitMix64;
 use crate::sys::{open_read, read_full_at, DIRECT_ALIGN};
+
+mod plan;
+mod state;
+mod subset;
+
+pub use plan::{epoch_order, epoch_order_from, resume_point};
+use plan::{past_end, Piece, Plan};
+pub use state::{fingerprint, LoaderState, Segment, STATE_VERSION};
+pub use subset::Subset;
 
 /// How an epoch's order is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +242,24 @@ pub struct LoaderOptions {
     /// options: [`ErrorPolicy::Fail`]).
     #[serde(default)]
     pub on_error: ErrorPolicy,
+    /// Equal counts per rank by dropping instead of padding: every rank gets
+    /// `floor(N / world_size)` samples, all distinct, and the last `N mod world_size` samples
+    /// of the epoch's global sequence are not served that epoch (others each epoch). `false`
+    /// (the default, also when absent in older serialized options) pads to
+    /// `ceil(N / world_size)` by repeating the first samples of the sequence.
+    #[serde(default)]
+    pub drop_last: bool,
+    /// Serve only these samples (`None`: the whole dataset); see [`Subset`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<Subset>,
+    /// Back-to-back epochs: once every piece of this epoch has been handed to a reading
+    /// thread, start the loader of epoch `epoch + 1` (same options, from its start) so that
+    /// it reads its first window while this epoch's last samples are taken; take it with
+    /// [`Loader::next_epoch`]. At the boundary the two loaders hold up to twice
+    /// [`LoaderOptions::prefetch_bytes`]. Off by default (a loader whose next epoch is never
+    /// taken would read a window for nothing).
+    #[serde(default)]
+    pub read_next_epoch: bool,
 }
 
 impl Default for LoaderOptions {
@@ -200,6 +277,9 @@ impl Default for LoaderOptions {
             prefetch_bytes: 256 << 20,
             direct_io: DirectIo::Auto,
             on_error: ErrorPolicy::Fail,
+            drop_last: false,
+            subset: None,
+            read_next_epoch: false,
         }
     }
 }
@@ -224,21 +304,6 @@ impl LoaderOptions {
         }
         Ok(())
     }
-}
-
-/// Where a loader is in its epoch: small, serializable, enough to resume exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoaderState {
-    /// Shuffle seed.
-    pub seed: u64,
-    /// Epoch.
-    pub epoch: u64,
-    /// Rank.
-    pub rank: u32,
-    /// World size.
-    pub world_size: u32,
-    /// Samples of this rank's epoch already handed out.
-    pub samples_consumed: u64,
 }
 
 /// A sample handed out by the loader: decoded, checksum-verified, and independent of the
@@ -273,224 +338,6 @@ pub struct LoadedField {
     pub field: u32,
     /// The data: a view of the read buffer for a raw record, decompressed bytes otherwise.
     pub data: SampleBytes,
-}
-
-// ---------------------------------------------------------------------------------------------
-// The plan: a pure function of the dataset and the options
-// ---------------------------------------------------------------------------------------------
-
-/// Consecutive samples of one shard read with one read: a chunk, or the part of one that falls
-/// in a rank's range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Piece {
-    shard: u32,
-    /// First local sample.
-    first: u64,
-    count: u64,
-}
-
-#[derive(Debug)]
-struct Window {
-    pieces: Vec<Piece>,
-    samples: u64,
-    shuffle: bool,
-}
-
-#[derive(Debug)]
-struct Plan {
-    windows: Vec<Window>,
-    /// Position of each window's first sample in the rank's sequence.
-    starts: Vec<u64>,
-    len: u64,
-    seed: u64,
-    epoch: u64,
-    rank: u32,
-    world_size: u32,
-}
-
-fn mix(parts: &[u64]) -> u64 {
-    let mut b = Vec::with_capacity(8 * parts.len() + 8);
-    b.extend_from_slice(b"spkorder");
-    for p in parts {
-        b.extend_from_slice(&p.to_le_bytes());
-    }
-    xxh3_64(&b)
-}
-
-fn chunks_of(ds: &Dataset, chunk_bytes: u64) -> Result<Vec<Piece>> {
-    let mut chunks = Vec::new();
-    for (s, meta) in ds.manifest().shards.iter().enumerate() {
-        let Ok(shard) = ds.shard(s) else {
-            // A damaged shard's index cannot be read: cut its manifest sample count into
-            // chunks of the manifest's average stored size (a pure function of the manifest),
-            // so its samples keep their places and each fails or is skipped on its own.
-            let avg = meta.bytes / meta.samples.max(1);
-            let per_chunk = (chunk_bytes / avg.max(1)).max(1);
-            let mut first = 0;
-            while first < meta.samples {
-                let count = per_chunk.min(meta.samples - first);
-                chunks.push(Piece {
-                    shard: s as u32,
-                    first,
-                    count,
-                });
-                first += count;
-            }
-            continue;
-        };
-        let b = shard.bytes();
-        let (mut first, mut bytes) = (0u64, 0u64);
-        for local in 0..shard.len() {
-            let e = b
-                .sample(local)
-                .map_err(|e| Error::corrupt(shard.path(), e))?;
-            for r in e.first_record..e.first_record + e.record_count as u64 {
-                let rec = b.record(r).map_err(|e| Error::corrupt(shard.path(), e))?;
-                bytes = bytes.saturating_add(rec.raw_len.max(rec.stored_len));
-            }
-            if bytes >= chunk_bytes || local + 1 == shard.len() {
-                chunks.push(Piece {
-                    shard: s as u32,
-                    first,
-                    count: local + 1 - first,
-                });
-                first = local + 1;
-                bytes = 0;
-            }
-        }
-    }
-    Ok(chunks)
-}
-
-impl Plan {
-    fn new(ds: &Dataset, o: &LoaderOptions) -> Result<Plan> {
-        o.validate()?;
-        let n_total = ds.len();
-        let w = o.world_size as u64;
-        let per_rank = n_total.div_ceil(w);
-        let begin = o.rank as u64 * per_rank;
-        let mut windows = Vec::new();
-        if n_total > 0 {
-            match o.shuffle {
-                Shuffle::None | Shuffle::Chunked => {
-                    let mut chunks = chunks_of(ds, o.chunk_bytes)?;
-                    if o.shuffle == Shuffle::Chunked {
-                        SplitMix64::new(mix(&[o.seed, o.epoch])).shuffle(&mut chunks);
-                    }
-                    // Cut this rank's range [begin, begin + per_rank) (mod N) out of the
-                    // concatenated chunks.
-                    let mut pieces: Vec<Piece> = Vec::new();
-                    let mut want = per_rank;
-                    let mut pos = begin % n_total;
-                    let starts: Vec<u64> = chunks
-                        .iter()
-                        .scan(0u64, |acc, c| {
-                            let s = *acc;
-                            *acc += c.count;
-                            Some(s)
-                        })
-                        .collect();
-                    while want > 0 {
-                        let ci = starts.partition_point(|&s| s <= pos) - 1;
-                        let c = chunks[ci];
-                        let off = pos - starts[ci];
-                        let take = (c.count - off).min(want);
-                        pieces.push(Piece {
-                            shard: c.shard,
-                            first: c.first + off,
-                            count: take,
-                        });
-                        want -= take;
-                        pos = (pos + take) % n_total;
-                    }
-                    for group in pieces.chunks(o.window_chunks) {
-                        windows.push(Window {
-                            pieces: group.to_vec(),
-                            samples: group.iter().map(|p| p.count).sum(),
-                            shuffle: o.shuffle == Shuffle::Chunked,
-                        });
-                    }
-                }
-                Shuffle::Full => {
-                    let mut perm: Vec<u64> = (0..n_total).collect();
-                    SplitMix64::new(mix(&[o.seed, o.epoch])).shuffle(&mut perm);
-                    let ids: Vec<u64> = (0..per_rank)
-                        .map(|k| perm[((begin + k) % n_total) as usize])
-                        .collect();
-                    const FULL_WINDOW: usize = 256;
-                    for group in ids.chunks(FULL_WINDOW) {
-                        let mut pieces = Vec::with_capacity(group.len());
-                        for &g in group {
-                            let (s, local) = ds.locate(g)?;
-                            pieces.push(Piece {
-                                shard: s as u32,
-                                first: local,
-                                count: 1,
-                            });
-                        }
-                        windows.push(Window {
-                            samples: pieces.len() as u64,
-                            pieces,
-                            shuffle: false,
-                        });
-                    }
-                }
-            }
-        }
-        let starts = windows
-            .iter()
-            .scan(0u64, |acc, w| {
-                let s = *acc;
-                *acc += w.samples;
-                Some(s)
-            })
-            .collect();
-        Ok(Plan {
-            windows,
-            starts,
-            len: if n_total == 0 { 0 } else { per_rank },
-            seed: o.seed,
-            epoch: o.epoch,
-            rank: o.rank,
-            world_size: o.world_size,
-        })
-    }
-
-    /// The samples of window `w` in output order, as (piece index, local sample).
-    fn window_order(&self, w: usize) -> Vec<(u32, u64)> {
-        let win = &self.windows[w];
-        let mut order: Vec<(u32, u64)> = Vec::with_capacity(win.samples as usize);
-        for (pi, p) in win.pieces.iter().enumerate() {
-            for local in p.first..p.first + p.count {
-                order.push((pi as u32, local));
-            }
-        }
-        if win.shuffle {
-            SplitMix64::new(mix(&[self.seed, self.epoch, self.rank as u64, w as u64]))
-                .shuffle(&mut order);
-        }
-        order
-    }
-}
-
-/// The global sample ids this rank gets in this epoch, in order, computed without any I/O.
-/// The loader hands out exactly this sequence.
-pub fn epoch_order(ds: &Dataset, opts: &LoaderOptions) -> Result<Vec<u64>> {
-    let plan = Plan::new(ds, opts)?;
-    let starts: Vec<u64> = ds
-        .manifest()
-        .shards
-        .iter()
-        .map(|s| s.first_sample)
-        .collect();
-    let mut out = Vec::with_capacity(plan.len as usize);
-    for w in 0..plan.windows.len() {
-        for (pi, local) in plan.window_order(w) {
-            let shard = plan.windows[w].pieces[pi as usize].shard as usize;
-            out.push(starts[shard] + local);
-        }
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,7 +422,10 @@ struct Shared {
 impl Shared {
     /// Whether sample `at` of piece `pi` of window `w` is handed out (not skipped by a resume).
     fn wanted(&self, w: usize, pi: usize, at: usize) -> bool {
-        w != self.first_window || self.first_wanted[pi][at]
+        match w == self.first_window {
+            true => self.first_wanted[pi][at],
+            false => self.plan.windows[w].has(pi, at),
+        }
     }
 
     fn stop(&self) {
@@ -895,9 +745,15 @@ pub struct Loader {
     current_window: Option<(usize, u64)>,
     next_window: usize,
     consumed: u64,
+    /// The state at position 0 of this loader's segment.
+    base_state: LoaderState,
     batch_size: usize,
     direct: bool,
     notes: Vec<String>,
+    /// The options, for the next epoch's loader.
+    opts: LoaderOptions,
+    /// The next epoch's loader, started early under [`LoaderOptions::read_next_epoch`].
+    next: Option<Result<Box<Loader>>>,
     on_error: ErrorPolicy,
     skipped: Vec<SkippedSample>,
     skipped_total: u64,
@@ -923,33 +779,35 @@ fn memory_available() -> Option<u64> {
 impl Loader {
     /// Starts this rank's epoch from its beginning.
     pub fn new(ds: Arc<Dataset>, opts: LoaderOptions) -> Result<Loader> {
-        Loader::start(ds, opts, 0)
+        Loader::start(ds, opts, Vec::new(), 0)
     }
 
-    /// Continues an epoch from `state`: the next sample is exactly the one an uninterrupted
-    /// loader would have handed out after `state.samples_consumed`. `opts` gives everything
-    /// else (batch size, threads...); its seed, epoch, rank and world size are taken from the
-    /// state.
-    pub fn resume(
+    /// Continues an epoch from `state`: over all ranks of `opts.world_size`, exactly the
+    /// samples of the epoch not yet handed out when the state was saved. At the state's world
+    /// size this is the uninterrupted order (the next sample is the one that would have come
+    /// next); at another world size the rest of the epoch is partitioned again (see the
+    /// module docs). The state must fit `ds` and `opts` ([`LoaderState::check`]: the same
+    /// dataset, subset, seed, epoch, shuffle, chunk size, window and `drop_last`), or this is
+    /// an [`Error::State`] naming the field with its saved and current values. Rank, world
+    /// size, batch size, threads, prefetch, direct I/O and the error policy come from `opts`
+    /// and may differ from the saving loader's.
+    pub fn resume(ds: Arc<Dataset>, opts: LoaderOptions, state: &LoaderState) -> Result<Loader> {
+        state.check(&ds, &opts)?;
+        let (done, consumed) = state.rebased(&opts);
+        Loader::start(ds, opts, done, consumed)
+    }
+
+    fn start(
         ds: Arc<Dataset>,
-        mut opts: LoaderOptions,
-        state: &LoaderState,
+        opts: LoaderOptions,
+        done: Vec<Segment>,
+        consumed: u64,
     ) -> Result<Loader> {
-        opts.seed = state.seed;
-        opts.epoch = state.epoch;
-        opts.rank = state.rank;
-        opts.world_size = state.world_size;
-        Loader::start(ds, opts, state.samples_consumed)
-    }
-
-    fn start(ds: Arc<Dataset>, opts: LoaderOptions, consumed: u64) -> Result<Loader> {
-        let plan = Plan::new(&ds, &opts)?;
+        let plan = Plan::new(&ds, &opts, &done)?;
         if consumed > plan.len {
-            return Err(Error::Options(format!(
-                "cannot resume at sample {consumed}: this rank's epoch has {} samples",
-                plan.len
-            )));
+            return Err(past_end(consumed, plan.len));
         }
+        let base_state = LoaderState::at(fingerprint(&ds), &opts, done, 0);
         let total: u64 = ds.manifest().shards.iter().map(|s| s.bytes).sum();
         let want_direct = match opts.direct_io {
             DirectIo::On => true,
@@ -959,17 +817,26 @@ impl Loader {
         let mut notes = Vec::new();
         let mut files = Vec::with_capacity(ds.shard_count());
         let mut direct = want_direct;
-        for s in 0..ds.shard_count() {
-            let Ok(shard) = ds.shard(s) else {
+        // From the manifest and the damaged list only: starting a loader touches no shard's
+        // index (each is first used by the reading thread of its first piece).
+        let mut damaged = vec![false; ds.shard_count()];
+        for d in ds.damaged() {
+            if let Some(x) = damaged.get_mut(d.index) {
+                *x = true;
+            }
+        }
+        for (s, meta) in ds.manifest().shards.iter().enumerate() {
+            if damaged[s] {
                 files.push(None); // damaged: each of its samples fails or is skipped
                 continue;
-            };
-            let (f, d) = open_read(shard.path(), want_direct)
-                .map_err(|e| Error::io(shard.path(), "open shard", e))?;
+            }
+            let path = ds.dir().join(&meta.file);
+            let (f, d) =
+                open_read(&path, want_direct).map_err(|e| Error::io(&path, "open shard", e))?;
             if want_direct && !d && direct {
                 notes.push(format!(
                     "{}: the filesystem refuses O_DIRECT; reading through the page cache",
-                    shard.path().display()
+                    path.display()
                 ));
                 direct = false;
             }
@@ -985,13 +852,11 @@ impl Loader {
             first_wanted = win
                 .pieces
                 .iter()
-                .map(|p| vec![skip_first == 0; p.count as usize])
+                .map(|p| vec![false; p.count as usize])
                 .collect();
-            if skip_first > 0 {
-                for &(pi, local) in &plan.window_order(first_window)[skip_first as usize..] {
-                    let p = &win.pieces[pi as usize];
-                    first_wanted[pi as usize][(local - p.first) as usize] = true;
-                }
+            for &(pi, local) in &plan.window_order(first_window)[skip_first as usize..] {
+                let p = &win.pieces[pi as usize];
+                first_wanted[pi as usize][(local - p.first) as usize] = true;
             }
         }
         let mut piece_starts = Vec::with_capacity(plan.windows.len() + 1);
@@ -1055,12 +920,15 @@ impl Loader {
             current_window: None,
             next_window: first_window,
             consumed,
+            base_state,
             batch_size: opts.batch_size,
             direct,
             notes,
             on_error: opts.on_error,
             skipped: Vec::new(),
             skipped_total: 0,
+            opts,
+            next: None,
         })
     }
 
@@ -1100,20 +968,70 @@ impl Loader {
         self.skipped_total
     }
 
-    /// The position to resume from.
+    /// The position to resume from (see [`LoaderState`]): at a global step, the same on
+    /// every rank except for [`LoaderState::rank`].
     pub fn state(&self) -> LoaderState {
         LoaderState {
-            seed: self.shared.plan.seed,
-            epoch: self.shared.plan.epoch,
-            rank: self.shared.plan.rank,
-            world_size: self.shared.plan.world_size,
             samples_consumed: self.consumed,
+            ..self.base_state.clone()
         }
     }
 
     /// Whether chunk reads bypass the page cache.
     pub fn direct_io(&self) -> bool {
         self.direct
+    }
+
+    /// The loader of the next epoch (`epoch + 1`, from its start, the same options): the one
+    /// [`LoaderOptions::read_next_epoch`] already started reading, else a new one. Call it at
+    /// the end of an epoch (or earlier: the rest of this one is dropped):
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use shardpack::loader::{Loader, LoaderOptions};
+    /// # fn main() -> shardpack::Result<()> {
+    /// # let ds = Arc::new(shardpack::Dataset::open("train.spk")?);
+    /// let opts = LoaderOptions { read_next_epoch: true, ..LoaderOptions::default() };
+    /// let mut loader = Loader::new(ds, opts)?;
+    /// for _epoch in 0..10 {
+    ///     while let Some(batch) = loader.next_batch() {
+    ///         let _ = batch?; // train
+    ///     }
+    ///     loader = loader.next_epoch()?; // already reading its first window
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn next_epoch(mut self) -> Result<Loader> {
+        match self.next.take() {
+            Some(next) => next.map(|b| *b),
+            None => Loader::new(self.shared.ds.clone(), self.next_opts()),
+        }
+    }
+
+    /// Whether the next epoch's loader has started (see [`LoaderOptions::read_next_epoch`]).
+    pub fn next_epoch_started(&self) -> bool {
+        self.next.is_some()
+    }
+
+    fn next_opts(&self) -> LoaderOptions {
+        LoaderOptions {
+            epoch: self.opts.epoch + 1,
+            ..self.opts.clone()
+        }
+    }
+
+    /// Starts the next epoch's loader once every piece of this one has been claimed by a
+    /// reading thread (its I/O is done or in flight), at the latest when the consumer takes
+    /// the first sample of the last window.
+    fn maybe_start_next_epoch(&mut self) {
+        let n_work = *self.shared.piece_starts.last().unwrap_or(&0);
+        if self.shared.next_work.load(Ordering::SeqCst) >= n_work
+            || self.next_window >= self.shared.plan.windows.len()
+        {
+            let next = Loader::new(self.shared.ds.clone(), self.next_opts());
+            self.next = Some(next.map(Box::new));
+        }
     }
 
     /// Things the user should know (e.g. a fallback from direct I/O).
@@ -1123,6 +1041,9 @@ impl Loader {
 
     /// The next sample, or `None` at the end of the epoch.
     pub fn next_sample(&mut self) -> Option<Result<LoadedSample>> {
+        if self.opts.read_next_epoch && self.next.is_none() {
+            self.maybe_start_next_epoch();
+        }
         loop {
             if let Some((index, s)) = self.current.next() {
                 let position = self.consumed;
@@ -1174,6 +1095,9 @@ impl Loader {
             self.current_window = Some((w, p.charge));
             self.current = self.assemble(w, p.pieces).into_iter();
             self.next_window += 1;
+            if self.opts.read_next_epoch && self.next.is_none() {
+                self.maybe_start_next_epoch();
+            }
         }
     }
 

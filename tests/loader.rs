@@ -170,13 +170,17 @@ fn resume_continues_with_exactly_the_remaining_samples() {
             // The state survives serialization.
             let json = serde_json::to_string(&state).unwrap();
             let state: LoaderState = serde_json::from_str(&json).unwrap();
-            // Other options (threads, batch) may differ on resume.
+            // Other options (threads, batch) may differ on resume; the seed may not.
             let other = LoaderOptions {
                 io_threads: 1,
                 batch_size: 5,
-                seed: 999,
                 ..opts.clone()
             };
+            let reseeded = LoaderOptions {
+                seed: 999,
+                ..other.clone()
+            };
+            assert!(Loader::resume(ds.clone(), reseeded, &state).is_err());
             let resumed = Loader::resume(ds.clone(), other, &state).unwrap();
             assert_eq!(resumed.consumed(), stop);
             let tail = ids(resumed);

@@ -268,7 +268,9 @@ _TUNING_DEFAULTS: dict[str, Any] = {
     "on_error": "fail",
 }
 
-_STATE_VERSION = 1
+# The state dict's "shardpack_loader_state": 1 in shardpack 0.2.0 (refused), 2 since the
+# dict carries the library's LoaderState.
+_STATE_VERSION = 2
 
 
 def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -308,14 +310,18 @@ class Loader:
     must be kept). An epoch's order is a pure function of ``(seed, epoch, rank,
     world_size)``: chunks of consecutive samples are shuffled, each rank takes an equal slice
     (the last ranks are padded by repeating the first samples of the epoch's sequence, so every
-    rank has ``ceil(len(ds) / world_size)`` samples), and samples are shuffled within windows
-    of chunks.
+    rank has ``ceil(len(ds) / world_size)`` samples; ``floor`` and no repeats with
+    ``drop_last``), and samples are shuffled within windows of chunks.
 
     - ``rank`` / ``world_size`` default to ``torch.distributed``'s when it is initialised,
       else to the ``RANK`` / ``WORLD_SIZE`` environment variables, else to 0 / 1.
     - ``shuffle``: ``"chunked"`` (default), ``"none"`` (stored order) or ``"full"``.
-    - ``drop_last``: drop this rank's last batch when it is short (applied by the binding at
-      the batch level: the epoch's order is unchanged, the tail is simply not handed out).
+    - ``indices``: serve only these sample numbers (any iterable; duplicates count once), in
+      the same chunked order restricted to them; dense runs keep large reads, sparse members
+      are read alone. The state records the set's identity.
+    - ``drop_last``: equal counts per rank by dropping instead of padding (the library's
+      ``LoaderOptions::drop_last``: every rank gets ``floor(len(ds) / world_size)`` distinct
+      samples), and this rank's last batch is dropped when it is short.
     - ``**tuning``: ``chunk_bytes`` (4 MiB), ``window_chunks`` (16), ``io_threads`` (8),
       ``prefetch_bytes`` (256 MiB), ``direct_io`` (``"auto"``, ``"on"``, ``"off"``),
       ``on_error`` (``"fail"``, the default, raises on a corrupt record naming its shard,
@@ -327,11 +333,13 @@ class Loader:
     skips ``k`` samples hands out ``k`` fewer that epoch (ranks of a DDP job that must take
     equal step counts should keep ``"fail"``).
 
-    ``len(loader)`` is the number of batches per epoch. ``for batch in loader`` continues the
+    ``len(loader)`` is the number of batches per epoch (after ``load_state_dict`` of a state
+    saved at another world size: in the rest of the epoch). ``for batch in loader`` continues the
     current epoch from where it stands and, once the epoch is done, starts it again: call
     ``set_epoch(e)`` for a new order. ``state_dict()`` returns a small JSON-serialisable dict
     and ``load_state_dict(d)`` continues exactly after the last batch handed out (even in
-    another process); a state from another dataset or other order options is refused.
+    another process, and at another world size: the rest of the epoch is split again over the
+    new ranks); a state from another dataset or other order options is refused.
 
     Nothing starts at construction: the reading threads (and one thread that assembles the
     next batch while Python works on the current one) start at the first batch; waiting for a
@@ -352,6 +360,7 @@ class Loader:
         world_size: int | None = None,
         shuffle: str = "chunked",
         drop_last: bool = False,
+        indices: Any = None,
         **tuning: Any,
     ) -> None:
         unknown = sorted(set(tuning) - set(_TUNING_DEFAULTS))
@@ -386,6 +395,20 @@ class Loader:
             "direct_io": str(t["direct_io"]),
             "on_error": str(t["on_error"]),
         }
+        if indices is not None:
+            try:
+                subset = sorted({int(i) for i in indices})
+            except (TypeError, ValueError):
+                raise ShardpackValueError(
+                    "invalid option: indices must be an iterable of sample numbers"
+                ) from None
+            if subset and (subset[0] < 0 or subset[-1] >= len(ds)):
+                bad = subset[0] if subset[0] < 0 else subset[-1]
+                raise ShardpackValueError(
+                    f"invalid option: subset index {bad} is out of range: the dataset has "
+                    f"{len(ds)} samples"
+                )
+            self._options["indices"] = subset
         self._native = _native._Loader(ds, epoch=epoch, **self._options)
 
     # -- iteration ------------------------------------------------------------------------
@@ -426,7 +449,9 @@ class Loader:
 
     @property
     def samples_per_epoch(self) -> int:
-        """Samples this rank gets per epoch (``ceil(len(dataset) / world_size)``)."""
+        """Samples this rank gets per epoch (``ceil(len(dataset) / world_size)``, or ``floor``
+        with ``drop_last``; after loading a state saved at another world size, in the rest of
+        the epoch)."""
         return self._native.samples_per_epoch
 
     @property
@@ -440,31 +465,44 @@ class Loader:
         self._native.seek(epoch, 0)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the loader stands: a small JSON-serialisable dict (O(1), no sample list)."""
-        seed, epoch, rank, world, consumed = self._native.position
-        o = self._options
+        """Where the loader stands: a small JSON-serialisable dict (O(1), no sample list).
+
+        At a global step (every rank having taken the same number of batches) every rank's
+        dict is the same except for ``rank``: save any one, and ``load_state_dict`` it on
+        every rank of the new job, at the same or another world size.
+
+        Keys: ``shardpack_loader_state`` (2), ``batch_size`` (informational: it may change
+        at resume), and the library's ``LoaderState`` (its JSON layout is documented in the
+        Rust ``shardpack::loader`` module): ``version``, ``dataset`` (the dataset's
+        fingerprint), ``seed``, ``epoch``, ``rank`` (who saved it), ``world_size`` and
+        ``samples_consumed`` (per rank, in the current part of the epoch), ``shuffle``,
+        ``chunk_bytes``, ``window_chunks``, ``drop_last``, ``segments`` (earlier parts of
+        the epoch at other world sizes: ``[{"world_size", "samples_consumed"}]``).
+        """
+        state: dict[str, Any] = json.loads(self._native.state_json())
         return {
             "shardpack_loader_state": _STATE_VERSION,
-            "dataset": self._ds.fingerprint,
-            "seed": seed,
-            "epoch": epoch,
-            "rank": rank,
-            "world_size": world,
-            "samples_consumed": consumed,
-            "shuffle": o["shuffle"],
-            "chunk_bytes": o["chunk_bytes"],
-            "window_chunks": o["window_chunks"],
-            "batch_size": o["batch_size"],
-            "drop_last": o["drop_last"],
+            **state,
+            "batch_size": self._options["batch_size"],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continues from ``state`` (from :meth:`state_dict`, perhaps in another process): the
-        next batch starts with exactly the sample that would have come next. Refuses a state
-        from another dataset or with other order options (seed, shuffle, chunking, rank,
-        world size); ``batch_size`` may differ."""
-        check_state(state, self._ds.fingerprint, self._options, self.samples_per_epoch)
-        self._native.seek(int(state["epoch"]), int(state["samples_consumed"]))
+        """Continues from ``state`` (from :meth:`state_dict`, perhaps in another process, at
+        another rank or world size): over all ranks, the samples of the epoch not yet handed
+        out, each once (plus the documented padding), in equal counts per rank; at the same
+        world size the next batch starts with exactly the sample that would have come next.
+        The loader takes the state's epoch. Refuses (``ShardpackError``, naming the field, the
+        saved and the current value) a state from another dataset or with other order options
+        (seed, shuffle, chunk_bytes, window_chunks, drop_last); rank, world_size,
+        batch_size and the other tuning options may differ. States of shardpack 0.2.0 are
+        refused."""
+        check_state(state)
+        rust = {k: v for k, v in state.items() if k not in ("shardpack_loader_state", "batch_size")}
+        try:
+            text = json.dumps(rust)
+        except (TypeError, ValueError) as e:
+            raise ShardpackError(f"the loader state is not JSON-serialisable: {e}") from None
+        self._native.load_state(text)
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
@@ -493,34 +531,30 @@ class Loader:
         )
 
 
-def check_state(
-    state: Mapping[str, Any], fingerprint: str, options: Mapping[str, Any], samples: int
-) -> None:
-    """Raises ``ShardpackError`` when ``state`` does not belong to this dataset and options."""
-    if not isinstance(state, Mapping) or state.get("shardpack_loader_state") != _STATE_VERSION:
+def check_state(state: Mapping[str, Any], *_unused: Any) -> None:
+    """Raises ``ShardpackError`` when ``state`` is not a loader state dict of this version.
+
+    Only the envelope is checked here; whether the state fits the dataset and the options is
+    checked by the library when it is loaded (``Loader.load_state_dict``). The extra
+    positional arguments of shardpack 0.2.0 (fingerprint, options, samples) are accepted and
+    ignored."""
+    if not isinstance(state, Mapping) or "shardpack_loader_state" not in state:
         raise ShardpackError(
             "not a shardpack loader state (expected a dict from Loader.state_dict() with "
             f"shardpack_loader_state={_STATE_VERSION})"
         )
-    if state.get("dataset") != fingerprint:
+    v = state.get("shardpack_loader_state")
+    if v == 1:
         raise ShardpackError(
-            f"the loader state is for another dataset (fingerprint {state.get('dataset')}, this "
-            f"one is {fingerprint}); resume with the dataset the state was saved from"
+            "this loader state was saved by shardpack 0.2.0 (shardpack_loader_state=1), whose "
+            "epoch order this version does not reproduce; start the epoch again with "
+            "set_epoch(epoch)"
         )
-    for k in ("seed", "rank", "world_size", "shuffle", "chunk_bytes", "window_chunks"):
-        if state.get(k) != options.get(k):
-            raise ShardpackError(
-                f"the loader state was saved with {k}={state.get(k)!r} but this loader has "
-                f"{k}={options.get(k)!r}; build the loader with the same options to resume"
-            )
-    consumed = state.get("samples_consumed")
-    if isinstance(consumed, bool) or not isinstance(consumed, int) or not 0 <= consumed <= samples:
+    if v != _STATE_VERSION:
         raise ShardpackError(
-            f"the loader state's samples_consumed={consumed!r} is not in 0..={samples}"
+            f"the loader state has shardpack_loader_state={v!r}; this shardpack reads "
+            f"{_STATE_VERSION}"
         )
-    epoch = state.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ShardpackError(f"the loader state's epoch={epoch!r} is not a non-negative int")
 
 
 def _restore_loader(path: str, options: dict[str, Any], state: dict[str, Any]) -> Loader:

@@ -934,8 +934,12 @@ struct Skipped {
 
 struct LoaderInner {
     running: Option<Running>,
-    /// Where the next batch starts (kept current after every batch).
+    /// Where the next batch starts (kept current after every batch), expressed for this
+    /// loader's rank and world size.
     state: LoaderState,
+    /// Samples this rank gets in the current segment of the epoch (the whole epoch unless a
+    /// state saved at another world size was loaded).
+    len: u64,
     /// Stop after this many samples of the epoch (a sub-range of the epoch's order, for
     /// `shardpack.torch`'s `drop_last`); `None`: the whole epoch.
     end: Option<u64>,
@@ -1011,8 +1015,11 @@ impl NativeLoader {
     fn started<'a>(&self, py: Python<'_>, inner: &'a mut LoaderInner) -> PyResult<&'a Running> {
         if inner.running.is_none() {
             let ds = self.ds.clone();
-            let opts = self.opts.clone();
-            let state = inner.state;
+            let opts = LoaderOptions {
+                epoch: inner.state.epoch,
+                ..self.opts.clone()
+            };
+            let state = inner.state.clone();
             let end = self.end(inner);
             let loader = py
                 .detach(move || Loader::resume(ds, opts, &state))
@@ -1037,8 +1044,7 @@ impl NativeLoader {
     /// The position this loader hands out samples up to: the epoch's end, the last full
     /// batch's under `drop_last`, or the sub-range's end set by `seek`.
     fn end(&self, inner: &LoaderInner) -> u64 {
-        let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
-        self.usable_len(epoch_len)
+        self.usable_len(inner.len)
             .min(inner.end.unwrap_or(u64::MAX))
     }
 
@@ -1065,7 +1071,7 @@ impl NativeLoader {
     #[new]
     #[pyo3(signature = (dataset, *, batch_size, seed, epoch, rank, world_size, shuffle,
                         drop_last, chunk_bytes, window_chunks, io_threads, prefetch_bytes,
-                        direct_io, on_error))]
+                        direct_io, on_error, indices=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -1083,6 +1089,7 @@ impl NativeLoader {
         prefetch_bytes: u64,
         direct_io: &str,
         on_error: &str,
+        indices: Option<Vec<u64>>,
     ) -> PyResult<NativeLoader> {
         let opts = LoaderOptions {
             seed,
@@ -1096,6 +1103,7 @@ impl NativeLoader {
             io_threads,
             prefetch_bytes,
             direct_io: parse_direct(direct_io).map_err(|e| value_error(py, e))?,
+            drop_last,
             on_error: match on_error {
                 "fail" => ErrorPolicy::Fail,
                 "skip" => ErrorPolicy::Skip,
@@ -1106,17 +1114,14 @@ impl NativeLoader {
                     ))
                 }
             },
+            subset: indices.map(shardpack::loader::Subset::new),
+            ..LoaderOptions::default()
         };
         let ds = dataset.get().inner.clone();
-        // Validates the options (and computes the epoch's length) without starting threads.
-        shardpack::loader::epoch_order(&ds, &opts).map_err(to_py)?;
-        let state = LoaderState {
-            seed,
-            epoch,
-            rank,
-            world_size,
-            samples_consumed: 0,
-        };
+        // Validates the options and computes the epoch's length without starting threads.
+        let (state, len) =
+            shardpack::loader::resume_point(&ds, &opts, &LoaderState::start(&ds, &opts))
+                .map_err(to_py)?;
         Ok(NativeLoader {
             names: dataset.get().names.clone(),
             ds,
@@ -1125,6 +1130,7 @@ impl NativeLoader {
             inner: Mutex::new(LoaderInner {
                 running: None,
                 state,
+                len,
                 end: None,
                 skipped: Vec::new(),
             }),
@@ -1242,21 +1248,61 @@ impl NativeLoader {
         samples_consumed: u64,
         end: Option<u64>,
     ) -> PyResult<()> {
-        let epoch_len = self.ds.len().div_ceil(self.opts.world_size as u64);
-        if samples_consumed > epoch_len {
+        let opts = LoaderOptions {
+            epoch,
+            ..self.opts.clone()
+        };
+        let start = LoaderState::start(&self.ds, &opts);
+        let (mut state, len) = py
+            .detach(|| shardpack::loader::resume_point(&self.ds, &opts, &start))
+            .map_err(to_py)?;
+        if samples_consumed > len {
             return Err(value_error(
                 py,
                 format!(
                     "cannot resume at sample {samples_consumed}: this rank's epoch has \
-                     {epoch_len} samples"
+                     {len} samples"
                 ),
             ));
         }
+        state.samples_consumed = samples_consumed;
         let mut inner = self.lock()?;
         Self::stop(py, &mut inner);
-        inner.state.epoch = epoch;
-        inner.state.samples_consumed = samples_consumed;
+        inner.state = state;
+        inner.len = len;
         inner.end = end;
+        Ok(())
+    }
+
+    /// The position as the JSON of the library's `LoaderState` (the layout documented in the
+    /// `shardpack::loader` module: a contract for checkpoints).
+    fn state_json(&self) -> PyResult<String> {
+        let state = self.lock()?.state.clone();
+        serde_json::to_string(&state).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Continues from a `LoaderState` given as JSON (perhaps saved at another rank or world
+    /// size): the library checks that it fits this dataset and these options (raising
+    /// `ShardpackError` naming the field, the saved and the current value) and adopts its
+    /// epoch. Stops the running threads; new ones start at the next batch.
+    fn load_state(&self, py: Python<'_>, json: &str) -> PyResult<()> {
+        let saved: LoaderState = serde_json::from_str(json).map_err(|e| {
+            to_py(Error::State(format!(
+                "not a shardpack loader state ({e}); pass a dict from Loader.state_dict()"
+            )))
+        })?;
+        let opts = LoaderOptions {
+            epoch: saved.epoch,
+            ..self.opts.clone()
+        };
+        let (state, len) = py
+            .detach(|| shardpack::loader::resume_point(&self.ds, &opts, &saved))
+            .map_err(to_py)?;
+        let mut inner = self.lock()?;
+        Self::stop(py, &mut inner);
+        inner.state = state;
+        inner.len = len;
+        inner.end = None;
         Ok(())
     }
 
@@ -1273,16 +1319,18 @@ impl NativeLoader {
         Ok(self.lock()?.running.is_some())
     }
 
-    /// Samples this rank gets per epoch (padded: the same on every rank).
+    /// Samples this rank gets per epoch (the same on every rank: padded, or cut under
+    /// drop_last); after loading a state saved at another world size, in the rest of the
+    /// epoch.
     #[getter]
-    fn samples_per_epoch(&self) -> u64 {
-        self.ds.len().div_ceil(self.opts.world_size as u64)
+    fn samples_per_epoch(&self) -> PyResult<u64> {
+        Ok(self.lock()?.len)
     }
 
     /// `(seed, epoch, rank, world_size, samples_consumed)`.
     #[getter]
     fn position(&self) -> PyResult<(u64, u64, u32, u32, u64)> {
-        let s = self.lock()?.state;
+        let s = &self.lock()?.state;
         Ok((s.seed, s.epoch, s.rank, s.world_size, s.samples_consumed))
     }
 }

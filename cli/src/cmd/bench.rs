@@ -42,7 +42,8 @@ pub struct Args {
     /// Simulated trainer: milliseconds of compute (a sleep) per batch.
     #[arg(long, value_name = "T")]
     pub step_ms: Option<f64>,
-    /// Trainer epochs per source.
+    /// Trainer epochs per source (the loader's run back to back: each starts reading while
+    /// the one before ends, `LoaderOptions::read_next_epoch`).
     #[arg(long, default_value_t = 1, value_name = "E")]
     pub epochs: u64,
     /// Loader chunk size, e.g. 4MiB [default: the loader's, 4MiB].
@@ -243,11 +244,16 @@ fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
 fn loader_epoch(
     ds: &Arc<Dataset>,
     opts: LoaderOptions,
+    prepared: &mut Option<Loader>,
     mut trainer: Option<&mut Trainer>,
     notes: &mut Vec<String>,
 ) -> Result<Rate> {
     let start = Instant::now();
-    let mut loader = Loader::new(ds.clone(), opts)?;
+    let read_next = opts.read_next_epoch;
+    let mut loader = match prepared.take() {
+        Some(l) => l,
+        None => Loader::new(ds.clone(), opts)?,
+    };
     for n in loader.notes() {
         add_note(notes, n);
     }
@@ -267,6 +273,9 @@ fn loader_epoch(
             drop(batch); // the step is done with it; its buffers go back to the loader
             t.train();
         }
+    }
+    if read_next {
+        *prepared = Some(loader.next_epoch()?);
     }
     Ok(Rate {
         seconds: start.elapsed().as_secs_f64(),
@@ -412,7 +421,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 
     // 2. One shuffled loader epoch.
     evicted &= evict_all(shard_refs(), &mut notes);
-    let ld = loader_epoch(&ds, loader_opts(&a, 0), None, &mut notes)?;
+    let ld = loader_epoch(&ds, loader_opts(&a, 0), &mut None, None, &mut notes)?;
     // Compare like with like: the stored bytes the loader read (decoded sizes would flatter
     // compressed datasets).
     let stored: u64 = ds.manifest().fields.iter().map(|f| f.stored_bytes).sum();
@@ -440,9 +449,14 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     if let Some(step) = step {
         let mut wall = 0.0;
         let mut t = Trainer::new(step);
+        let mut prepared = None;
         for e in 0..a.epochs {
             evicted &= evict_all(shard_refs(), &mut notes);
-            wall += loader_epoch(&ds, loader_opts(&a, e), Some(&mut t), &mut notes)?.seconds;
+            let opts = LoaderOptions {
+                read_next_epoch: e + 1 < a.epochs,
+                ..loader_opts(&a, e)
+            };
+            wall += loader_epoch(&ds, opts, &mut prepared, Some(&mut t), &mut notes)?.seconds;
         }
         trainer_loader = Some(TrainerRun::of(&t, wall, a.epochs));
         if let Some((samples, _)) = &loose {
