@@ -110,7 +110,7 @@ impl<'a> IndexTable<'a> {
             ),
             (
                 "shardpack.dataset_fingerprint".to_string(),
-                format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&m.to_json())),
+                crate::loader::fingerprint(ds),
             ),
             ("shardpack.samples".to_string(), m.samples.to_string()),
         ]

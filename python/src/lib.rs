@@ -410,10 +410,7 @@ impl Dataset {
     /// is refused.
     #[getter]
     fn fingerprint(&self) -> String {
-        format!(
-            "{:016x}",
-            xxhash_rust::xxh3::xxh3_64(&self.inner.manifest().to_json())
-        )
+        shardpack::loader::fingerprint(&self.inner)
     }
 
     /// Checks every byte (each shard's checksum, every record's checksum, every compressed
