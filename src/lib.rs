@@ -11,7 +11,8 @@
 //!   [`Dataset::verify`].
 //! - [`loader`]: [`Loader`], shuffled, partitioned, resumable epochs with large sequential
 //!   reads on background threads; [`quality`] scores an order's shuffle.
-//! - [`compile`] (feature `compile`, on by default): walks a folder tree and packs it.
+//! - [`compile`] (feature `compile`, on by default): packs a folder tree, WebDataset tar
+//!   shards or an MDS dataset; [`source`] holds those sources.
 //!
 //! A data loader that only reads can depend on `shardpack` with `default-features = false`:
 //! it then links no directory-walking or thread-pool crate.
@@ -49,6 +50,8 @@ mod pool;
 pub mod quality;
 pub mod reader;
 pub mod rng;
+#[cfg(feature = "compile")]
+pub mod source;
 pub mod sys;
 pub mod writer;
 
