@@ -1,5 +1,7 @@
-//! The compiler: walk a folder tree, group files into samples, choose each field's compression,
-//! read and compress on many threads, and commit records in order through the writer.
+//! The compiler: take a source's samples (a folder tree, WebDataset tars, an MDS dataset: see
+//! [`crate::source`]), choose each field's compression, read and compress on many threads, and
+//! commit records in order through the writer. Everything below is the same for every source;
+//! the source only scans its input into a [`Catalog`] and reads members' bytes.
 //!
 //! Grouping follows the WebDataset convention: in one folder, `000123.jpg` and `000123.json`
 //! form the sample with key `<folder>/000123` and fields `jpg` and `json`. With ImageFolder

@@ -129,11 +129,20 @@ fn cls_members_give_labels() {
     assert!(r.stderr.contains("keep its order"), "{}", r.stderr);
     let ds = Dataset::open(&out).unwrap();
     assert_eq!(ds.len(), 90);
-    assert_eq!(ds.manifest().options["shuffle_seed"], serde_json::Value::Null);
+    assert_eq!(
+        ds.manifest().options["shuffle_seed"],
+        serde_json::Value::Null
+    );
     let mut labels = std::collections::BTreeSet::new();
     for i in 0..ds.len() {
         let s = ds.get(i).unwrap();
-        let cls = s.field(b"cls").unwrap().unwrap().data().unwrap().into_owned();
+        let cls = s
+            .field(b"cls")
+            .unwrap()
+            .unwrap()
+            .data()
+            .unwrap()
+            .into_owned();
         let want: u32 = String::from_utf8(cls).unwrap().trim().parse().unwrap();
         assert_eq!(s.label(), Some(want));
         labels.insert(want);
@@ -160,7 +169,11 @@ fn mds_plain_and_zstd_match_the_writers_manifest() {
         assert_eq!(got.len(), 60, "{dir}");
         for ((k, field), sha) in &want {
             let key = k.to_string();
-            assert_eq!(&got[&(key.clone(), field.clone())].0, sha, "{dir} {key}.{field}");
+            assert_eq!(
+                &got[&(key.clone(), field.clone())].0,
+                sha,
+                "{dir} {key}.{field}"
+            );
             // str columns are their UTF-8 bytes, int columns 8 little-endian bytes.
             assert_eq!(
                 got[&(key.clone(), "name".to_string())].0,
@@ -215,9 +228,11 @@ fn mds_hashes_are_checked() {
         i["shards"][0]["raw_data"]["hashes"] = serde_json::json!({ "sha256": "00".repeat(32) });
     });
     let out = t.path().join("no");
-    sp(&[&"pack", &"-q", &bad, &out])
-        .code(1)
-        .stderr_has(&["shard.00000.mds", "sha256", "index.json says"]);
+    sp(&[&"pack", &"-q", &bad, &out]).code(1).stderr_has(&[
+        "shard.00000.mds",
+        "sha256",
+        "index.json says",
+    ]);
     assert!(!out.exists(), "a failed pack leaves nothing");
 }
 
@@ -302,10 +317,25 @@ fn bad_tars_are_named_and_leave_nothing() {
 fn round_trip_to_webdataset_and_back_brace_and_folder() {
     let t = tmp();
     let ds = t.path().join("ds");
-    sp(&[&"pack", &"-q", &peers().join("webdataset/stamps-wds.tar"), &ds]).ok();
+    sp(&[
+        &"pack",
+        &"-q",
+        &peers().join("webdataset/stamps-wds.tar"),
+        &ds,
+    ])
+    .ok();
     // Small shards: several tars.
     let w = t.path().join("w");
-    sp(&[&"extract", &ds, &w, &"--format", &"wds", &"--shard-size", &"200KiB"]).ok();
+    sp(&[
+        &"extract",
+        &ds,
+        &w,
+        &"--format",
+        &"wds",
+        &"--shard-size",
+        &"200KiB",
+    ])
+    .ok();
     let mut tars: Vec<_> = fs::read_dir(&w)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -315,7 +345,16 @@ fn round_trip_to_webdataset_and_back_brace_and_folder() {
     assert_eq!(tars[0], "shard-000000.tar");
     // Reproducible bytes.
     let w2 = t.path().join("w2");
-    sp(&[&"extract", &ds, &w2, &"--format", &"wds", &"--shard-size", &"200KiB"]).ok();
+    sp(&[
+        &"extract",
+        &ds,
+        &w2,
+        &"--format",
+        &"wds",
+        &"--shard-size",
+        &"200KiB",
+    ])
+    .ok();
     for n in &tars {
         assert_eq!(fs::read(w.join(n)).unwrap(), fs::read(w2.join(n)).unwrap());
     }
@@ -356,4 +395,29 @@ fn extract_wds_refuses_a_field_without_a_name() {
         .code(1)
         .stderr_has(&["empty name", "README"]);
     assert!(!w.exists());
+}
+
+#[test]
+fn long_and_odd_names_survive_the_wds_round_trip() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let deep = src.join("class_a").join("d".repeat(120));
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join(format!("{}.seg.png", "k".repeat(90))), b"long").unwrap();
+    fs::write(src.join("class_a/0001.json"), b"{}").unwrap();
+    fs::write(src.join("class_a/0001.txt"), b"caf\xc3\xa9").unwrap();
+    fs::write(src.join("class_a/empty.bin"), b"").unwrap();
+    let ds = t.path().join("ds");
+    sp(&[&"pack", &"-q", &src, &ds]).ok();
+    let w = t.path().join("w");
+    sp(&[&"extract", &ds, &w, &"--format", &"wds"]).ok();
+    let back = t.path().join("back");
+    sp(&[&"pack", &"-q", &w, &back]).ok();
+    assert_eq!(records(&back), records(&ds));
+    let m = Dataset::open(&back).unwrap().manifest().clone();
+    assert_eq!(
+        m.classes.len(),
+        1,
+        "labels from the key's first folder, as for the tree"
+    );
 }

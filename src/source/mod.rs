@@ -154,8 +154,14 @@ impl CatalogBuilder {
         }
         let first = c.members.len() as u32;
         for (name, mut m) in members {
-            let next = c.interned.len() as u32;
-            m.field = *c.interned.entry(name.to_vec()).or_insert(next);
+            m.field = match c.interned.get(name) {
+                Some(&id) => id,
+                None => {
+                    let id = c.interned.len() as u32;
+                    c.interned.insert(name.to_vec(), id);
+                    id
+                }
+            };
             c.members.push(m);
         }
         c.samples.push(SampleEnt {

@@ -406,6 +406,94 @@ impl<R: TarInput> TarReader<R> {
 mod tests {
     use super::*;
 
+    fn header(name: &[u8], size: u64, flag: u8, magic: &[u8; 8]) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name);
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        h[156] = flag;
+        h[257..265].copy_from_slice(magic);
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn data(d: &[u8]) -> Vec<u8> {
+        let mut v = d.to_vec();
+        v.resize(d.len().next_multiple_of(512), 0);
+        v
+    }
+
+    fn entries(tar: Vec<u8>) -> Result<Vec<(Vec<u8>, Kind, Vec<u8>)>, String> {
+        let mut r = TarReader::new(StreamInput(&tar[..]));
+        let mut out = Vec::new();
+        while let Some(e) = r.next_entry()? {
+            let d = if e.kind == Kind::File {
+                r.read_data()?
+            } else {
+                Vec::new()
+            };
+            out.push((e.name, e.kind, d));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn gnu_long_names_pax_and_ustar_prefix() {
+        let gnu = b"ustar  \0";
+        let ustar = b"ustar\000";
+        let long = vec![b'k'; 150];
+        let mut long_name = long.clone();
+        long_name.extend_from_slice(b".txt");
+        let mut t = Vec::new();
+        t.extend(header(
+            b"././@LongLink",
+            long_name.len() as u64 + 1,
+            b'L',
+            gnu,
+        ));
+        let mut ln = long_name.clone();
+        ln.push(0);
+        t.extend(data(&ln));
+        t.extend(header(b"truncated", 3, b'0', gnu));
+        t.extend(data(b"abc"));
+        let rec = b"20 path=p/x.seg.png\n";
+        t.extend(header(b"././@PaxHeader", rec.len() as u64, b'x', ustar));
+        t.extend(data(rec));
+        t.extend(header(b"ignored", 2, b'0', ustar));
+        t.extend(data(b"xy"));
+        let mut pre = header(b"c.bin", 1, b'0', ustar);
+        pre[345..348].copy_from_slice(b"a/b");
+        let sum: u64 = {
+            pre[148..156].copy_from_slice(b"        ");
+            pre.iter().map(|&b| b as u64).sum()
+        };
+        pre[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        t.extend(pre);
+        t.extend(data(b"z"));
+        t.extend(header(b"dir/", 0, 0, ustar));
+        t.extend(header(b"link", 0, b'2', ustar));
+        t.extend(vec![0u8; 1024]);
+        let e = entries(t.clone()).unwrap();
+        assert_eq!(e[0], (long_name, Kind::File, b"abc".to_vec()));
+        assert_eq!(e[1], (b"p/x.seg.png".to_vec(), Kind::File, b"xy".to_vec()));
+        assert_eq!(e[2], (b"a/b/c.bin".to_vec(), Kind::File, b"z".to_vec()));
+        assert_eq!(e[3].0, b"dir");
+        assert_eq!(e[3].1, Kind::Dir);
+        assert_eq!(e[4].1, Kind::Other(b'2'));
+        // Damage: a flipped header byte, a cut inside a member, no end blocks.
+        let mut bad = t.clone();
+        bad[5] ^= 1;
+        assert!(entries(bad).unwrap_err().contains("checksum"));
+        assert!(entries(t[..1024 + 512 + 100].to_vec())
+            .unwrap_err()
+            .contains("truncated"));
+        assert!(entries(t[..t.len() - 1024].to_vec())
+            .unwrap_err()
+            .contains("end-of-archive"));
+    }
+
     #[test]
     fn numbers() {
         assert_eq!(octal(b"0000644\0"), Some(0o644));

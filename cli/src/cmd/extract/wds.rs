@@ -183,7 +183,9 @@ pub(super) fn write(
             };
             let size: u64 = fields
                 .iter()
-                .map(|(n, f, _)| header(n, f.raw_len()).len() as u64 + f.raw_len().next_multiple_of(512))
+                .map(|(n, f, _)| {
+                    header(n, f.raw_len()).len() as u64 + f.raw_len().next_multiple_of(512)
+                })
                 .sum();
             if cur
                 .as_ref()
@@ -272,7 +274,13 @@ mod tests {
         let sum: u64 = h
             .iter()
             .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 })
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    b as u64
+                }
+            })
             .sum();
         assert_eq!(&h[148..155], format!("{sum:06o}\0").as_bytes());
     }
