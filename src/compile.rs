@@ -312,8 +312,8 @@ const TRIAL_FILES: usize = 1024;
 const TRIAL_BYTES: u64 = 16 << 20;
 const DICT_MAX: usize = 112 * 1024;
 
-/// Reads a deterministic, evenly spread sample of a field's members (at most
-/// [`TRIAL_BYTES`] of each).
+/// Reads a deterministic sample of a field's members (at most [`TRIAL_BYTES`] of each):
+/// evenly spread, or the first ones of a sequential source.
 fn trial_inputs(
     source: &dyn Source,
     cat: &Catalog,
@@ -324,7 +324,12 @@ fn trial_inputs(
         .flat_map(|s| cat.member_range(s).map(move |m| (s, m)))
         .filter(|&(s, m)| cat.member(s, m).member.field == field)
         .collect();
-    let step = idx.len().div_ceil(TRIAL_FILES).max(1);
+    // Spread over the whole source; a sequential source (one stream) takes its first members
+    // instead, so the trial reads only the start of the stream, not all of it.
+    let step = match source.access() {
+        Access::Random => idx.len().div_ceil(TRIAL_FILES).max(1),
+        Access::Sequential => 1,
+    };
     let mut picked = Vec::new();
     let mut total = 0u64;
     for &(s, m) in idx.iter().step_by(step) {

@@ -421,3 +421,89 @@ fn long_and_odd_names_survive_the_wds_round_trip() {
         "labels from the key's first folder, as for the tree"
     );
 }
+
+/// A plain ustar archive of regular members (for inputs no fixture has).
+fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for (name, data) in members {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        t.extend(h);
+        t.extend_from_slice(data);
+        t.resize(t.len().next_multiple_of(512), 0);
+    }
+    t.extend(vec![0u8; 1024]);
+    t
+}
+
+#[test]
+fn webdataset_rules_on_a_hand_made_tar() {
+    let t = tmp();
+    let tar = t.path().join("s.tar");
+    fs::write(
+        &tar,
+        tar_of(&[
+            ("__meta__", b"m"),
+            ("a.JPG", b"1"),
+            ("a.cls", b" 7\n"),
+            ("README", b"no dot"),
+            ("b.jpg", b"2"),
+            ("b.cls", b"3"),
+        ]),
+    )
+    .unwrap();
+    // One of five candidate members has no field: 20% skipped, above the 1% default.
+    let out = t.path().join("o");
+    sp(&[&"pack", &"-q", &tar, &out])
+        .code(1)
+        .stderr_has(&["s.tar:README", "skipped"]);
+    assert!(!out.exists());
+    let r = sp(&[
+        &"pack",
+        &"--labels",
+        &"cls",
+        &"--max-skipped-share",
+        &"50%",
+        &"--json",
+        &tar,
+        &out,
+    ])
+    .ok();
+    let summary: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(summary["skipped"][0]["path"], "s.tar:README");
+    let ds = Dataset::open(&out).unwrap();
+    let a = ds.get_by_key(b"a").unwrap().unwrap();
+    assert_eq!(a.label(), Some(7));
+    // Fields are lower-cased, as webdataset does.
+    assert_eq!(&*a.field(b"jpg").unwrap().unwrap().data().unwrap(), b"1");
+    assert_eq!(ds.get_by_key(b"b").unwrap().unwrap().label(), Some(3));
+    // A field twice in a sample (after lower-casing) is refused.
+    let dup = t.path().join("dup.tar");
+    fs::write(&dup, tar_of(&[("a.jpg", b"1"), ("a.JPG", b"2")])).unwrap();
+    sp(&[&"pack", &"-q", &dup, &t.path().join("o2")])
+        .code(1)
+        .stderr_has(&["dup.tar", "twice"]);
+    // A key that comes back later in the same shard.
+    let back = t.path().join("back.tar");
+    fs::write(&back, tar_of(&[("a.jpg", b"1"), ("b.jpg", b"2"), ("a.txt", b"3")])).unwrap();
+    sp(&[&"pack", &"-q", &back, &t.path().join("o3")])
+        .code(1)
+        .stderr_has(&["back.tar", "\"a\"", "appears again"]);
+    // Options that belong to other sources.
+    sp(&[&"pack", &"-q", &"--key-column", &"x", &tar, &t.path().join("o4")])
+        .code(1)
+        .stderr_has(&["--key-column is for MDS"]);
+    let tree = t.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("a.txt"), b"x").unwrap();
+    sp(&[&"pack", &"-q", &"--labels", &"cls", &tree, &t.path().join("o5")])
+        .code(1)
+        .stderr_has(&[".cls members are for WebDataset"]);
+}

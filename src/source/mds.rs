@@ -129,12 +129,21 @@ impl MdsSource {
         Ok(data)
     }
 
-    fn file(&self, shard: u32) -> std::result::Result<&File, String> {
+    /// The shard's file kept open, or `None` when there are too many shards to keep open
+    /// (each read then opens it).
+    fn file(&self, shard: u32) -> std::result::Result<Option<&File>, String> {
+        let Some(cell) = self.files.get(shard as usize) else {
+            return Ok(None);
+        };
         let path = &self.shards[shard as usize].path;
-        self.files[shard as usize]
-            .get_or_init(|| File::open(path).map_err(|e| format!("cannot open: {e}")))
+        cell.get_or_init(|| File::open(path).map_err(|e| format!("cannot open: {e}")))
             .as_ref()
+            .map(Some)
             .map_err(Clone::clone)
+    }
+
+    fn open_file(&self, shard: u32) -> std::result::Result<File, String> {
+        File::open(&self.shards[shard as usize].path).map_err(|e| format!("cannot open: {e}"))
     }
 }
 
@@ -154,8 +163,11 @@ impl Source for MdsSource {
             return Ok(raw[off as usize..(off + n) as usize].to_vec());
         }
         let mut v = vec![0u8; usize::try_from(n).map_err(|_| "record too large")?];
-        read_exact_at(self.file(m.member.file)?, &mut v, off)
-            .map_err(|e| format!("cannot read: {e}"))?;
+        let r = match self.file(m.member.file)? {
+            Some(f) => read_exact_at(f, &mut v, off),
+            None => read_exact_at(&self.open_file(m.member.file)?, &mut v, off),
+        };
+        r.map_err(|e| format!("cannot read: {e}"))?;
         Ok(v)
     }
 
@@ -163,11 +175,17 @@ impl Source for MdsSource {
         if self.shards[m.member.file as usize].zstd {
             return Ok(Box::new(std::io::Cursor::new(self.read(m)?)));
         }
-        Ok(Box::new(super::RangeReader {
-            file: self.file(m.member.file)?,
-            pos: m.member.offset,
-            end: m.member.offset + m.member.size,
-        }))
+        let (pos, end) = (m.member.offset, m.member.offset + m.member.size);
+        match self.file(m.member.file)? {
+            Some(file) => Ok(Box::new(super::RangeReader { file, pos, end })),
+            None => {
+                use std::io::{Seek, SeekFrom};
+                let mut f = self.open_file(m.member.file)?;
+                f.seek(SeekFrom::Start(pos))
+                    .map_err(|e| format!("cannot read: {e}"))?;
+                Ok(Box::new(f.take(m.member.size)))
+            }
+        }
     }
 
     fn path(&self, m: &MemberRef<'_>) -> PathBuf {
@@ -552,7 +570,11 @@ pub(crate) fn scan(
     Ok((
         MdsSource {
             root: root.to_path_buf(),
-            files: (0..shards.len()).map(|_| OnceLock::new()).collect(),
+            files: if shards.len() <= super::wds::CACHED_FILES {
+                (0..shards.len()).map(|_| OnceLock::new()).collect()
+            } else {
+                Vec::new()
+            },
             shards,
             current: Mutex::new(None),
         },
@@ -586,8 +608,8 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     msg.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
     for chunk in msg.chunks_exact(64) {
         let mut w = [0u32; 64];
-        for i in 0..16 {
-            w[i] = u32::from_be_bytes(chunk[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        for (x, b) in w.iter_mut().zip(chunk.chunks_exact(4)) {
+            *x = u32::from_be_bytes(b.try_into().expect("4 bytes"));
         }
         for i in 16..64 {
             let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
@@ -598,14 +620,14 @@ fn sha256(data: &[u8]) -> [u8; 32] {
                 .wrapping_add(s1);
         }
         let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
-        for i in 0..64 {
+        for (&k, &wi) in K.iter().zip(&w) {
             let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
             let ch = (e & f) ^ (!e & g);
             let t1 = hh
                 .wrapping_add(s1)
                 .wrapping_add(ch)
-                .wrapping_add(K[i])
-                .wrapping_add(w[i]);
+                .wrapping_add(k)
+                .wrapping_add(wi);
             let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
             let maj = (a & b) ^ (a & c) ^ (b & c);
             let t2 = s0.wrapping_add(maj);

@@ -603,6 +603,22 @@ pub(crate) fn scan(
     progress: &dyn crate::compile::Progress,
     cancel: &crate::compile::Cancel<'_>,
 ) -> Result<(Box<dyn Source>, Catalog, Vec<String>)> {
+    let kind = match input {
+        Input::Tree(_) => "a folder tree",
+        Input::WebDataset { .. } => "WebDataset shards",
+        Input::Mds(_) => "an MDS dataset",
+    };
+    if opts.source.cls_labels && !matches!(input, Input::WebDataset { .. }) {
+        return Err(Error::Options(format!(
+            "labels from .cls members are for WebDataset shards, and the source is {kind}; \
+             pass --labels imagefolder or none"
+        )));
+    }
+    if opts.source.key_column.is_some() && !matches!(input, Input::Mds(_)) {
+        return Err(Error::Options(format!(
+            "--key-column is for MDS datasets, and the source is {kind}"
+        )));
+    }
     match input {
         Input::Tree(p) => {
             let (s, c, w) = tree::scan(p, opts, progress, cancel)?;

@@ -50,7 +50,7 @@ use super::{
 };
 
 /// Shards whose files stay open for positioned reads; above this, each read opens its file.
-const CACHED_FILES: usize = 512;
+pub(crate) const CACHED_FILES: usize = 512;
 
 /// Splits a member name as webdataset's `base_plus_ext` does: `Some((key_end, field_start))`.
 pub fn base_plus_ext(name: &[u8]) -> Option<(usize, usize)> {
@@ -515,6 +515,9 @@ pub(crate) fn scan(
                 skipped.len()
             ),
         ));
+    }
+    if !opts.skip_errors {
+        crate::compile::check_skipped_share(root, &skipped, members as usize, opts, true)?;
     }
     let mut cat = b.finish();
     if let Some((a, z)) = cat.duplicate_key() {
