@@ -492,18 +492,36 @@ fn webdataset_rules_on_a_hand_made_tar() {
         .stderr_has(&["dup.tar", "twice"]);
     // A key that comes back later in the same shard.
     let back = t.path().join("back.tar");
-    fs::write(&back, tar_of(&[("a.jpg", b"1"), ("b.jpg", b"2"), ("a.txt", b"3")])).unwrap();
+    fs::write(
+        &back,
+        tar_of(&[("a.jpg", b"1"), ("b.jpg", b"2"), ("a.txt", b"3")]),
+    )
+    .unwrap();
     sp(&[&"pack", &"-q", &back, &t.path().join("o3")])
         .code(1)
         .stderr_has(&["back.tar", "\"a\"", "appears again"]);
     // Options that belong to other sources.
-    sp(&[&"pack", &"-q", &"--key-column", &"x", &tar, &t.path().join("o4")])
-        .code(1)
-        .stderr_has(&["--key-column is for MDS"]);
+    sp(&[
+        &"pack",
+        &"-q",
+        &"--key-column",
+        &"x",
+        &tar,
+        &t.path().join("o4"),
+    ])
+    .code(1)
+    .stderr_has(&["--key-column is for MDS"]);
     let tree = t.path().join("tree");
     fs::create_dir(&tree).unwrap();
     fs::write(tree.join("a.txt"), b"x").unwrap();
-    sp(&[&"pack", &"-q", &"--labels", &"cls", &tree, &t.path().join("o5")])
-        .code(1)
-        .stderr_has(&[".cls members are for WebDataset"]);
+    sp(&[
+        &"pack",
+        &"-q",
+        &"--labels",
+        &"cls",
+        &tree,
+        &t.path().join("o5"),
+    ])
+    .code(1)
+    .stderr_has(&[".cls members are for WebDataset"]);
 }
