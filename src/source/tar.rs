@@ -425,7 +425,9 @@ mod tests {
         v
     }
 
-    fn entries(tar: Vec<u8>) -> Result<Vec<(Vec<u8>, Kind, Vec<u8>)>, String> {
+    type Listing = Vec<(Vec<u8>, Kind, Vec<u8>)>;
+
+    fn entries(tar: Vec<u8>) -> Result<Listing, String> {
         let mut r = TarReader::new(StreamInput(&tar[..]));
         let mut out = Vec::new();
         while let Some(e) = r.next_entry()? {
@@ -442,7 +444,7 @@ mod tests {
     #[test]
     fn gnu_long_names_pax_and_ustar_prefix() {
         let gnu = b"ustar  \0";
-        let ustar = b"ustar\000";
+        let ustar = b"ustar\x0000";
         let long = vec![b'k'; 150];
         let mut long_name = long.clone();
         long_name.extend_from_slice(b".txt");

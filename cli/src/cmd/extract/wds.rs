@@ -95,8 +95,11 @@ struct Shard {
     samples: u64,
 }
 
-/// The checked bytes of a sample's fields (`None`: streamed at write time), or why not.
-fn prepare<'a>(s: &Sample<'a>) -> Result<Vec<(Vec<u8>, shardpack::Field<'a>, Option<Vec<u8>>)>> {
+/// A sample's members: name, field, and the checked bytes (`None`: streamed at write time).
+type Members<'a> = Vec<(Vec<u8>, shardpack::Field<'a>, Option<Vec<u8>>)>;
+
+/// The members of a sample ready to write, or why it cannot be.
+fn prepare<'a>(s: &Sample<'a>) -> Result<Members<'a>> {
     let mut v = Vec::new();
     for f in s.fields() {
         let f = f?;
