@@ -33,7 +33,9 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+#[cfg(feature = "gzip")]
+use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use serde_json::json;
 
@@ -165,9 +167,6 @@ pub struct WdsSource {
     files: Vec<OnceLock<std::result::Result<File, String>>>,
     #[cfg(feature = "gzip")]
     cursor: Mutex<Option<Cursor>>,
-    #[cfg(not(feature = "gzip"))]
-    #[allow(dead_code)]
-    cursor: Mutex<()>,
 }
 
 impl std::fmt::Debug for WdsSource {
@@ -557,7 +556,8 @@ pub(crate) fn scan(
             names,
             gz,
             files,
-            cursor: Mutex::new(Default::default()),
+            #[cfg(feature = "gzip")]
+            cursor: Mutex::new(None),
         },
         cat,
     ))
