@@ -7,6 +7,8 @@
 # the medians.
 #
 #   scripts/bench-wds.sh DIR [SAMPLES=25000] [ROUNDS=3] [BIN=target/release/shardpack]
+#
+# With WDS_GZ=1 each round also packs the tars gzipped (gzip -1, made once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:?usage: scripts/bench-wds.sh DIR [SAMPLES] [ROUNDS] [BIN]}
@@ -26,13 +28,22 @@ if [ ! -d "$tars" ]; then
   "$bin" extract "$dir/ordered" "$tars" --format wds --shard-size 64MiB
   rm -rf "$dir/ordered"
 fi
+gz=$dir/wdsgz-$n
+if [ "${WDS_GZ:-}" = 1 ] && [ ! -d "$gz" ]; then
+  mkdir -p "$gz"
+  for f in "$tars"/*.tar; do gzip -1 -c "$f" > "$gz/$(basename "$f").gz"; done
+fi
 cold() {
   sync
   if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; else
     echo "bench-wds: not root, the cache is not dropped" >&2; fi
 }
 run() { # KIND SRC -> seconds
-  rm -rf "$dir/out"
+  if [ "${WDS_GZ:-}" = 1 ]; then
+  mg=$(median "${gz_s[@]}")
+  echo "gzipped tars: median $mg s, $(echo "scale=3; $mt / $mg" | bc)x the tree's speed"
+fi
+rm -rf "$dir/out"
   cold
   local t0 t1
   t0=$(date +%s.%N)
@@ -42,10 +53,13 @@ run() { # KIND SRC -> seconds
 }
 tree_s=()
 wds_s=()
+gz_s=()
 for r in $(seq 1 "$rounds"); do
   a=$(run tree "$tree")
   b=$(run wds "$tars")
-  echo "round $r: tree $a s, wds $b s"
+  c=-
+  if [ "${WDS_GZ:-}" = 1 ]; then c=$(run gz "$gz"); gz_s+=("$c"); fi
+  echo "round $r: tree $a s, wds $b s, wds.gz $c s"
   tree_s+=("$a")
   wds_s+=("$b")
 done
@@ -53,4 +67,8 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(
 mt=$(median "${tree_s[@]}")
 mw=$(median "${wds_s[@]}")
 echo "samples $n ($(du -sh "$tars" | cut -f1) of tars), medians of $rounds: tree $mt s, wds $mw s; wds runs at $(echo "scale=3; $mt / $mw" | bc)x the tree's speed"
+if [ "${WDS_GZ:-}" = 1 ]; then
+  mg=$(median "${gz_s[@]}")
+  echo "gzipped tars: median $mg s, $(echo "scale=3; $mt / $mg" | bc)x the tree's speed"
+fi
 rm -rf "$dir/out"
