@@ -1,5 +1,7 @@
-//! The compiler: walk a folder tree, group files into samples, choose each field's compression,
-//! read and compress on many threads, and commit records in order through the writer.
+//! The compiler: take a source's samples (a folder tree, WebDataset tars, an MDS dataset: see
+//! [`crate::source`]), choose each field's compression, read and compress on many threads, and
+//! commit records in order through the writer. Everything below is the same for every source;
+//! the source only scans its input into a [`Catalog`] and reads members' bytes.
 //!
 //! Grouping follows the WebDataset convention: in one folder, `000123.jpg` and `000123.json`
 //! form the sample with key `<folder>/000123` and fields `jpg` and `json`. With ImageFolder
@@ -50,7 +52,7 @@
 //! dataset as it was).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -68,6 +70,8 @@ use crate::error::{Error, Result};
 use crate::format::Codec;
 use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
 use crate::rng::SplitMix64;
+use crate::source::{Access, Catalog, Input, Source};
+pub use crate::source::{SourceFormat, SourceOptions};
 use crate::writer::{
     DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, RecordInput, StreamedRecord,
     WriterOptions,
@@ -188,6 +192,8 @@ pub struct PackOptions {
     pub force: bool,
     /// File bytes read ahead per window; about three windows are in memory at once.
     pub window_bytes: u64,
+    /// What kind of source `src` is and the options of the non-tree sources.
+    pub source: SourceOptions,
 }
 
 impl PackOptions {
@@ -220,6 +226,7 @@ impl Default for PackOptions {
             skip_errors: false,
             force: false,
             window_bytes: 32 << 20,
+            source: SourceOptions::default(),
         }
     }
 }
@@ -291,356 +298,10 @@ pub struct PackSummary {
 /// How many unlabeled keys the summary names.
 const UNLABELED_EXAMPLES: usize = 5;
 
-// ---------------------------------------------------------------------------------------------
-// Paths as bytes
-// ---------------------------------------------------------------------------------------------
-
-#[cfg(unix)]
-fn os_to_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    s.as_bytes().to_vec()
-}
-
-#[cfg(not(unix))]
-fn os_to_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
-    s.to_string_lossy().into_owned().into_bytes()
-}
-
-/// The path `root/rel` where `rel` is `/`-separated raw bytes.
-#[cfg(unix)]
-pub fn join_bytes(root: &Path, rel: &[u8]) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    root.join(std::ffi::OsStr::from_bytes(rel))
-}
-
-/// The path `root/rel` where `rel` is `/`-separated raw bytes.
-#[cfg(not(unix))]
-pub fn join_bytes(root: &Path, rel: &[u8]) -> PathBuf {
-    root.join(String::from_utf8_lossy(rel).as_ref())
-}
+pub use crate::source::tree::join_bytes;
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The walk
-// ---------------------------------------------------------------------------------------------
-
-/// One input file: its relative path lives in the arena at `path`; `key_end` and
-/// `field_start` split it into key and field.
-#[derive(Debug, Clone, Copy)]
-struct FileEnt {
-    path_off: u64,
-    path_len: u32,
-    key_len: u32,
-    field_start: u32,
-    size: u64,
-}
-
-struct Tree {
-    arena: Vec<u8>,
-    files: Vec<FileEnt>,
-    skipped: Vec<Skipped>,
-    /// The folders at the first level (the class folders under ImageFolder labels).
-    class_dirs: Vec<Vec<u8>>,
-}
-
-impl Tree {
-    fn path(&self, f: &FileEnt) -> &[u8] {
-        &self.arena[f.path_off as usize..f.path_off as usize + f.path_len as usize]
-    }
-    fn key(&self, f: &FileEnt) -> &[u8] {
-        &self.path(f)[..f.key_len as usize]
-    }
-    fn field(&self, f: &FileEnt) -> &[u8] {
-        &self.path(f)[f.field_start as usize..]
-    }
-}
-
-/// Splits a file name into (key part length, field start) per the key mode. A name without a
-/// dot, or whose suffix would be empty (`a.`), is all key with the empty field, which keeps the
-/// name -> (key, field) mapping one-to-one so every tree round-trips.
-fn split_name(name: &[u8], mode: KeyMode) -> (usize, usize) {
-    let dot = match mode {
-        KeyMode::FirstDot => name.iter().position(|&c| c == b'.'),
-        KeyMode::LastDot => name.iter().rposition(|&c| c == b'.'),
-    };
-    match dot {
-        Some(d) if d + 1 < name.len() => (d, d + 1),
-        _ => (name.len(), name.len()),
-    }
-}
-
-/// The `/`-separated bytes of `p` relative to the tree root `src`: every path `pack` records
-/// (skip entries, reasons, the summary) is of this form, so the output does not depend on how
-/// the source was spelled.
-fn rel_bytes(src: &Path, p: &Path) -> Vec<u8> {
-    let rel = p.strip_prefix(src).unwrap_or(p);
-    let mut out = Vec::new();
-    for (i, c) in rel.components().enumerate() {
-        if i > 0 {
-            out.push(b'/');
-        }
-        out.extend_from_slice(&os_to_bytes(c.as_os_str()));
-    }
-    out
-}
-
-/// Why the walk could not take `path`: a loop, a dangling link or an I/O error, said without
-/// any path outside the tree. `hint` adds what to do (for errors, not for skip entries).
-fn walk_error_reason(src: &Path, path: &Path, e: &walkdir::Error, hint: bool) -> String {
-    if let Some(anc) = e.loop_ancestor() {
-        let to = rel_bytes(src, anc);
-        let to = if to.is_empty() {
-            "the root of the tree".to_string()
-        } else {
-            lossy(&to)
-        };
-        let mut r = format!("symbolic link loop: it leads back to {to}");
-        if hint {
-            r.push_str("; remove the link, or pack with --symlinks skip");
-        }
-        return r;
-    }
-    let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    let io = e.io_error();
-    if is_link && io.is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
-        let mut r = "dangling symlink: its target does not exist".to_string();
-        if hint {
-            r.push_str("; fix or remove the link, pass --symlinks skip, or --skip-errors");
-        }
-        return r;
-    }
-    let msg = io.map_or_else(|| e.to_string(), |io| io.to_string());
-    let mut r = format!("cannot read: {msg}");
-    if hint {
-        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) {
-            r.push_str("; fix the permissions or pass --skip-errors");
-        } else {
-            r.push_str("; pass --skip-errors to leave it out");
-        }
-    }
-    r
-}
-
-fn walk(
-    src: &Path,
-    opts: &PackOptions,
-    progress: &dyn Progress,
-    cancel: &Cancel<'_>,
-) -> Result<Tree> {
-    let mut tree = Tree {
-        arena: Vec::new(),
-        files: Vec::new(),
-        skipped: Vec::new(),
-        class_dirs: Vec::new(),
-    };
-    let policy = opts.symlink_policy();
-    let walker = walkdir::WalkDir::new(src)
-        .min_depth(1)
-        .follow_links(policy == SymlinkPolicy::Follow)
-        .sort_by(|a, b| a.file_name().cmp(b.file_name()));
-    for entry in walker {
-        cancel.stop()?;
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                let path = e
-                    .path()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| src.into());
-                if opts.skip_errors {
-                    tree.skipped.push(Skipped {
-                        path: Name(rel_bytes(src, &path)),
-                        reason: walk_error_reason(src, &path, &e, false),
-                    });
-                    continue;
-                }
-                return Err(Error::input(&path, walk_error_reason(src, &path, &e, true)));
-            }
-        };
-        let ft = entry.file_type();
-        let rel = rel_bytes(src, entry.path());
-        if ft.is_dir() {
-            if entry.depth() == 1 {
-                tree.class_dirs.push(rel);
-            }
-            continue;
-        }
-        if ft.is_symlink() {
-            if policy == SymlinkPolicy::Error {
-                return Err(Error::input(
-                    entry.path(),
-                    "is a symbolic link, and --symlinks error refuses them; pass --symlinks \
-                     follow (the default) to pack what links point to, or --symlinks skip",
-                ));
-            }
-            tree.skipped.push(Skipped {
-                path: Name(rel),
-                reason: "symbolic link not followed (--symlinks skip; --symlinks follow packs \
-                         what it points to)"
-                    .into(),
-            });
-            continue;
-        }
-        if !ft.is_file() {
-            tree.skipped.push(Skipped {
-                path: Name(rel),
-                reason: "not a regular file".into(),
-            });
-            continue;
-        }
-        let size = match entry.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => {
-                let reason = format!(
-                    "cannot stat: {}",
-                    e.io_error()
-                        .map_or_else(|| e.to_string(), |io| io.to_string())
-                );
-                if opts.skip_errors {
-                    tree.skipped.push(Skipped {
-                        path: Name(rel),
-                        reason,
-                    });
-                    continue;
-                }
-                return Err(Error::input(entry.path(), reason));
-            }
-        };
-        if rel.len() > u32::MAX as usize {
-            return Err(Error::input(entry.path(), "path too long"));
-        }
-        let name_start = rel.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
-        let (k, f) = split_name(&rel[name_start..], opts.key);
-        tree.files.push(FileEnt {
-            path_off: tree.arena.len() as u64,
-            path_len: rel.len() as u32,
-            key_len: (name_start + k) as u32,
-            field_start: (name_start + f) as u32,
-            size,
-        });
-        tree.arena.extend_from_slice(&rel);
-        if tree.files.len() % 4096 == 0 {
-            progress.walking(tree.files.len() as u64);
-        }
-    }
-    progress.walking(tree.files.len() as u64);
-    tree.arena.shrink_to_fit();
-    tree.files.shrink_to_fit();
-    Ok(tree)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Samples, labels and fields
-// ---------------------------------------------------------------------------------------------
-
-/// A sample: files `first..first + count` of the (key, field)-sorted file list.
-#[derive(Debug, Clone, Copy)]
-struct SampleRef {
-    first: u32,
-    count: u32,
-    label: u32,
-}
-
-struct Plan {
-    samples: Vec<SampleRef>,
-    /// Field id of each file (same order as `tree.files`).
-    file_field: Vec<u32>,
-    fields: Vec<Vec<u8>>,
-    classes: Vec<Vec<u8>>,
-}
-
-fn plan(src: &Path, tree: &mut Tree, opts: &PackOptions) -> Result<Plan> {
-    if tree.files.len() > u32::MAX as usize {
-        return Err(Error::input(
-            src,
-            "more than 4 billion files; split the tree",
-        ));
-    }
-    let mut files = std::mem::take(&mut tree.files);
-    files.sort_unstable_by(|a, b| {
-        tree.key(a)
-            .cmp(tree.key(b))
-            .then_with(|| tree.field(a).cmp(tree.field(b)))
-    });
-    // Same key and field twice cannot come from one directory listing (the mapping is
-    // one-to-one), but a buggy filesystem or a future key rule could; never overwrite.
-    for w in files.windows(2) {
-        if tree.key(&w[0]) == tree.key(&w[1]) && tree.field(&w[0]) == tree.field(&w[1]) {
-            return Err(Error::input(
-                join_bytes(src, tree.path(&w[1])),
-                format!(
-                    "maps to the same key and field as {}; rename one of them",
-                    lossy(tree.path(&w[0]))
-                ),
-            ));
-        }
-    }
-    tree.files = files;
-
-    // Distinct names only: a set of borrowed names costs memory per field or class, not per
-    // file.
-    let fields: Vec<Vec<u8>> = tree
-        .files
-        .iter()
-        .map(|f| tree.field(f))
-        .collect::<BTreeSet<&[u8]>>()
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
-    let classes: Vec<Vec<u8>> = if opts.labels == LabelMode::ImageFolder {
-        tree.files
-            .iter()
-            .filter_map(|f| {
-                let p = tree.path(f);
-                p.iter().position(|&c| c == b'/').map(|i| &p[..i])
-            })
-            .collect::<BTreeSet<&[u8]>>()
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let file_field: Vec<u32> = tree
-        .files
-        .iter()
-        .map(|f| {
-            fields
-                .binary_search_by(|x| x.as_slice().cmp(tree.field(f)))
-                .unwrap() as u32
-        })
-        .collect();
-    let mut samples = Vec::new();
-    let mut i = 0usize;
-    while i < tree.files.len() {
-        let key = tree.key(&tree.files[i]);
-        let mut j = i + 1;
-        while j < tree.files.len() && tree.key(&tree.files[j]) == key {
-            j += 1;
-        }
-        let path = tree.path(&tree.files[i]);
-        let label = match path.iter().position(|&c| c == b'/') {
-            Some(p) if opts.labels == LabelMode::ImageFolder => classes
-                .binary_search_by(|c| c.as_slice().cmp(&path[..p]))
-                .map_or(crate::format::NO_LABEL, |x| x as u32),
-            _ => crate::format::NO_LABEL,
-        };
-        samples.push(SampleRef {
-            first: i as u32,
-            count: (j - i) as u32,
-            label,
-        });
-        i = j;
-    }
-    Ok(Plan {
-        samples,
-        file_field,
-        fields,
-        classes,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -651,43 +312,60 @@ const TRIAL_FILES: usize = 1024;
 const TRIAL_BYTES: u64 = 16 << 20;
 const DICT_MAX: usize = 112 * 1024;
 
-/// Reads a deterministic, evenly spread sample of a field's files.
+/// Reads a deterministic sample of a field's members (at most [`TRIAL_BYTES`] of each):
+/// evenly spread, or the first ones of a sequential source.
 fn trial_inputs(
-    src: &Path,
-    tree: &Tree,
-    plan: &Plan,
+    source: &dyn Source,
+    cat: &Catalog,
     field: u32,
     cancel: &Cancel<'_>,
 ) -> Vec<Vec<u8>> {
-    let idx: Vec<usize> = (0..tree.files.len())
-        .filter(|&i| plan.file_field[i] == field)
+    let idx: Vec<(usize, usize)> = (0..cat.len())
+        .flat_map(|s| cat.member_range(s).map(move |m| (s, m)))
+        .filter(|&(s, m)| cat.member(s, m).member.field == field)
         .collect();
-    let step = idx.len().div_ceil(TRIAL_FILES).max(1);
+    // Spread over the whole source; a sequential source (one stream) takes its first members
+    // instead, so the trial reads only the start of the stream, not all of it.
+    let step = match source.access() {
+        Access::Random => idx.len().div_ceil(TRIAL_FILES).max(1),
+        Access::Sequential => 1,
+    };
     let mut picked = Vec::new();
     let mut total = 0u64;
-    for &i in idx.iter().step_by(step) {
+    for &(s, m) in idx.iter().step_by(step) {
         if total >= TRIAL_BYTES {
             break;
         }
-        total += tree.files[i].size.min(TRIAL_BYTES);
-        picked.push(i);
+        total += cat.member(s, m).member.size.min(TRIAL_BYTES);
+        picked.push((s, m));
     }
-    picked
-        .par_iter()
-        .filter_map(|&i| {
-            if cancel.check() {
-                return None;
+    let read = |&(s, m): &(usize, usize)| {
+        if cancel.check() {
+            return None;
+        }
+        let mr = cat.member(s, m);
+        match source.access() {
+            Access::Random => {
+                let mut buf = Vec::new();
+                source
+                    .open(&mr)
+                    .ok()?
+                    .take(TRIAL_BYTES)
+                    .read_to_end(&mut buf)
+                    .ok()?;
+                Some(buf)
             }
-            let f = &tree.files[i];
-            let mut buf = Vec::new();
-            File::open(join_bytes(src, tree.path(f)))
-                .ok()?
-                .take(TRIAL_BYTES)
-                .read_to_end(&mut buf)
-                .ok()?;
-            Some(buf)
-        })
-        .collect()
+            Access::Sequential => {
+                let mut buf = source.read(&mr).ok()?;
+                buf.truncate(TRIAL_BYTES as usize);
+                Some(buf)
+            }
+        }
+    };
+    match source.access() {
+        Access::Random => picked.par_iter().filter_map(read).collect(),
+        Access::Sequential => picked.iter().filter_map(read).collect(),
+    }
 }
 
 fn compressed_sizes(inputs: &[&[u8]], enc: &FieldEncoder, cctx: &mut CCtx<'_>) -> u64 {
@@ -829,9 +507,10 @@ fn choose(
 // ---------------------------------------------------------------------------------------------
 
 struct ReadFile {
-    file: u32,
-    /// The file's bytes; empty for a large file (above [`STREAM_THRESHOLD`]), which is
-    /// streamed at commit time instead of read here.
+    /// Member number in the catalog.
+    member: u32,
+    /// The member's bytes; empty for a large member (above [`STREAM_THRESHOLD`] in a source
+    /// with random access), which is streamed at commit time instead of read here.
     data: std::result::Result<Vec<u8>, String>,
     large: bool,
 }
@@ -839,22 +518,6 @@ struct ReadFile {
 struct Window {
     samples: Vec<u32>,
     files: Vec<ReadFile>,
-}
-
-fn read_one(path: &Path, expected: u64) -> std::result::Result<Vec<u8>, String> {
-    let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let cap = usize::try_from(expected).map_err(|_| "file too large for this platform")?;
-    let mut buf = Vec::with_capacity(cap.saturating_add(1));
-    f.read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if buf.len() as u64 != expected {
-        return Err(format!(
-            "changed size while being read ({expected} bytes when the tree was scanned, {} when \
-             read); make sure nothing writes to the source while packing",
-            buf.len()
-        ));
-    }
-    Ok(buf)
 }
 
 fn pool(threads: usize, name: &'static str) -> Result<rayon::ThreadPool> {
@@ -897,12 +560,30 @@ fn policy_options(opts: &PackOptions) -> Map<String, Value> {
     m
 }
 
-/// Packs the tree at `src` into a dataset at `out`. On error or cancel (see
-/// [`Progress::cancelled`]), everything this call wrote is removed (and `out` too if this call
-/// created it); a dataset that `force` replaces stays until the new one is complete (see the
-/// module docs for every crash window). `src` is only ever read.
+/// Packs the source at `src` into a dataset at `out`: a folder tree, or (see
+/// [`PackOptions::source`] and [`SourceFormat`]) WebDataset tar shards or an MDS dataset. On
+/// error or cancel (see [`Progress::cancelled`]), everything this call wrote is removed (and
+/// `out` too if this call created it); a dataset that `force` replaces stays until the new one
+/// is complete (see the module docs for every crash window). `src` is only ever read.
 pub fn pack(
     src: &Path,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &dyn Progress,
+) -> Result<PackSummary> {
+    pack_inputs(
+        std::slice::from_ref(&src.to_path_buf()),
+        out,
+        opts,
+        progress,
+    )
+}
+
+/// Like [`pack`], for a source given as several inputs: WebDataset shards (`.tar`, `.tar.gz`,
+/// `.tgz` files, folders of them, brace patterns such as `shards-{000000..000099}.tar`),
+/// packed in the order given. A tree or an MDS dataset is one input.
+pub fn pack_inputs(
+    inputs: &[PathBuf],
     out: &Path,
     opts: &PackOptions,
     progress: &dyn Progress,
@@ -918,22 +599,10 @@ pub fn pack(
             opts.max_skipped_share
         )));
     }
-    match fs::metadata(src) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::input(src, "source does not exist; check the path"))
-        }
-        Err(e) => return Err(Error::io(src, "read", e)),
-        Ok(m) if !m.is_dir() => {
-            return Err(Error::input(
-                src,
-                "source is not a directory; pack takes a folder tree",
-            ))
-        }
-        Ok(_) => {}
-    }
-    let target = out::prepare(src, out, opts.force, progress)?;
+    let input = Input::resolve(inputs, opts.source.format)?;
+    let target = out::prepare(input.root(), out, opts.force, progress)?;
     let cancel = Cancel::new(progress);
-    let mut summary = pack_into(src, target.build_dir(), opts, progress, &cancel, started)?;
+    let mut summary = pack_into(&input, target.build_dir(), opts, progress, &cancel, started)?;
     target.commit(progress)?;
     summary.out = out.to_path_buf();
     Ok(summary)
@@ -941,7 +610,7 @@ pub fn pack(
 
 /// Polls [`Progress::cancelled`] and remembers a `true`, so every thread that asks later sees
 /// it even if the callback were to change its mind.
-struct Cancel<'a> {
+pub(crate) struct Cancel<'a> {
     progress: &'a dyn Progress,
     seen: std::sync::atomic::AtomicBool,
 }
@@ -954,7 +623,7 @@ impl<'a> Cancel<'a> {
         }
     }
 
-    fn check(&self) -> bool {
+    pub(crate) fn check(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         if self.seen.load(Relaxed) {
             return true;
@@ -966,7 +635,7 @@ impl<'a> Cancel<'a> {
         c
     }
 
-    fn stop(&self) -> Result<()> {
+    pub(crate) fn stop(&self) -> Result<()> {
         if self.check() {
             Err(Error::Cancelled)
         } else {
@@ -983,7 +652,7 @@ fn percent(share: f64) -> String {
 
 /// Fails (`fail`) or describes the pack when more than `max_skipped_share` of its inputs is
 /// skipped. Returns the warning when the share is above it and `fail` is off.
-fn check_skipped_share(
+pub(crate) fn check_skipped_share(
     src: &Path,
     skipped: &[Skipped],
     packed: usize,
@@ -1021,7 +690,7 @@ fn check_skipped_share(
 }
 
 fn pack_into(
-    src: &Path,
+    input: &Input,
     out: &Path,
     opts: &PackOptions,
     progress: &dyn Progress,
@@ -1042,69 +711,47 @@ fn pack_into(
     let cpu = pool(threads, "compress")?;
     let io = pool(io_threads, "read")?;
 
-    let mut tree = walk(src, opts, progress, cancel)?;
-    if tree.files.is_empty() {
-        let detail = if tree.skipped.is_empty() {
-            "source holds no files; nothing to pack".to_string()
-        } else {
-            format!(
-                "source holds no packable files ({} skipped, e.g. {}: {})",
-                tree.skipped.len(),
-                tree.skipped[0].path.display(),
-                tree.skipped[0].reason
-            )
-        };
-        return Err(Error::input(src, detail));
-    }
-    if !opts.skip_errors {
-        check_skipped_share(src, &tree.skipped, tree.files.len(), opts, true)?;
-    }
-    let plan = plan(src, &mut tree, opts)?;
-    let mut warnings = Vec::new();
-    if opts.labels == LabelMode::ImageFolder {
-        // A class folder whose every input was skipped (or that is empty) would silently drop
-        // out of the class list and shift every later label id.
-        for dir in &tree.class_dirs {
-            if plan.classes.binary_search(dir).is_ok() {
-                continue;
-            }
-            let mut prefix = dir.clone();
-            prefix.push(b'/');
-            let inside = tree
-                .skipped
-                .iter()
-                .filter(|k| k.path.as_bytes().starts_with(&prefix))
-                .count();
-            let what = if inside == 0 {
-                format!("class folder {} is empty", lossy(dir))
-            } else {
-                format!(
-                    "class folder {} has no packable file (all {inside} inputs in it are skipped)",
-                    lossy(dir)
-                )
-            };
-            if !opts.skip_errors {
-                return Err(Error::input(
-                    join_bytes(src, dir),
-                    format!(
-                        "{what}: a class without samples would vanish from the class list and \
-                         shift the label ids; fix or remove the folder, or pass --skip-errors to \
-                         pack without it"
-                    ),
-                ));
-            }
-            warnings.push(format!("{what}; it is not in the class list"));
-        }
-        let unlabeled: Vec<&SampleRef> = plan
-            .samples
-            .iter()
-            .filter(|s| s.label == crate::format::NO_LABEL)
-            .collect();
+    let (source, cat, warnings) = crate::source::scan(input, opts, progress, cancel)?;
+    pack_catalog(
+        &*source,
+        cat,
+        warnings,
+        out,
+        opts,
+        progress,
+        cancel,
+        started,
+        (&cpu, &io),
+    )
+}
+
+/// The pack pipeline over any source's catalog: policy trials, the shuffle, windows read in
+/// parallel (or in order, for a sequential source), compressed on the CPU pool and committed in
+/// order.
+#[allow(clippy::too_many_arguments)]
+fn pack_catalog(
+    source: &dyn Source,
+    cat: Catalog,
+    mut warnings: Vec<String>,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel<'_>,
+    started: Instant,
+    (cpu, io): (&rayon::ThreadPool, &rayon::ThreadPool),
+) -> Result<PackSummary> {
+    let src = source.root();
+    let sequential = source.access() == Access::Sequential;
+    if cat.imagefolder_labels {
+        let unlabeled: Vec<usize> = (0..cat.len()).filter(|&s| cat.label(s).is_none()).collect();
         if opts.unlabeled == UnlabeledPolicy::Error && !unlabeled.is_empty() {
             let names: Vec<String> = unlabeled
                 .iter()
                 .take(5)
-                .map(|s| lossy(tree.path(&tree.files[s.first as usize])))
+                .map(|&s| {
+                    let first = cat.member_range(s).start;
+                    lossy(&source.skip_name(&cat.member(s, first)))
+                })
                 .collect();
             return Err(Error::input(
                 src,
@@ -1120,18 +767,15 @@ fn pack_into(
     }
 
     // Per-field policy and trial.
-    let mut field_bytes = vec![0u64; plan.fields.len()];
-    for (i, f) in tree.files.iter().enumerate() {
-        field_bytes[plan.file_field[i] as usize] += f.size;
-    }
-    let mut notes = Vec::new();
-    let mut specs = Vec::with_capacity(plan.fields.len());
-    for (fi, name) in plan.fields.iter().enumerate() {
+    let field_bytes = cat.field_bytes();
+    let mut notes = cat.notes.clone();
+    let mut specs = Vec::with_capacity(cat.fields.len());
+    for (fi, name) in cat.fields.iter().enumerate() {
         cancel.stop()?;
         let policy = *opts.field_compress.get(name).unwrap_or(&opts.compress);
         let inputs = match policy {
             Policy::Auto | Policy::ZstdDict(_) => {
-                io.install(|| trial_inputs(src, &tree, &plan, fi as u32, cancel))
+                io.install(|| trial_inputs(source, &cat, fi as u32, cancel))
             }
             _ => Vec::new(),
         };
@@ -1145,14 +789,23 @@ fn pack_into(
             &mut notes,
         ));
     }
+    // Sample order: a sequential source keeps its own order (see the `source` module docs).
+    let shuffle_seed = if sequential { None } else { opts.shuffle_seed };
+    if sequential && opts.shuffle_seed.is_some() {
+        notes.push(
+            "the source is read as one stream (.tar.gz), so the samples keep its order instead \
+             of being shuffled (WebDataset shards are usually written shuffled); unpack the \
+             tars (gunzip) to shuffle at pack time"
+                .into(),
+        );
+    }
     for n in &notes {
         progress.note(n);
     }
     cancel.stop()?;
 
-    // Sample order.
-    let mut order: Vec<u32> = (0..plan.samples.len() as u32).collect();
-    if let Some(seed) = opts.shuffle_seed {
+    let mut order: Vec<u32> = (0..cat.len() as u32).collect();
+    if let Some(seed) = shuffle_seed {
         SplitMix64::new(seed).shuffle(&mut order);
     }
 
@@ -1163,12 +816,12 @@ fn pack_into(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(Error::Options)?;
     let mut writer = DatasetWriter::create(out, specs, opts.writer.clone())?;
-    // plan() grouped the files by key, so every sample's key is distinct.
+    // Every source's catalog has distinct keys (trees by construction, the others checked).
     writer.assume_unique_keys();
-    let total_bytes: u64 = tree.files.iter().map(|f| f.size).sum();
-    progress.start(tree.files.len() as u64, total_bytes);
+    let total_bytes = cat.total_bytes();
+    progress.start(cat.member_count() as u64, total_bytes);
 
-    let mut skipped = std::mem::take(&mut tree.skipped);
+    let mut skipped = cat.skipped.clone();
     let mut unlabeled = 0u64;
     let mut unlabeled_examples: BTreeSet<Name> = BTreeSet::new();
     let mut packed_files = 0u64;
@@ -1181,9 +834,8 @@ fn pack_into(
         let mut start = 0usize;
         let (mut bytes, mut count) = (0u64, 0usize);
         for (pos, &s) in order.iter().enumerate() {
-            let sr = plan.samples[s as usize];
-            for f in sr.first..sr.first + sr.count {
-                bytes += tree.files[f as usize].size;
+            for m in cat.member_range(s as usize) {
+                bytes += cat.member(s as usize, m).member.size;
             }
             count += 1;
             if bytes >= opts.window_bytes || count >= 8192 {
@@ -1201,10 +853,8 @@ fn pack_into(
 
     let result: Result<()> = std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Window>(1);
-        let tree = &tree;
-        let plan = &plan;
+        let cat = &cat;
         let order = &order;
-        let io = &io;
         let windows = &windows;
         let encoders = &encoders;
         scope.spawn(move || {
@@ -1213,33 +863,30 @@ fn pack_into(
                     return;
                 }
                 let samples: Vec<u32> = order[range.clone()].to_vec();
-                let file_ids: Vec<u32> = samples
+                let ids: Vec<(u32, u32)> = samples
                     .iter()
-                    .flat_map(|&s| {
-                        let sr = plan.samples[s as usize];
-                        sr.first..sr.first + sr.count
-                    })
+                    .flat_map(|&s| cat.member_range(s as usize).map(move |m| (s, m as u32)))
                     .collect();
-                let files = io.install(|| {
-                    file_ids
-                        .par_iter()
-                        .map(|&fid| {
-                            let f = &tree.files[fid as usize];
-                            let large = f.size > STREAM_THRESHOLD;
-                            ReadFile {
-                                file: fid,
-                                data: if cancel.check() {
-                                    Err(String::new()) // never committed: see below
-                                } else if large {
-                                    Ok(Vec::new())
-                                } else {
-                                    read_one(&join_bytes(src, tree.path(f)), f.size)
-                                },
-                                large,
-                            }
-                        })
-                        .collect()
-                });
+                let read = |&(s, m): &(u32, u32)| {
+                    let mr = cat.member(s as usize, m as usize);
+                    let large = !sequential && mr.member.size > STREAM_THRESHOLD;
+                    ReadFile {
+                        member: m,
+                        data: if cancel.check() {
+                            Err(String::new()) // never committed: see below
+                        } else if large {
+                            Ok(Vec::new())
+                        } else {
+                            source.read(&mr)
+                        },
+                        large,
+                    }
+                };
+                let files = if sequential {
+                    ids.iter().map(read).collect()
+                } else {
+                    io.install(|| ids.par_iter().map(read).collect())
+                };
                 if cancel.check() {
                     return; // a window read while cancelling is never sent
                 }
@@ -1251,7 +898,7 @@ fn pack_into(
 
         for window in rx {
             cancel.stop()?;
-            // Compress every file of the window on the CPU pool.
+            // Compress every member of the window on the CPU pool.
             let encoded: Vec<(Codec, Vec<u8>)> = cpu.install(|| {
                 window
                     .files
@@ -1259,7 +906,8 @@ fn pack_into(
                     .map_init(new_cctx, |cctx, rf| match &rf.data {
                         Ok(_) if rf.large || cancel.check() => (Codec::Raw, Vec::new()),
                         Ok(raw) => {
-                            let enc = &encoders[plan.file_field[rf.file as usize] as usize];
+                            let field = cat.member_field(rf.member as usize);
+                            let enc = &encoders[field as usize];
                             let mut out = Vec::new();
                             let codec = enc.encode(cctx, raw, &mut out);
                             (codec, out)
@@ -1273,28 +921,30 @@ fn pack_into(
             cancel.stop()?;
             for &s in &window.samples {
                 cancel.stop()?;
-                let sr = plan.samples[s as usize];
-                // In memory, or streamed (large files, kept in `larges` in record order).
+                let s = s as usize;
+                let range = cat.member_range(s);
+                // In memory, or streamed (large members, kept in `larges` in record order).
                 let mut recs: Vec<std::result::Result<EncodedRecord<'_>, (u32, u64)>> =
-                    Vec::with_capacity(sr.count as usize);
-                let mut larges: Vec<Large> = Vec::new();
+                    Vec::with_capacity(range.len());
+                let mut larges: Vec<Large<'_>> = Vec::new();
                 let (mut nfiles, mut nbytes) = (0u64, 0u64);
-                for _ in 0..sr.count {
+                for _ in range.clone() {
                     let rf = &window.files[at];
                     let (codec, buf) = &encoded[at];
                     at += 1;
-                    let fe = &tree.files[rf.file as usize];
-                    let field = plan.file_field[rf.file as usize];
+                    let mr = cat.member(s, rf.member as usize);
+                    let field = mr.member.field;
+                    let size = mr.member.size;
                     let data = match (&rf.data, rf.large) {
                         (Ok(_), true) => {
-                            let path = join_bytes(src, tree.path(fe));
                             let enc = &encoders[field as usize];
-                            match prepare_large(&path, fe.size, enc, out, cancel) {
+                            let path = source.path(&mr);
+                            match prepare_large(|| source.open(&mr), path, size, enc, out, cancel) {
                                 Ok(l) => {
                                     larges.push(l);
-                                    recs.push(Err((field, fe.size)));
+                                    recs.push(Err((field, size)));
                                     nfiles += 1;
-                                    nbytes += fe.size;
+                                    nbytes += size;
                                     continue;
                                 }
                                 Err(LargeError::Output(e)) => return Err(e),
@@ -1317,28 +967,28 @@ fn pack_into(
                         }
                         Err(reason) if opts.skip_errors => {
                             skipped.push(Skipped {
-                                path: Name(tree.path(fe).to_vec()),
+                                path: Name(source.skip_name(&mr)),
                                 reason,
                             });
                         }
                         Err(reason) => {
-                            return Err(Error::input(
-                                join_bytes(src, tree.path(fe)),
+                            return Err(source.error(
+                                &mr,
                                 format!("{reason} (pass --skip-errors to leave it out)"),
                             ));
                         }
                     }
                 }
                 if !recs.is_empty() {
-                    let key = tree.key(&tree.files[sr.first as usize]);
-                    let label = (sr.label != crate::format::NO_LABEL).then_some(sr.label);
+                    let key = cat.key(s);
+                    let label = cat.label(s);
                     // Every stream stops soon once the pack is cancelled.
-                    let mut readers: Vec<(CancelRead<'_, '_, &mut File>, Codec, u64, &Path)> =
+                    let mut readers: Vec<(CancelRead<'_, '_, &mut dyn Read>, Codec, u64, &Path)> =
                         larges
                             .iter_mut()
                             .map(|l| {
                                 let reader = CancelRead {
-                                    inner: &mut l.file,
+                                    inner: &mut *l.file as &mut dyn Read,
                                     cancel,
                                 };
                                 (reader, l.codec, l.stored_len, l.path.as_path())
@@ -1368,7 +1018,7 @@ fn pack_into(
                         return Err(Error::Cancelled);
                     }
                     appended?;
-                    if label.is_none() && opts.labels == LabelMode::ImageFolder {
+                    if label.is_none() && cat.imagefolder_labels {
                         unlabeled += 1;
                         unlabeled_examples.insert(Name(key.to_vec()));
                         if unlabeled_examples.len() > UNLABELED_EXAMPLES {
@@ -1378,7 +1028,7 @@ fn pack_into(
                 }
                 packed_files += nfiles;
                 packed_bytes += nbytes;
-                progress.advance(sr.count as u64, nbytes);
+                progress.advance(range.len() as u64, nbytes);
             }
         }
         cancel.stop()
@@ -1403,10 +1053,17 @@ fn pack_into(
     for w in &warnings {
         progress.note(&format!("WARNING: {w}"));
     }
+    let mut options = policy_options(opts);
+    if sequential {
+        options.insert("shuffle_seed".into(), Value::Null);
+    }
+    for (k, v) in &cat.options {
+        options.insert(k.clone(), v.clone());
+    }
     let info = DatasetInfo {
-        imagefolder_labels: opts.labels == LabelMode::ImageFolder,
-        classes: plan.classes.iter().map(|c| Name(c.clone())).collect(),
-        options: policy_options(opts),
+        imagefolder_labels: cat.imagefolder_labels,
+        classes: cat.classes.iter().map(|c| Name(c.clone())).collect(),
+        options,
         skipped,
     };
     // The last chance to stop: after this the dataset is committed.
@@ -1446,33 +1103,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_split_one_to_one() {
-        let f = |n: &str, m| {
-            let (k, s) = split_name(n.as_bytes(), m);
-            (n[..k].to_string(), n[s..].to_string())
-        };
-        assert_eq!(
-            f("000123.jpg", KeyMode::FirstDot),
-            ("000123".into(), "jpg".into())
-        );
-        assert_eq!(
-            f("a.tar.gz", KeyMode::FirstDot),
-            ("a".into(), "tar.gz".into())
-        );
-        assert_eq!(
-            f("a.tar.gz", KeyMode::LastDot),
-            ("a.tar".into(), "gz".into())
-        );
-        assert_eq!(f("README", KeyMode::FirstDot), ("README".into(), "".into()));
-        assert_eq!(f("a.", KeyMode::FirstDot), ("a.".into(), "".into()));
+    fn percents() {
         assert_eq!(percent(0.01), "1");
         assert_eq!(percent(0.07), "7");
         assert_eq!(percent(0.005), "0.5");
         assert_eq!(percent(1.0), "100");
         assert_eq!(percent(0.0), "0");
-        assert_eq!(
-            f(".bashrc", KeyMode::FirstDot),
-            ("".into(), "bashrc".into())
-        );
     }
 }

@@ -13,6 +13,8 @@
 //!   reads on background threads; [`quality`] scores an order's shuffle.
 //! - [`compile`] (feature `compile`, on by default): walks a folder tree and packs it.
 //! - `table` (feature `arrow`): the sample index as an Arrow table (`shardpack index`).
+//! - [`compile`] (feature `compile`, on by default): packs a folder tree, WebDataset tar
+//!   shards or an MDS dataset; [`source`] holds those sources.
 //!
 //! A data loader that only reads can depend on `shardpack` with `default-features = false`:
 //! it then links no directory-walking or thread-pool crate.
@@ -50,6 +52,8 @@ mod pool;
 pub mod quality;
 pub mod reader;
 pub mod rng;
+#[cfg(feature = "compile")]
+pub mod source;
 pub mod sys;
 #[cfg(feature = "arrow")]
 pub mod table;

@@ -54,42 +54,44 @@ impl Drop for TempRecord {
     }
 }
 
-/// A large input file ready to be streamed into the writer.
-pub(super) struct Large {
-    pub(super) file: File,
+/// A large input member ready to be streamed into the writer.
+pub(super) struct Large<'s> {
+    pub(super) file: Box<dyn Read + Send + 's>,
+    /// What to name in errors (the member's file, or the tar holding it).
     pub(super) path: PathBuf,
     pub(super) codec: Codec,
     pub(super) stored_len: u64,
     _temp: Option<TempRecord>,
 }
 
-/// Why a large file could not be prepared: a problem of the source (skippable) or of the
+/// Why a large member could not be prepared: a problem of the source (skippable) or of the
 /// output (fatal).
 pub(super) enum LargeError {
     Source(String),
     Output(Error),
 }
 
-/// Opens a large input file for streaming: raw fields copy it as it is; compressed fields
-/// encode it first, in pieces, into a temporary file in `dir` (the writer needs the stored
-/// length before it writes).
-pub(super) fn prepare_large(
-    path: &Path,
+/// Opens a large input member for streaming (`open` gives its bytes): raw fields copy it as it
+/// is; compressed fields encode it first, in pieces, into a temporary file in `dir` (the writer
+/// needs the stored length before it writes).
+pub(super) fn prepare_large<'s>(
+    open: impl Fn() -> std::result::Result<Box<dyn Read + Send + 's>, String>,
+    path: PathBuf,
     size: u64,
     enc: &FieldEncoder,
     dir: &Path,
     cancel: &Cancel<'_>,
-) -> std::result::Result<Large, LargeError> {
-    let open = || File::open(path).map_err(|e| LargeError::Source(format!("cannot open: {e}")));
-    let raw = |file| Large {
+) -> std::result::Result<Large<'s>, LargeError> {
+    let open = || open().map_err(LargeError::Source);
+    let raw = |file, path| Large {
         file,
-        path: path.to_path_buf(),
+        path,
         codec: Codec::Raw,
         stored_len: size,
         _temp: None,
     };
     if enc.codec() == Codec::Raw {
-        return Ok(raw(open()?));
+        return Ok(raw(open()?, path));
     }
     let temp = TempRecord(dir.join("shard-record.spk.tmp"));
     let created =
@@ -117,13 +119,13 @@ pub(super) fn prepare_large(
         Err(e) => return Err(LargeError::Source(format!("cannot read: {e}"))),
     };
     if codec == Codec::Raw {
-        return Ok(raw(open()?));
+        return Ok(raw(open()?, path));
     }
     let file =
         File::open(&temp.0).map_err(|e| LargeError::Output(Error::io(&temp.0, "open", e)))?;
     Ok(Large {
-        file,
-        path: path.to_path_buf(),
+        file: Box::new(file),
+        path,
         codec,
         stored_len,
         _temp: Some(temp),

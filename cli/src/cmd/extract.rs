@@ -34,7 +34,18 @@ pub struct Args {
     /// decode, list what was left out on stderr, and exit 1 when anything was.
     #[arg(long)]
     pub skip_errors: bool,
+    /// What to write: tree (the original files) or wds (WebDataset tar shards
+    /// shard-NNNNNN.tar: samples in dataset order, members KEY.FIELD, mtime 0, uid/gid 0,
+    /// mode 0444, so the same dataset always gives the same bytes).
+    #[arg(long, default_value = "tree", value_parser = ["tree", "wds"])]
+    pub format: String,
+    /// With --format wds: start a new tar before a sample that would take it past this size,
+    /// e.g. 512MiB, 1GiB.
+    #[arg(long, value_parser = crate::util::parse_size, default_value = "1GiB")]
+    pub shard_size: u64,
 }
+
+mod wds;
 
 /// The temporary file each record is written to before it is renamed into place.
 const PART: &str = ".shardpack-extract.part";
@@ -106,6 +117,26 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             a.dir.display()
         ))
     };
+    if a.format == "wds" {
+        let w = wds::write(&ds, &staging, &part, a.shard_size, a.skip_errors)
+            .with_context(|| format!("extract failed; nothing was kept in {}", a.dir.display()))?;
+        finish(&a.dir, &staging).context("extract failed")?;
+        guard.armed = false;
+        writeln!(
+            out,
+            "extracted {} of {} samples ({} members, {} bytes) into {} WebDataset shard{} in {}",
+            w.samples,
+            ds.len(),
+            w.members,
+            w.bytes,
+            w.shards,
+            if w.shards == 1 { "" } else { "s" },
+            a.dir.display()
+        )?;
+        left_out = w.left_out;
+        left_out_samples = w.left_out_samples;
+        return report_left_out(&a.dir, &left_out, left_out_samples, out);
+    }
     let mut written: Vec<PathBuf> = Vec::new();
     for s in 0..ds.shard_count() {
         if let Some(d) = ds.damaged().iter().find(|d| d.index == s) {
@@ -211,18 +242,28 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         ds.len(),
         a.dir.display()
     )?;
+    report_left_out(&a.dir, &left_out, left_out_samples, out)
+}
+
+/// Lists what `--skip-errors` left out; exit 1 when anything was.
+fn report_left_out(
+    dir: &Path,
+    left_out: &[String],
+    left_out_samples: u64,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
     if left_out.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     out.flush()?;
-    for l in &left_out {
+    for l in left_out {
         eprintln!("shardpack: left out: {l}");
     }
     eprintln!(
         "shardpack: error: left out {left_out_samples} sample{} that could not be read (listed \
-         above); the tree in {} is incomplete",
+         above); what {} holds is incomplete",
         if left_out_samples == 1 { "" } else { "s" },
-        a.dir.display()
+        dir.display()
     );
     Ok(ExitCode::from(1))
 }

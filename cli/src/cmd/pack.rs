@@ -1,4 +1,5 @@
-//! `shardpack pack SRC OUT`: compile a folder tree into a dataset.
+//! `shardpack pack SRC... OUT`: compile a folder tree, WebDataset shards or an MDS dataset into
+//! a dataset.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,13 +11,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use shardpack::codec::Policy;
-use shardpack::compile::{pack, KeyMode, LabelMode, PackOptions, PackSummary, Progress};
+use shardpack::compile::{
+    pack_inputs, KeyMode, LabelMode, PackOptions, PackSummary, Progress, SourceOptions,
+};
 use shardpack::writer::WriterOptions;
 
 use crate::cmd::info::FIELDS_SHOWN;
 use crate::util::{human_bytes, parse_size};
 
-/// Pack a folder tree (images, texts, any files) into shards.
+/// Pack a folder tree (images, texts, any files), WebDataset tar shards or an MDS dataset into
+/// shards.
 ///
 /// Files in one folder that share a name up to the first dot form one sample: `0001.jpg` and
 /// `0001.json` become sample `<folder>/0001` with fields `jpg` and `json`. With ImageFolder
@@ -24,13 +28,22 @@ use crate::util::{human_bytes, parse_size};
 /// seed so a class-sorted tree does not give class-sorted shards. The output is byte-identical
 /// for the same tree and options, whatever the thread count.
 ///
+/// WebDataset: SRC is one or more .tar, .tar.gz or .tgz files, a folder holding only such
+/// files, or a brace pattern (shards-{000000..000099}.tar, quoted). Members are grouped as
+/// webdataset groups them (key = the name up to the first dot of its base name, a sample = a
+/// run of consecutive members with one key, fields lower-cased); a key seen twice is an
+/// error. Plain tars are shuffled like trees; .tar.gz keeps the shards' order. MDS: SRC is
+/// the folder with index.json; each column becomes a field holding its MDS bytes.
+///
 /// Ctrl-C (SIGINT) or SIGTERM stops the pack and removes what it wrote (exit 130 or 143); a
 /// later pack into the same OUT removes what a killed one left.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The folder tree to pack (only read, never modified).
-    pub src: PathBuf,
+    /// What to pack (only read, never modified): a folder tree, WebDataset shards (files,
+    /// folders of them, brace patterns; several may be given) or an MDS dataset folder.
+    #[arg(required = true, num_args = 1.., value_name = "SRC")]
+    pub src: Vec<PathBuf>,
     /// The dataset directory to create (must be new or empty, or hold a dataset with --force).
     pub out: PathBuf,
     /// Target shard file size, e.g. 512MiB, 1GiB, 2GB.
@@ -62,9 +75,19 @@ pub struct Args {
     /// Concurrent file reads (default: 16, at least --threads).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub io_threads: Option<u64>,
-    /// How labels are derived: imagefolder (first folder level = class) or none.
-    #[arg(long, default_value = "imagefolder", value_parser = ["imagefolder", "none"])]
+    /// How labels are derived: imagefolder (first folder level = class), none, or cls
+    /// (WebDataset: the number in each sample's .cls member).
+    #[arg(long, default_value = "imagefolder", value_parser = ["imagefolder", "none", "cls"])]
     pub labels: String,
+    /// What SRC is: auto (.tar/.tar.gz/.tgz files, brace patterns and folders holding only
+    /// such files are WebDataset; a folder with index.json and shard.*.mds files is MDS; any
+    /// other folder is a tree), tree, wds or mds.
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = ["auto", "tree", "wds", "mds"])]
+    pub from: String,
+    /// MDS: the column whose values are the sample keys (str, bytes or an integer column);
+    /// without it, the key is the sample number.
+    #[arg(long, value_name = "COLUMN")]
+    pub key_column: Option<String>,
     /// Where a file name splits into key and field.
     #[arg(long, default_value = "first-dot", value_parser = ["first-dot", "last-dot"])]
     pub key: String,
@@ -238,7 +261,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         },
         threads: a.threads.unwrap_or(0) as usize,
         io_threads: a.io_threads.unwrap_or(0) as usize,
-        labels: if a.labels == "none" {
+        labels: if a.labels != "imagefolder" {
             LabelMode::None
         } else {
             LabelMode::ImageFolder
@@ -254,6 +277,11 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         unlabeled: a.unlabeled.parse().map_err(anyhow::Error::msg)?,
         skip_errors: a.skip_errors,
         force: a.force,
+        source: SourceOptions {
+            format: a.from.parse().map_err(anyhow::Error::msg)?,
+            cls_labels: a.labels == "cls",
+            key_column: a.key_column.clone(),
+        },
         ..PackOptions::default()
     };
 
@@ -272,12 +300,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         bar,
         quiet: a.quiet,
     };
-    let summary = pack(&a.src, &a.out, &opts, &progress).with_context(|| {
-        format!(
-            "packing {} into {} failed",
-            a.src.display(),
-            a.out.display()
-        )
+    let summary = pack_inputs(&a.src, &a.out, &opts, &progress).with_context(|| {
+        let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
+        format!("packing {} into {} failed", srcs.join(" "), a.out.display())
     });
     progress.bar.finish_and_clear();
     let summary = summary?;
