@@ -235,6 +235,10 @@ impl Default for PackOptions {
 pub trait Progress: Sync {
     /// The walk has found `files` files so far.
     fn walking(&self, _files: u64) {}
+    /// The walk is done and field `field` (`index` of `fields`) gets its compression: its
+    /// trial records are read and compressed, perhaps a dictionary trained (seconds on a big
+    /// text field). Called once per field, before [`Progress::start`].
+    fn choosing(&self, _field: &[u8], _index: usize, _fields: usize) {}
     /// Packing starts: this many files and bytes will be read.
     fn start(&self, _files: u64, _bytes: u64) {}
     /// `files` more files with `bytes` more bytes are committed.
@@ -772,6 +776,7 @@ fn pack_catalog(
     let mut specs = Vec::with_capacity(cat.fields.len());
     for (fi, name) in cat.fields.iter().enumerate() {
         cancel.stop()?;
+        progress.choosing(name, fi, cat.fields.len());
         let policy = *opts.field_compress.get(name).unwrap_or(&opts.compress);
         let inputs = match policy {
             Policy::Auto | Policy::ZstdDict(_) => {

@@ -434,7 +434,9 @@ impl Dataset {
         let (schema, batches) = py
             .detach(move || {
                 let t = shardpack::table::IndexTable::new(&ds);
-                let batches = t.batches(64 * 1024).collect::<shardpack::Result<Vec<_>>>()?;
+                let batches = t
+                    .batches(64 * 1024)
+                    .collect::<shardpack::Result<Vec<_>>>()?;
                 Ok::<_, Error>((t.schema(), batches))
             })
             .map_err(to_py)?;

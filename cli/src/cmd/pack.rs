@@ -171,6 +171,13 @@ impl Progress for Bar {
     fn walking(&self, files: u64) {
         self.bar.set_message(format!("scanning: {files} files"));
     }
+    fn choosing(&self, field: &[u8], index: usize, fields: usize) {
+        self.bar.set_message(format!(
+            "choosing compression: field {}/{fields} {:?}",
+            index + 1,
+            String::from_utf8_lossy(field)
+        ));
+    }
     fn start(&self, files: u64, bytes: u64) {
         self.bar.set_length(bytes);
         self.bar.set_position(0);
