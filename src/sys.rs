@@ -35,6 +35,20 @@ pub(crate) fn map_file(file: &File, path: &Path) -> Result<Mmap> {
     Ok(map)
 }
 
+/// Asks the kernel to read `len` bytes of `map` from `offset` ahead (`MADV_WILLNEED`): a map
+/// advised for random access (as [`map_file`] does) would otherwise read a region that is about
+/// to be scanned whole (a shard's index, checksummed on first use) one page fault, and one
+/// synchronous 4 KiB device read, at a time. Best effort: errors are ignored.
+pub(crate) fn will_need(map: &Mmap, offset: u64, len: u64) {
+    #[cfg(unix)]
+    if let (Ok(off), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) {
+        if off.checked_add(len).is_some_and(|end| end <= map.len()) && len > 0 {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, off, len);
+        }
+    }
+    let _ = (map, offset, len);
+}
+
 /// Opens `path` for reading, bypassing the page cache (`O_DIRECT`) when `direct` is set.
 /// Returns the file and whether direct I/O is in effect: filesystems that refuse `O_DIRECT`
 /// (tmpfs, some FUSE and network filesystems) get a buffered file instead.
@@ -374,5 +388,49 @@ mod tests {
             "{msg}"
         );
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+}
+
+/// CPU time this process has used so far (all threads): user and system, from
+/// `getrusage(RUSAGE_SELF)`. `None` where the platform has no `getrusage`.
+pub fn cpu_time() -> Option<(std::time::Duration, std::time::Duration)> {
+    #[cfg(unix)]
+    {
+        // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `getrusage` writes only into the struct it is given, which lives for the
+        // call; RUSAGE_SELF is a valid `who`.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        if rc != 0 {
+            return None;
+        }
+        let tv = |t: libc::timeval| {
+            std::time::Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000)
+        };
+        Some((tv(ru.ru_utime), tv(ru.ru_stime)))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    /// CPU time grows with work and never goes backwards.
+    #[test]
+    fn cpu_time_counts_work() {
+        let Some((u0, s0)) = super::cpu_time() else {
+            return;
+        };
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(30) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let (u1, s1) = super::cpu_time().unwrap();
+        assert!(u1 >= u0 && s1 >= s0);
+        assert!((u1 + s1) - (u0 + s0) >= std::time::Duration::from_millis(5));
     }
 }

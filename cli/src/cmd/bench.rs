@@ -239,13 +239,50 @@ fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
     }
 }
 
-/// Phase 2 (and the trainer on the loader): one epoch, each batch handed to `trainer`.
+/// CPU seconds (user, system) of the whole process over a phase, from `getrusage`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    user: f64,
+    sys: f64,
+}
+
+impl Cpu {
+    fn now() -> Option<(Duration, Duration)> {
+        shardpack::sys::cpu_time()
+    }
+
+    fn since(start: Option<(Duration, Duration)>) -> Option<Cpu> {
+        let (u0, s0) = start?;
+        let (u1, s1) = Cpu::now()?;
+        Some(Cpu {
+            user: u1.saturating_sub(u0).as_secs_f64(),
+            sys: s1.saturating_sub(s0).as_secs_f64(),
+        })
+    }
+
+    fn total(&self) -> f64 {
+        self.user + self.sys
+    }
+}
+
+/// Phase 2 (and the trainer on the loader): one epoch, each batch handed to `trainer`. The
+/// CPU time is the whole process's (the loader's threads and the consumer) over the epoch.
 fn loader_epoch(
+    ds: &Arc<Dataset>,
+    opts: LoaderOptions,
+    trainer: Option<&mut Trainer>,
+    notes: &mut Vec<String>,
+) -> Result<Rate> {
+    loader_epoch_cpu(ds, opts, trainer, notes).map(|(r, _)| r)
+}
+
+fn loader_epoch_cpu(
     ds: &Arc<Dataset>,
     opts: LoaderOptions,
     mut trainer: Option<&mut Trainer>,
     notes: &mut Vec<String>,
-) -> Result<Rate> {
+) -> Result<(Rate, Option<Cpu>)> {
+    let cpu0 = Cpu::now();
     let start = Instant::now();
     let mut loader = Loader::new(ds.clone(), opts)?;
     for n in loader.notes() {
@@ -268,11 +305,16 @@ fn loader_epoch(
             t.train();
         }
     }
-    Ok(Rate {
-        seconds: start.elapsed().as_secs_f64(),
-        bytes,
-        items,
-    })
+    let seconds = start.elapsed().as_secs_f64();
+    drop(loader); // its threads have ended: their CPU time is counted
+    Ok((
+        Rate {
+            seconds,
+            bytes,
+            items,
+        },
+        Cpu::since(cpu0),
+    ))
 }
 
 /// Loose samples: files grouped by folder + name up to the first dot, as `pack` groups them.
@@ -412,7 +454,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 
     // 2. One shuffled loader epoch.
     evicted &= evict_all(shard_refs(), &mut notes);
-    let ld = loader_epoch(&ds, loader_opts(&a, 0), None, &mut notes)?;
+    let (ld, ld_cpu) = loader_epoch_cpu(&ds, loader_opts(&a, 0), None, &mut notes)?;
     // Compare like with like: the stored bytes the loader read (decoded sizes would flatter
     // compressed datasets).
     let stored: u64 = ds.manifest().fields.iter().map(|f| f.stored_bytes).sum();
@@ -421,6 +463,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         ..ld
     };
     let loader_mb_s = ld.mb_s();
+    // CPU per stored GB and samples per CPU-second of the loader phase.
+    let cpu_per_gb = ld_cpu.map(|c| c.total() / (ld.bytes as f64 / 1e9).max(1e-12));
+    let per_core_s = ld_cpu.map(|c| ld.items as f64 / c.total().max(1e-9));
 
     // 3. Loose files.
     let loose = match &a.loose {
@@ -481,6 +526,10 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         "loader_mb_s": loader_mb_s,
         "loader_samples_s": ld.items_s(),
         "loader_to_limit": loader_mb_s / lim.mb_s().max(1e-9),
+        "loader_user_s": ld_cpu.map(|c| c.user),
+        "loader_sys_s": ld_cpu.map(|c| c.sys),
+        "loader_cpu_s_per_gb": cpu_per_gb,
+        "loader_samples_per_core_s": per_core_s,
         "limit_random_order_mb_s": scattered.mb_s(),
         "loader_to_limit_random_order": loader_mb_s / scattered.mb_s().max(1e-9),
         "loader_direct_io": a.direct,
@@ -555,6 +604,16 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         ld.items_s(),
         loader_mb_s / lim.mb_s().max(1e-9)
     )?;
+    if let Some(c) = ld_cpu {
+        writeln!(
+            out,
+            "    loader CPU: user {:.2} s + system {:.2} s = {:.3} core-s per GB stored, {:.0} samples per core-second",
+            c.user,
+            c.sys,
+            cpu_per_gb.unwrap_or(0.0),
+            per_core_s.unwrap_or(0.0)
+        )?;
+    }
     if let Some(r) = loose_rate {
         writeln!(
             out,
