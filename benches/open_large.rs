@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! cargo bench --bench open_large -- [--samples N] [--shards S] [--dir DIR] [--runs R]
-//!     [--reuse] [--keep] [--skip-loader]
+//!     [--reuse] [--keep] [--skip-loader] [--at-open]
 //! ```
 //!
 //! DIR defaults to `/work/tmp-readpath/open-large.spk` if `/work/tmp-readpath` exists, else a
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardpack::loader::{Loader, LoaderOptions, Shuffle};
+use shardpack::reader::{IndexCheck, OpenOptions};
 use shardpack::Dataset;
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
@@ -88,7 +89,10 @@ fn main() {
         }
     });
     let flag = |f: &str| args.iter().any(|a| a == f);
-    println!("dataset: {samples} samples in {shards} shards at {}", dir.display());
+    println!(
+        "dataset: {samples} samples in {shards} shards at {}",
+        dir.display()
+    );
 
     let manifest = if flag("--reuse") && dir.join("manifest.json").exists() {
         Dataset::open(&dir).expect("reuse").manifest().clone()
@@ -109,17 +113,24 @@ fn main() {
     let mut opens = Vec::new();
     let mut ds = None;
     let (rss0, _) = rss_kib();
+    // `--at-open`: check every index at open (what open did before issue 16), for comparison.
+    let check = match flag("--at-open") {
+        true => IndexCheck::AtOpen,
+        false => IndexCheck::Auto,
+    };
     for _ in 0..runs.max(1) {
         drop(ds.take());
         evict(&dir, &manifest);
         let t = Instant::now();
-        let d = Dataset::open(&dir).expect("open");
+        let d = Dataset::open_checked(&dir, &OpenOptions::default(), check).expect("open");
         opens.push(ms(t.elapsed()));
         ds = Some(d);
     }
     let ds = Arc::new(ds.unwrap());
     let (rss1, _) = rss_kib();
-    let checked = (0..ds.shard_count()).filter(|&s| ds.index_checked(s)).count();
+    let checked = (0..ds.shard_count())
+        .filter(|&s| ds.index_checked(s))
+        .count();
     println!(
         "open (cold, median of {}): {:.1} ms [{}]; indexes checked at open: {checked}/{}",
         opens.len(),

@@ -31,8 +31,22 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
 
 fn text(rng: &mut SplitMix64, len: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "the", "loader", "reads", "shards", "with", "large", "sequential", "reads", "and",
-        "shuffles", "samples", "in", "memory", "while", "the", "trainer",
+        "the",
+        "loader",
+        "reads",
+        "shards",
+        "with",
+        "large",
+        "sequential",
+        "reads",
+        "and",
+        "shuffles",
+        "samples",
+        "in",
+        "memory",
+        "while",
+        "the",
+        "trainer",
     ];
     let mut s = Vec::with_capacity(len + 16);
     while s.len() < len {
@@ -67,15 +81,18 @@ fn main() {
         "dict" => Codec::ZstdDict,
         other => panic!("--codec raw|zstd|dict, not {other}"),
     };
-    let default_size = if codec == Codec::Raw { 16 << 10 } else { 2 << 10 };
+    let default_size = if codec == Codec::Raw {
+        16 << 10
+    } else {
+        2 << 10
+    };
     let size: usize = arg(&args, "--size").unwrap_or(default_size);
     let n: u64 = arg(&args, "--samples").unwrap_or((256u64 << 20) / size as u64);
     let epochs: usize = arg(&args, "--epochs").unwrap_or(3);
     let threads: usize = arg(&args, "--threads").unwrap_or(LoaderOptions::default().io_threads);
-    let tmp = tempfile::tempdir_in(
-        arg::<PathBuf>(&args, "--dir").unwrap_or_else(std::env::temp_dir),
-    )
-    .expect("temp dir");
+    let tmp =
+        tempfile::tempdir_in(arg::<PathBuf>(&args, "--dir").unwrap_or_else(std::env::temp_dir))
+            .expect("temp dir");
     let dir = tmp.path().to_path_buf();
 
     let mut rng = SplitMix64::new(0x5EED);
@@ -176,7 +193,13 @@ fn main() {
                             .map(|f| {
                                 let f = f.unwrap();
                                 let at = f.offset() as usize;
-                                (at, f.stored().len(), f.raw_len(), f.field_index(), f.codec())
+                                (
+                                    at,
+                                    f.stored().len(),
+                                    f.raw_len(),
+                                    f.field_index(),
+                                    f.codec(),
+                                )
                             })
                             .collect::<Vec<_>>()
                     })
@@ -205,7 +228,8 @@ fn main() {
                             match (c, ddict.as_ref()) {
                                 (Codec::Raw, _) => out.extend_from_slice(stored),
                                 (Codec::ZstdDict, Some(d)) => {
-                                    dctx.decompress_using_ddict(&mut out, stored, d).expect("zstd");
+                                    dctx.decompress_using_ddict(&mut out, stored, d)
+                                        .expect("zstd");
                                 }
                                 _ => {
                                     dctx.decompress(&mut out, stored).expect("zstd");

@@ -49,6 +49,7 @@ mod pool;
 pub mod quality;
 pub mod reader;
 pub mod rng;
+pub mod storage;
 pub mod sys;
 pub mod writer;
 

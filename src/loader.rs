@@ -85,7 +85,7 @@ pub use crate::pool::SampleBytes;
 use crate::pool::{BufPool, PooledBuf};
 use crate::reader::Dataset;
 use crate::rng::SplitMix64;
-use crate::sys::{open_read, read_full_at, DIRECT_ALIGN};
+use crate::sys::{open_read, DIRECT_ALIGN};
 
 /// How an epoch's order is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -783,7 +783,8 @@ fn read_extent(sh: &Shared, piece: Piece, e: &Extent, buf: &mut PooledBuf) -> Re
             std::io::Error::other("the shard was not opened"),
         ));
     };
-    let n = read_full_at(file, buf.buf_mut().resize(e.len), e.start)
+    // One range read through the storage seam (`crate::storage`): a local file here.
+    let n = crate::storage::ReadAt::read_at(file, buf.buf_mut().resize(e.len), e.start)
         .map_err(|err| Error::io(shard.path(), "read", err))?;
     if (n as u64) < e.end - e.start {
         return Err(Error::io(

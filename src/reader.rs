@@ -21,6 +21,7 @@ use crate::format::{
     NO_LABEL,
 };
 use crate::manifest::{Manifest, ShardMeta, MANIFEST_FILE};
+use crate::storage::ReadAt;
 use crate::sys::map_file;
 
 thread_local! {
@@ -720,18 +721,19 @@ fn mismatch<T>(path: &Path, what: String) -> Result<T> {
 fn open_listed_footer(dir: &Path, i: usize, meta: &ShardMeta) -> Result<(Header, Footer)> {
     let path = dir.join(&meta.file);
     let read = || -> Result<(Header, Footer)> {
-        let file = File::open(&path).map_err(|e| Error::io(&path, "open shard", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(&path, "open shard", e))?
-            .len();
+        let (file, _) = crate::storage::open_local(&path, false)
+            .map_err(|e| Error::io(&path, "open shard", e))?;
+        let obj: &dyn ReadAt = &file;
+        let len = obj.len().map_err(|e| Error::io(&path, "open shard", e))?;
         let mut head = [0u8; Header::SIZE];
-        let n = crate::sys::read_full_at(&file, &mut head, 0)
+        let n = obj
+            .read_at(&mut head, 0)
             .map_err(|e| Error::io(&path, "read", e))?;
         let header = Header::decode(&head[..n]).map_err(|e| Error::corrupt(&path, e))?;
         let mut tail = [0u8; Footer::SIZE];
         if len >= crate::format::MIN_SHARD_LEN {
-            let n = crate::sys::read_full_at(&file, &mut tail, len - Footer::SIZE as u64)
+            let n = obj
+                .read_at(&mut tail, len - Footer::SIZE as u64)
                 .map_err(|e| Error::io(&path, "read", e))?;
             if n < tail.len() {
                 return Err(Error::io(
@@ -799,7 +801,10 @@ fn check_against_manifest(
     if file_len != meta.bytes {
         return mismatch(
             path,
-            format!("the file is {file_len} bytes, the manifest says {}", meta.bytes),
+            format!(
+                "the file is {file_len} bytes, the manifest says {}",
+                meta.bytes
+            ),
         );
     }
     Ok(())

@@ -22,8 +22,12 @@ fn case_dir(case: &str) -> PathBuf {
 }
 
 fn lazy(case: &str) -> Dataset {
-    Dataset::open_checked(case_dir(case), &OpenOptions::default(), IndexCheck::FirstUse)
-        .unwrap_or_else(|e| panic!("{case}: a lazy open reads no index and must succeed: {e}"))
+    Dataset::open_checked(
+        case_dir(case),
+        &OpenOptions::default(),
+        IndexCheck::FirstUse,
+    )
+    .unwrap_or_else(|e| panic!("{case}: a lazy open reads no index and must succeed: {e}"))
 }
 
 /// The cases whose damage is inside shard 1's index or dictionaries (the footer and the
@@ -48,7 +52,9 @@ fn a_damaged_index_is_an_error_on_first_touch_and_other_shards_serve() {
         );
         // Shard 0 (samples 0..12) and shard 2 (24..30) serve, and only their indexes are read.
         for i in (0..12).chain(24..30) {
-            let s = ds.get(i).unwrap_or_else(|e| panic!("{case}: sample {i}: {e}"));
+            let s = ds
+                .get(i)
+                .unwrap_or_else(|e| panic!("{case}: sample {i}: {e}"));
             for f in s.fields() {
                 f.unwrap().data().unwrap();
             }
@@ -177,7 +183,10 @@ fn verify_is_the_full_check_after_a_lazy_open() {
     for &(case, _) in INDEX_CASES {
         let r = lazy(case).verify();
         assert!(!r.is_ok(), "{case}");
-        assert!(r.problems.iter().all(|p| p.shard == DAMAGED), "{case}: {r:?}");
+        assert!(
+            r.problems.iter().all(|p| p.shard == DAMAGED),
+            "{case}: {r:?}"
+        );
         let eager = shardpack::verify_dir(case_dir(case)).unwrap();
         let kinds = |r: &shardpack::VerifyReport| -> Vec<ProblemKind> {
             r.problems.iter().map(|p| p.kind).collect()
@@ -201,10 +210,13 @@ fn footer_and_manifest_damage_is_refused_at_open() {
         "manifest-counts",
         "swapped-shard",
     ] {
-        let lazy =
-            Dataset::open_checked(case_dir(case), &OpenOptions::default(), IndexCheck::FirstUse)
-                .map(|_| ())
-                .expect_err(case);
+        let lazy = Dataset::open_checked(
+            case_dir(case),
+            &OpenOptions::default(),
+            IndexCheck::FirstUse,
+        )
+        .map(|_| ())
+        .expect_err(case);
         let eager = Dataset::open(case_dir(case)).map(|_| ()).expect_err(case);
         // Same kind of error; the counts message may name fewer numbers without the index.
         assert_eq!(
@@ -223,10 +235,12 @@ fn at_open_and_auto_check_every_index_at_open() {
     for check in [IndexCheck::AtOpen, IndexCheck::Auto] {
         let ds = Dataset::open_checked(case_dir("intact"), &OpenOptions::default(), check).unwrap();
         assert!((0..3).all(|s| ds.index_checked(s)), "{check:?}");
-        assert!(
-            Dataset::open_checked(case_dir("flipped-index-bit"), &OpenOptions::default(), check)
-                .is_err()
-        );
+        assert!(Dataset::open_checked(
+            case_dir("flipped-index-bit"),
+            &OpenOptions::default(),
+            check
+        )
+        .is_err());
     }
 }
 

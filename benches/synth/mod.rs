@@ -17,7 +17,7 @@ use shardpack::format::{
     SampleEntry, Version, NO_LABEL, REGION_ALIGN,
 };
 use shardpack::manifest::{
-    shard_file_name, FieldMeta, Features, Hash64, Manifest, Name, ShardMeta, WriterId,
+    shard_file_name, Features, FieldMeta, Hash64, Manifest, Name, ShardMeta, WriterId,
     MANIFEST_FILE,
 };
 use shardpack::rng::SplitMix64;
@@ -156,13 +156,25 @@ fn shard(index: u64, first: u64, n: u64) -> (Vec<u8>, ShardMeta) {
 
 /// Writes the dataset into `dir` (created; must not hold a dataset) with `threads` threads.
 /// Returns the manifest.
-pub fn generate(dir: &Path, samples: u64, shards: u64, threads: usize) -> std::io::Result<Manifest> {
-    assert!(shards > 0 && samples >= shards, "at least one sample per shard");
+pub fn generate(
+    dir: &Path,
+    samples: u64,
+    shards: u64,
+    threads: usize,
+) -> std::io::Result<Manifest> {
+    assert!(
+        shards > 0 && samples >= shards,
+        "at least one sample per shard"
+    );
     fs::create_dir_all(dir)?;
     let per = samples / shards;
     let span = |s: u64| {
         let first = s * per;
-        let n = if s + 1 == shards { samples - first } else { per };
+        let n = if s + 1 == shards {
+            samples - first
+        } else {
+            per
+        };
         (first, n)
     };
     let next = std::sync::atomic::AtomicU64::new(0);

@@ -28,11 +28,16 @@ fn bench_reports_the_loaders_cpu_per_gb() {
     let v = sp(&bench).ok().json();
     let user = v["loader_user_s"].as_f64().expect("loader_user_s");
     let sys = v["loader_sys_s"].as_f64().expect("loader_sys_s");
-    let per_gb = v["loader_cpu_s_per_gb"].as_f64().expect("loader_cpu_s_per_gb");
+    let per_gb = v["loader_cpu_s_per_gb"]
+        .as_f64()
+        .expect("loader_cpu_s_per_gb");
     let per_core = v["loader_samples_per_core_s"]
         .as_f64()
         .expect("loader_samples_per_core_s");
-    assert!(user >= 0.0 && sys >= 0.0 && user + sys > 0.0, "{user} {sys}");
+    assert!(
+        user >= 0.0 && sys >= 0.0 && user + sys > 0.0,
+        "{user} {sys}"
+    );
     let gb = v["stored_bytes"].as_f64().unwrap() / 1e9;
     assert!(
         (per_gb * gb - (user + sys)).abs() <= 1e-6 + 1e-9 * per_gb,
