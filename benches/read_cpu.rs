@@ -57,6 +57,9 @@ fn text(rng: &mut SplitMix64, len: usize) -> Vec<u8> {
     s
 }
 
+/// A record to decode: offset in the shard, stored length, raw length, field, codec.
+type Rec = (usize, usize, u64, u32, Codec);
+
 fn cpu() -> f64 {
     let (u, s) = shardpack::sys::cpu_time().expect("getrusage");
     (u + s).as_secs_f64()
@@ -181,7 +184,7 @@ fn main() {
 
     if codec != Codec::Raw && !args.iter().any(|a| a == "--no-compare") {
         // zstd's own speed on the same stored records: one context, one reused buffer, one core.
-        let shard_records: Vec<(usize, Vec<(usize, usize, u64, u32, Codec)>)> = ds
+        let shard_records: Vec<(usize, Vec<Rec>)> = ds
             .shards()
             .iter()
             .enumerate()

@@ -270,7 +270,7 @@ pub struct Dataset {
     footers: Vec<Option<Footer>>,
     /// Per manifest shard: the shard with its index checked, or why it cannot be used; filled
     /// on first touch (or at open, when the indexes are checked there).
-    cells: Vec<OnceLock<std::result::Result<Shard, Failure>>>,
+    cells: Vec<OnceLock<std::result::Result<Shard, Box<Failure>>>>,
     /// Every shard touched: the usable ones and the damaged ones, in manifest order.
     all: OnceLock<(Vec<Shard>, Vec<DamagedShard>)>,
     starts: Vec<u64>,
@@ -379,7 +379,7 @@ impl Dataset {
             open_listed_shard(&self.dir, &self.manifest, i, meta)
                 .map_err(|e| failure(&self.dir, i, meta, e))
         });
-        Some(got.as_ref())
+        Some(got.as_ref().map_err(|f| &**f))
     }
 
     /// The error for a touch of a shard that cannot be used (`sample`: the global sample
@@ -616,8 +616,8 @@ fn read_footers(dir: &Path, manifest: &Manifest) -> Vec<Result<(Header, Footer)>
 }
 
 /// The [`Failure`] of listed shard `i`.
-fn failure(dir: &Path, i: usize, meta: &ShardMeta, error: Error) -> Failure {
-    Failure {
+fn failure(dir: &Path, i: usize, meta: &ShardMeta, error: Error) -> Box<Failure> {
+    Box::new(Failure {
         damaged: DamagedShard {
             index: i,
             path: dir.join(&meta.file),
@@ -626,7 +626,7 @@ fn failure(dir: &Path, i: usize, meta: &ShardMeta, error: Error) -> Failure {
             reason: error.to_string(),
         },
         error,
-    }
+    })
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {
