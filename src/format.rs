@@ -545,13 +545,23 @@ impl Footer {
     /// reading the rest of the file. Same checks, same errors.
     pub fn decode_tail(tail: &[u8], len: u64) -> Result<Footer, FormatError> {
         const R: &str = "footer";
-        if tail.len() != Self::SIZE || len < MIN_SHARD_LEN {
+        if len < MIN_SHARD_LEN {
             return Err(err(
                 R,
                 len.saturating_sub(Self::SIZE as u64),
                 FormatErrorKind::Truncated {
-                    needed: MIN_SHARD_LEN.max(Self::SIZE as u64),
-                    available: len.min(tail.len() as u64),
+                    needed: MIN_SHARD_LEN,
+                    available: len,
+                },
+            ));
+        }
+        if tail.len() != Self::SIZE {
+            return Err(err(
+                R,
+                len - Self::SIZE as u64,
+                FormatErrorKind::Truncated {
+                    needed: Self::SIZE as u64,
+                    available: tail.len() as u64,
                 },
             ));
         }
