@@ -537,9 +537,36 @@ impl Footer {
                 },
             ));
         }
-        let at = file.len() - Self::SIZE;
-        let b = &file[at..];
-        let at = at as u64;
+        Footer::decode_tail(&file[file.len() - Self::SIZE..], len)
+    }
+
+    /// [`Footer::decode`] from the file's last [`Footer::SIZE`] bytes `tail` and its length
+    /// `len` (at least [`MIN_SHARD_LEN`]), so a reader can check a footer without mapping or
+    /// reading the rest of the file. Same checks, same errors.
+    pub fn decode_tail(tail: &[u8], len: u64) -> Result<Footer, FormatError> {
+        const R: &str = "footer";
+        if len < MIN_SHARD_LEN {
+            return Err(err(
+                R,
+                len.saturating_sub(Self::SIZE as u64),
+                FormatErrorKind::Truncated {
+                    needed: MIN_SHARD_LEN,
+                    available: len,
+                },
+            ));
+        }
+        if tail.len() != Self::SIZE {
+            return Err(err(
+                R,
+                len - Self::SIZE as u64,
+                FormatErrorKind::Truncated {
+                    needed: Self::SIZE as u64,
+                    available: tail.len() as u64,
+                },
+            ));
+        }
+        let b = tail;
+        let at = len - Self::SIZE as u64;
         if b[Self::MAGIC_AT..] != MAGIC {
             return Err(err(
                 R,
@@ -955,6 +982,22 @@ pub fn record_checksum(stored: &[u8]) -> u64 {
     xxh3_64(stored)
 }
 
+/// Check 18 of `format-spec/shard.md` 9.1: the header and footer versions of a file of
+/// `file_len` bytes are equal.
+pub fn check_versions(header: &Header, footer: &Footer, file_len: u64) -> Result<(), FormatError> {
+    if footer.version != header.version {
+        return Err(invalid(
+            "footer",
+            file_len - Footer::SIZE as u64 + Footer::VERSION_AT as u64,
+            format!(
+                "footer version {} differs from header version {}",
+                footer.version, header.version
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A validated view of a whole shard file held in `B` (a memory map, a `Vec`, a slice).
 ///
 /// Construction checks the header, the footer, the index checksum and that every table fits
@@ -979,16 +1022,7 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
         let b = bytes.as_ref();
         let header = Header::decode(b)?;
         let footer = Footer::decode(b)?;
-        if footer.version != header.version {
-            return Err(invalid(
-                "footer",
-                (b.len() - Footer::SIZE + Footer::VERSION_AT) as u64,
-                format!(
-                    "footer version {} differs from header version {}",
-                    footer.version, header.version
-                ),
-            ));
-        }
+        check_versions(&header, &footer, b.len() as u64)?;
         let ir = footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize;
         let idx = &b[ir.clone()];
         let actual = xxh3_64(idx);

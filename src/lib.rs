@@ -54,6 +54,7 @@ pub mod reader;
 pub mod rng;
 #[cfg(feature = "compile")]
 pub mod source;
+pub mod storage;
 pub mod sys;
 #[cfg(feature = "arrow")]
 pub mod table;

@@ -135,7 +135,7 @@ use crate::format::{record_checksum, Codec, FormatError, FormatErrorKind};
 pub use crate::pool::SampleBytes;
 use crate::pool::{BufPool, PooledBuf};
 use crate::reader::Dataset;
-use crate::sys::{open_read, read_full_at, DIRECT_ALIGN};
+use crate::sys::{open_read, DIRECT_ALIGN};
 
 mod plan;
 mod state;
@@ -633,7 +633,8 @@ fn read_extent(sh: &Shared, piece: Piece, e: &Extent, buf: &mut PooledBuf) -> Re
             std::io::Error::other("the shard was not opened"),
         ));
     };
-    let n = read_full_at(file, buf.buf_mut().resize(e.len), e.start)
+    // One range read through the storage seam (`crate::storage`): a local file here.
+    let n = crate::storage::ReadAt::read_at(file, buf.buf_mut().resize(e.len), e.start)
         .map_err(|err| Error::io(shard.path(), "read", err))?;
     if (n as u64) < e.end - e.start {
         return Err(Error::io(
@@ -820,10 +821,8 @@ impl Loader {
         // From the manifest and the damaged list only: starting a loader touches no shard's
         // index (each is first used by the reading thread of its first piece).
         let mut damaged = vec![false; ds.shard_count()];
-        for d in ds.damaged() {
-            if let Some(x) = damaged.get_mut(d.index) {
-                *x = true;
-            }
+        for d in ds.damaged_so_far() {
+            damaged[d] = true;
         }
         for (s, meta) in ds.manifest().shards.iter().enumerate() {
             if damaged[s] {

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 use xxhash_rust::xxh3::Xxh3;
@@ -16,23 +17,25 @@ use crate::codec::{
 };
 use crate::error::{Error, Result};
 use crate::format::{
-    record_checksum, Codec, FormatError, FormatErrorKind, RecordEntry, ShardBytes, NO_LABEL,
+    record_checksum, Codec, Footer, FormatError, FormatErrorKind, Header, RecordEntry, ShardBytes,
+    NO_LABEL,
 };
 use crate::manifest::{Manifest, ShardMeta, MANIFEST_FILE};
+use crate::storage::ReadAt;
 use crate::sys::map_file;
 
 thread_local! {
     static DCTX: RefCell<DCtx<'static>> = RefCell::new(new_dctx());
 }
 
-/// One open shard file.
-#[derive(Debug)]
+/// One open shard file. Cloning is cheap (the file, map and dictionaries are shared).
+#[derive(Debug, Clone)]
 pub struct Shard {
     path: PathBuf,
     /// The open file, for streaming large records with positioned reads.
-    file: File,
-    bytes: ShardBytes<Mmap>,
-    dicts: Vec<Option<DecodeDict>>,
+    file: Arc<File>,
+    bytes: Arc<ShardBytes<Mmap>>,
+    dicts: Arc<Vec<Option<DecodeDict>>>,
 }
 
 impl Shard {
@@ -41,6 +44,10 @@ impl Shard {
     pub fn open(path: &Path) -> Result<Shard> {
         let file = File::open(path).map_err(|e| Error::io(path, "open shard", e))?;
         let map = map_file(&file, path)?;
+        // The index is about to be checksummed whole: read it ahead rather than page by page.
+        if let Ok(f) = Footer::decode(&map) {
+            crate::sys::will_need(&map, f.index_offset, f.index_len);
+        }
         let bytes = ShardBytes::new(map).map_err(|e| Error::corrupt(path, e))?;
         let mut dicts = Vec::with_capacity(bytes.fields().len());
         for i in 0..bytes.fields().len() {
@@ -62,9 +69,9 @@ impl Shard {
         }
         Ok(Shard {
             path: path.to_path_buf(),
-            file,
-            bytes,
-            dicts,
+            file: Arc::new(file),
+            bytes: Arc::new(bytes),
+            dicts: Arc::new(dicts),
         })
     }
 
@@ -188,31 +195,92 @@ impl DamagedShard {
     }
 }
 
-/// Where a manifest shard is: open, or marked damaged.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    /// Index into `Dataset::shards`.
-    Open(usize),
-    /// Index into `Dataset::damaged`.
-    Damaged(usize),
+/// When [`Dataset::open_checked`] checks each shard's index (its checksum, tables, field table
+/// and dictionaries, and their agreement with the manifest). Whatever the choice, a shard's
+/// index is checked before any of its samples is served, and [`Dataset::verify`] checks
+/// every byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IndexCheck {
+    /// [`IndexCheck::AtOpen`] when the shards' indexes together are at most
+    /// [`EAGER_INDEX_BYTES`], else [`IndexCheck::FirstUse`]: small datasets report a damaged
+    /// index at open, as before; a dataset of 10^8 samples opens in O(shards) bytes read.
+    /// What [`Dataset::open`] and [`Dataset::open_with`] do.
+    #[default]
+    Auto,
+    /// Check every index at open (reads every index once).
+    AtOpen,
+    /// Open reads the manifest and each shard's header and footer only (a few hundred bytes
+    /// per shard, compared with the manifest); a shard's index is checked when the shard is
+    /// first touched ([`Dataset::get`], [`Dataset::shard`], the Loader, ...). A damaged index
+    /// is then an error on that first touch and on every later one ([`Error::Corrupt`], or
+    /// [`Error::DamagedShard`] under [`DamagedShards::Mark`]), while the other shards serve.
+    FirstUse,
 }
 
-/// An open dataset: the manifest and a memory map per shard.
+/// Under [`IndexCheck::Auto`], the most index bytes (all shards together) open checks at once.
+pub const EAGER_INDEX_BYTES: u64 = 64 << 20;
+
+/// Why a listed shard cannot be used: the error [`Dataset::open`] reports for it, and its
+/// entry in [`Dataset::damaged`].
+#[derive(Debug)]
+struct Failure {
+    error: Error,
+    damaged: DamagedShard,
+}
+
+/// The same error again (errors are reported on every touch of a damaged shard).
+fn dup_error(e: &Error) -> Error {
+    match e {
+        Error::Corrupt { path, source } => Error::Corrupt {
+            path: path.clone(),
+            source: source.clone(),
+        },
+        Error::Manifest { path, detail } => Error::Manifest {
+            path: path.clone(),
+            detail: detail.clone(),
+        },
+        Error::DamagedShard {
+            path,
+            shard,
+            sample,
+            detail,
+        } => Error::DamagedShard {
+            path: path.clone(),
+            shard: *shard,
+            sample: *sample,
+            detail: detail.clone(),
+        },
+        Error::Io { path, op, source } => Error::Io {
+            path: path.clone(),
+            op,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => Error::Options(other.to_string()),
+    }
+}
+
+/// An open dataset: the manifest, a small table per shard (its footer), and each shard's
+/// memory map and checked index once the shard is first used.
 #[derive(Debug)]
 pub struct Dataset {
     dir: PathBuf,
     manifest: Manifest,
-    /// The open shards, in manifest order.
-    shards: Vec<Shard>,
-    /// Per manifest shard: open or damaged.
-    slots: Vec<Slot>,
-    damaged: Vec<DamagedShard>,
+    mark: bool,
+    /// Per manifest shard: its footer, as open read and checked it (`None` if it failed).
+    footers: Vec<Option<Footer>>,
+    /// Per manifest shard: the shard with its index checked, or why it cannot be used; filled
+    /// on first touch (or at open, when the indexes are checked there).
+    cells: Vec<OnceLock<std::result::Result<Shard, Box<Failure>>>>,
+    /// Every shard touched: the usable ones and the damaged ones, in manifest order.
+    all: OnceLock<(Vec<Shard>, Vec<DamagedShard>)>,
     starts: Vec<u64>,
 }
 
 impl Dataset {
-    /// Opens the dataset in `dir`: reads the manifest and maps and validates each shard. Costs
-    /// O(shards) plus one checksum pass over each shard's index; no per-sample parsing.
+    /// Opens the dataset in `dir`: reads the manifest and each shard's header and footer,
+    /// and checks each shard's index at open when the indexes are small (at most
+    /// [`EAGER_INDEX_BYTES`] together), else when the shard is first used
+    /// ([`IndexCheck::Auto`]). Costs O(shards) requests; no per-sample parsing.
     /// Refuses the dataset when any listed shard cannot be opened; [`Dataset::open_with`] with
     /// [`DamagedShards::Mark`] opens the rest instead.
     ///
@@ -222,40 +290,72 @@ impl Dataset {
         Dataset::open_with(dir, &OpenOptions::default())
     }
 
-    /// Opens the dataset in `dir` with `opts` (see [`OpenOptions`]). An unusable manifest is
-    /// always an error.
+    /// Opens the dataset in `dir` with `opts` (see [`OpenOptions`]) and [`IndexCheck::Auto`].
+    /// An unusable manifest is always an error.
     pub fn open_with(dir: impl AsRef<Path>, opts: &OpenOptions) -> Result<Dataset> {
+        Dataset::open_checked(dir, opts, IndexCheck::Auto)
+    }
+
+    /// Opens the dataset in `dir` with `opts`, checking the shards' indexes as `check` says.
+    ///
+    /// ```no_run
+    /// use shardpack::reader::{IndexCheck, OpenOptions};
+    /// // 10^8 samples: read the manifest and 1,000 footers, not gigabytes of index.
+    /// let ds = shardpack::Dataset::open_checked("big.spk", &OpenOptions::default(),
+    ///     IndexCheck::FirstUse)?;
+    /// let s = ds.get(123_456_789)?; // checks that one shard's index first
+    /// # Ok::<(), shardpack::Error>(())
+    /// ```
+    pub fn open_checked(
+        dir: impl AsRef<Path>,
+        opts: &OpenOptions,
+        check: IndexCheck,
+    ) -> Result<Dataset> {
         let dir = dir.as_ref();
         let manifest = read_manifest(dir)?;
-        let mut shards = Vec::with_capacity(manifest.shards.len());
-        let mut slots = Vec::with_capacity(manifest.shards.len());
-        let mut damaged = Vec::new();
-        for (i, meta) in manifest.shards.iter().enumerate() {
-            match open_listed_shard(dir, &manifest, i, meta) {
-                Ok(shard) => {
-                    slots.push(Slot::Open(shards.len()));
-                    shards.push(shard);
+        let mark = opts.damaged == DamagedShards::Mark;
+        let light = read_footers(dir, &manifest);
+        let index_bytes = light
+            .iter()
+            .flatten()
+            .fold(0u64, |acc, (_, f)| acc.saturating_add(f.index_len));
+        let eager = match check {
+            IndexCheck::AtOpen => true,
+            IndexCheck::FirstUse => false,
+            IndexCheck::Auto => index_bytes <= EAGER_INDEX_BYTES,
+        };
+        let mut footers = Vec::with_capacity(light.len());
+        let mut cells = Vec::with_capacity(light.len());
+        for (i, l) in light.into_iter().enumerate() {
+            let meta = &manifest.shards[i];
+            let cell = OnceLock::new();
+            match l {
+                Ok((_, footer)) => {
+                    footers.push(Some(footer));
+                    if eager {
+                        match open_listed_shard(dir, &manifest, i, meta) {
+                            Ok(s) => drop(cell.set(Ok(s))),
+                            Err(e) if mark => drop(cell.set(Err(failure(dir, i, meta, e)))),
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
-                Err(e) if opts.damaged == DamagedShards::Mark => {
-                    slots.push(Slot::Damaged(damaged.len()));
-                    damaged.push(DamagedShard {
-                        index: i,
-                        path: dir.join(&meta.file),
-                        first_sample: meta.first_sample,
-                        samples: meta.samples,
-                        reason: e.to_string(),
-                    });
+                Err(e) if mark => {
+                    footers.push(None);
+                    drop(cell.set(Err(failure(dir, i, meta, e))));
                 }
                 Err(e) => return Err(e),
             }
+            cells.push(cell);
         }
         let starts = manifest.shards.iter().map(|s| s.first_sample).collect();
         Ok(Dataset {
             dir: dir.to_path_buf(),
             manifest,
-            shards,
-            slots,
-            damaged,
+            mark,
+            footers,
+            cells,
+            all: OnceLock::new(),
             starts,
         })
     }
@@ -270,36 +370,101 @@ impl Dataset {
         &self.manifest
     }
 
-    /// The open shards, in manifest order. After [`Dataset::open`] these are all the
-    /// manifest's shards (`shards()[i]` is manifest shard `i`); after a tolerant
-    /// [`Dataset::open_with`] the damaged ones are missing from this list: use
-    /// [`Dataset::shard`] to look a shard up by its manifest position.
+    /// Manifest shard `i` with its index checked (checking it now if this is the first
+    /// touch), or why it cannot be used.
+    fn cell(&self, i: usize) -> Option<std::result::Result<&Shard, &Failure>> {
+        let cell = self.cells.get(i)?;
+        let got = cell.get_or_init(|| {
+            let meta = &self.manifest.shards[i];
+            open_listed_shard(&self.dir, &self.manifest, i, meta)
+                .map_err(|e| failure(&self.dir, i, meta, e))
+        });
+        Some(got.as_ref().map_err(|f| &**f))
+    }
+
+    /// The error for a touch of a shard that cannot be used (`sample`: the global sample
+    /// asked for).
+    fn failed(&self, f: &Failure, sample: Option<u64>) -> Error {
+        match self.mark {
+            true => f.damaged.error(sample),
+            false => dup_error(&f.error),
+        }
+    }
+
+    /// The usable shards, in manifest order. Checks every index not yet checked (O(total
+    /// index) the first time). Shards that cannot be used are missing from this list (see
+    /// [`Dataset::damaged`]); use [`Dataset::shard`] to look a shard up by its manifest
+    /// position.
     pub fn shards(&self) -> &[Shard] {
-        &self.shards
+        &self.all().0
     }
 
-    /// Number of shards the manifest lists (open and damaged).
+    fn all(&self) -> &(Vec<Shard>, Vec<DamagedShard>) {
+        self.all.get_or_init(|| {
+            let (mut ok, mut bad) = (Vec::new(), Vec::new());
+            for i in 0..self.cells.len() {
+                match self.cell(i) {
+                    Some(Ok(s)) => ok.push(s.clone()),
+                    Some(Err(f)) => bad.push(f.damaged.clone()),
+                    None => {}
+                }
+            }
+            (ok, bad)
+        })
+    }
+
+    /// Number of shards the manifest lists (usable and damaged).
     pub fn shard_count(&self) -> usize {
-        self.slots.len()
+        self.cells.len()
     }
 
-    /// Manifest shard `i`: the open shard, [`Error::DamagedShard`] if it was marked damaged,
-    /// [`Error::OutOfRange`] past the last shard.
+    /// Manifest shard `i`, its index checked (on this first touch if not at open):
+    /// the shard, its error if it cannot be used ([`Error::DamagedShard`] if opened with
+    /// [`DamagedShards::Mark`]), [`Error::OutOfRange`] past the last shard.
     pub fn shard(&self, i: usize) -> Result<&Shard> {
-        match self.slots.get(i) {
-            Some(Slot::Open(k)) => Ok(&self.shards[*k]),
-            Some(Slot::Damaged(k)) => Err(self.damaged[*k].error(None)),
+        match self.cell(i) {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(f)) => Err(self.failed(f, None)),
             None => Err(Error::OutOfRange {
                 index: i as u64,
-                len: self.slots.len() as u64,
+                len: self.cells.len() as u64,
             }),
         }
     }
 
-    /// The shards marked damaged by a tolerant [`Dataset::open_with`], in manifest order
-    /// (always empty after [`Dataset::open`]).
+    /// The footer of manifest shard `i` as open read and checked it (against the manifest's
+    /// counts, size and index checksum), without touching the index; `None` past the last
+    /// shard or when the shard failed at open. The footer's `data_len` is the bytes of the
+    /// shard's records (with padding), its `sample_count` its samples.
+    pub fn shard_footer(&self, i: usize) -> Option<&Footer> {
+        self.footers.get(i).and_then(Option::as_ref)
+    }
+
+    /// Whether manifest shard `i`'s index has been checked (at open or on a first touch),
+    /// with either outcome.
+    pub fn index_checked(&self, i: usize) -> bool {
+        self.cells.get(i).is_some_and(|c| c.get().is_some())
+    }
+
+    /// The shards that cannot be used, in manifest order: those a tolerant
+    /// [`Dataset::open_with`] marked damaged, and those whose index failed its check. Checks
+    /// every index not yet checked. Always empty after an [`Dataset::open`] that checked the
+    /// indexes at open.
     pub fn damaged(&self) -> &[DamagedShard] {
-        &self.damaged
+        &self.all().1
+    }
+
+    /// The manifest positions of the shards known to be damaged so far, without checking any
+    /// index that is not checked yet (unlike [`Dataset::damaged`]): those refused at open and
+    /// those whose index failed on an earlier touch. O(shards); a loader uses it to start
+    /// without reading every index.
+    pub fn damaged_so_far(&self) -> Vec<usize> {
+        self.cells
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c.get(), Some(Err(_))))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Number of samples.
@@ -312,7 +477,8 @@ impl Dataset {
         self.len() == 0
     }
 
-    /// Which shard (manifest position) holds global sample `i`, and its index there.
+    /// Which shard (manifest position) holds global sample `i`, and its index there. A binary
+    /// search over the shards' first samples: O(log shards), no I/O.
     #[inline]
     pub fn locate(&self, i: u64) -> Result<(usize, u64)> {
         if i >= self.len() {
@@ -326,68 +492,75 @@ impl Dataset {
     }
 
     /// Sample `i` (0-based, in stored order). Its records are not read or checked until asked
-    /// for. A sample of a damaged shard is [`Error::DamagedShard`].
+    /// for; its shard's index is checked first if this is the shard's first touch. A sample of
+    /// a shard that cannot be used is that shard's error.
     #[inline]
     pub fn get(&self, i: u64) -> Result<Sample<'_>> {
         let (s, local) = self.locate(i)?;
-        match self.slots[s] {
-            Slot::Open(k) => self.shards[k].sample(local, i),
-            Slot::Damaged(k) => Err(self.damaged[k].error(Some(i))),
+        match self.cell(s) {
+            Some(Ok(shard)) => shard.sample(local, i),
+            Some(Err(f)) => Err(self.failed(f, Some(i))),
+            None => unreachable!("locate returns a listed shard"),
         }
     }
 
     /// The sample with key `key`, found through each shard's key-hash table (binary search,
-    /// no scan). When the key is in none of the open shards but a shard is damaged, the
-    /// answer is not "absent" but [`Error::DamagedShard`] for the first damaged shard (the key
-    /// may be in it).
+    /// no scan). When the key is in none of the usable shards but a shard cannot be used, the
+    /// answer is not "absent" but that shard's error ([`Error::DamagedShard`] under
+    /// [`DamagedShards::Mark`]) for the first such shard (the key may be in it).
     pub fn get_by_key(&self, key: &[u8]) -> Result<Option<Sample<'_>>> {
-        for shard in &self.shards {
+        let mut first_bad: Option<&Failure> = None;
+        for i in 0..self.cells.len() {
+            let shard = match self.cell(i) {
+                Some(Ok(s)) => s,
+                Some(Err(f)) => {
+                    first_bad.get_or_insert(f);
+                    continue;
+                }
+                None => continue,
+            };
             if let Some(local) = shard.bytes.find_key(key).map_err(|e| shard.corrupt(e))? {
                 let index = shard.bytes.index_header().first_sample + local;
                 return shard.sample(local, index).map(Some);
             }
         }
-        match self.damaged.first() {
-            Some(d) => Err(Error::DamagedShard {
-                path: d.path.clone(),
-                shard: d.index,
-                sample: None,
-                detail: format!(
-                    "{}; no intact shard holds the key {:?}, so it may be in this one",
-                    d.reason,
-                    String::from_utf8_lossy(key)
-                ),
-            }),
+        match first_bad {
+            Some(f) if self.mark => {
+                let d = &f.damaged;
+                Err(Error::DamagedShard {
+                    path: d.path.clone(),
+                    shard: d.index,
+                    sample: None,
+                    detail: format!(
+                        "{}; no intact shard holds the key {:?}, so it may be in this one",
+                        d.reason,
+                        String::from_utf8_lossy(key)
+                    ),
+                })
+            }
+            Some(f) => Err(dup_error(&f.error)),
             None => Ok(None),
         }
     }
 
-    /// All samples in stored order; each sample of a damaged shard is an
-    /// [`Error::DamagedShard`].
+    /// All samples in stored order; each sample of a shard that cannot be used is its error.
     pub fn iter(&self) -> impl Iterator<Item = Result<Sample<'_>>> + '_ {
-        (0..self.slots.len()).flat_map(move |s| self.shard_samples(s))
+        (0..self.cells.len()).flat_map(move |s| self.shard_samples(s))
     }
 
-    /// The samples of manifest shard `s` in stored order (each an [`Error::DamagedShard`] if
-    /// the shard is damaged; nothing past the last shard).
+    /// The samples of manifest shard `s` in stored order (each the shard's error if it
+    /// cannot be used; nothing past the last shard). Checks the shard's index on first touch.
     pub fn shard_samples(&self, s: usize) -> impl Iterator<Item = Result<Sample<'_>>> + '_ {
         let start = self.starts.get(s).copied().unwrap_or(0);
         let n = self.manifest.shards.get(s).map_or(0, |m| m.samples);
-        let slot = self.slots.get(s).copied();
-        (0..n).map(move |local| match slot {
-            Some(Slot::Open(k)) => self.shards[k].sample(local, start + local),
-            _ => Err(self.damaged_error(s, start + local)),
-        })
-    }
-
-    fn damaged_error(&self, s: usize, sample: u64) -> Error {
-        match self.slots.get(s) {
-            Some(Slot::Damaged(k)) => self.damaged[*k].error(Some(sample)),
-            _ => Error::OutOfRange {
-                index: sample,
+        (0..n).map(move |local| match self.cell(s) {
+            Some(Ok(shard)) => shard.sample(local, start + local),
+            Some(Err(f)) => Err(self.failed(f, Some(start + local))),
+            None => Err(Error::OutOfRange {
+                index: start + local,
                 len: self.len(),
-            },
-        }
+            }),
+        })
     }
 
     /// Field names, in field-index order.
@@ -427,15 +600,68 @@ impl Dataset {
     /// [`ProblemKind`].
     pub fn verify(&self) -> VerifyReport {
         let mut v = Verifier::new(&self.manifest);
-        for (i, slot) in self.slots.iter().enumerate() {
+        for i in 0..self.cells.len() {
             let meta = &self.manifest.shards[i];
-            match *slot {
-                Slot::Open(k) => v.shard(i, &self.shards[k], meta),
-                Slot::Damaged(k) => v.unopened(meta, &self.damaged[k].error(None)),
+            match self.cell(i) {
+                Some(Ok(shard)) => v.shard(i, shard, meta),
+                Some(Err(f)) => v.unopened(meta, &self.failed(f, None)),
+                None => {}
             }
         }
         v.finish(|i| self.shard(i).ok())
     }
+}
+
+/// Shards from which open reads footers on several threads: a cold footer is a device read
+/// of its own (about 0.3-0.7 ms here), so 1,000 shards one after another take most of a second.
+const PARALLEL_FOOTERS_FROM: usize = 32;
+/// Threads that read footers.
+const FOOTER_THREADS: usize = 16;
+
+/// [`open_listed_footer`] for every listed shard, in manifest order (on a few threads for many
+/// shards; the outcome does not depend on it).
+fn read_footers(dir: &Path, manifest: &Manifest) -> Vec<Result<(Header, Footer)>> {
+    let shards = &manifest.shards;
+    if shards.len() < PARALLEL_FOOTERS_FROM {
+        return shards
+            .iter()
+            .enumerate()
+            .map(|(i, meta)| open_listed_footer(dir, i, meta))
+            .collect();
+    }
+    let per = shards.len().div_ceil(FOOTER_THREADS);
+    std::thread::scope(|sc| {
+        let parts: Vec<_> = shards
+            .chunks(per)
+            .enumerate()
+            .map(|(k, part)| {
+                sc.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(j, meta)| open_listed_footer(dir, k * per + j, meta))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("footer reader thread"))
+            .collect()
+    })
+}
+
+/// The [`Failure`] of listed shard `i`.
+fn failure(dir: &Path, i: usize, meta: &ShardMeta, error: Error) -> Box<Failure> {
+    Box::new(Failure {
+        damaged: DamagedShard {
+            index: i,
+            path: dir.join(&meta.file),
+            first_sample: meta.first_sample,
+            samples: meta.samples,
+            reason: error.to_string(),
+        },
+        error,
+    })
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {
@@ -494,19 +720,19 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     Manifest::parse(&bytes, &path)
 }
 
-fn open_listed_shard(dir: &Path, manifest: &Manifest, i: usize, meta: &ShardMeta) -> Result<Shard> {
-    let path = dir.join(&meta.file);
-    let shard = match Shard::open(&path) {
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::manifest(
-                &path,
+/// How opening listed shard `i` failed, as the manifest's reader reports it: a missing file
+/// is the manifest's problem, and a file shorter than the manifest says was cut short (said
+/// so, rather than whatever its last bytes happen to look like).
+fn listed_open_error(path: &Path, i: usize, meta: &ShardMeta, e: Error) -> Error {
+    match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::manifest(
+                path,
                 format!("shard {i} listed in the manifest is missing; the dataset is incomplete"),
-            ))
+            )
         }
-        Err(Error::Corrupt { source, .. }) => {
-            // A file shorter than the manifest says was cut short: say so, rather than
-            // whatever its last bytes happen to look like.
-            let len = fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+        Error::Corrupt { source, .. } => {
+            let len = fs::metadata(path).map_or(u64::MAX, |m| m.len());
             let source = if len < meta.bytes {
                 FormatError {
                     region: "footer",
@@ -519,17 +745,122 @@ fn open_listed_shard(dir: &Path, manifest: &Manifest, i: usize, meta: &ShardMeta
             } else {
                 source
             };
-            return Err(Error::corrupt(&path, source));
+            Error::corrupt(path, source)
         }
-        other => other?,
+        other => other,
+    }
+}
+
+fn mismatch<T>(path: &Path, what: String) -> Result<T> {
+    Err(Error::manifest(
+        path,
+        format!("{what}: the shard and the manifest disagree (shard swapped or replaced, or manifest edited?)"),
+    ))
+}
+
+/// The checks of listed shard `i` that need only its header and footer: those of
+/// `format-spec/shard.md` 9.1 (1-18) and the manifest's position, index checksum, counts and
+/// size. Reads the file's first 64 and last 96 bytes with positioned reads.
+fn open_listed_footer(dir: &Path, i: usize, meta: &ShardMeta) -> Result<(Header, Footer)> {
+    let path = dir.join(&meta.file);
+    let read = || -> Result<(Header, Footer)> {
+        let (file, _) = crate::storage::open_local(&path, false)
+            .map_err(|e| Error::io(&path, "open shard", e))?;
+        let obj: &dyn ReadAt = &file;
+        let len = obj.len().map_err(|e| Error::io(&path, "open shard", e))?;
+        let mut head = [0u8; Header::SIZE];
+        let n = obj
+            .read_at(&mut head, 0)
+            .map_err(|e| Error::io(&path, "read", e))?;
+        let header = Header::decode(&head[..n]).map_err(|e| Error::corrupt(&path, e))?;
+        let mut tail = [0u8; Footer::SIZE];
+        if len >= crate::format::MIN_SHARD_LEN {
+            let n = obj
+                .read_at(&mut tail, len - Footer::SIZE as u64)
+                .map_err(|e| Error::io(&path, "read", e))?;
+            if n < tail.len() {
+                return Err(Error::io(
+                    &path,
+                    "read",
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file shrank while its footer was read",
+                    ),
+                ));
+            }
+        }
+        let footer = Footer::decode_tail(&tail, len).map_err(|e| Error::corrupt(&path, e))?;
+        crate::format::check_versions(&header, &footer, len)
+            .map_err(|e| Error::corrupt(&path, e))?;
+        Ok((header, footer))
     };
+    let (header, footer) = read().map_err(|e| listed_open_error(&path, i, meta, e))?;
+    check_against_manifest(&path, i, meta, &header, &footer, len_of(&footer))?;
+    Ok((header, footer))
+}
+
+/// The file length a checked footer implies.
+fn len_of(f: &Footer) -> u64 {
+    f.index_offset + f.index_len + Footer::SIZE as u64
+}
+
+/// The manifest's checks that the header and footer answer: position, index checksum,
+/// sample and record counts, file size.
+fn check_against_manifest(
+    path: &Path,
+    i: usize,
+    meta: &ShardMeta,
+    header: &Header,
+    footer: &Footer,
+    file_len: u64,
+) -> Result<()> {
+    if header.shard_index != i as u64 {
+        return mismatch(
+            path,
+            format!(
+                "header says shard {}, the manifest lists it as shard {i}",
+                header.shard_index
+            ),
+        );
+    }
+    if footer.index_checksum != meta.index_xxh3.0 {
+        return mismatch(
+            path,
+            format!(
+                "index checksum {:016x} differs from the manifest's {:016x}",
+                footer.index_checksum, meta.index_xxh3.0
+            ),
+        );
+    }
+    if footer.sample_count != meta.samples || footer.record_count != meta.records {
+        return mismatch(
+            path,
+            format!(
+                "holds {} samples and {} records, the manifest says {} and {}",
+                footer.sample_count, footer.record_count, meta.samples, meta.records
+            ),
+        );
+    }
+    if file_len != meta.bytes {
+        return mismatch(
+            path,
+            format!(
+                "the file is {file_len} bytes, the manifest says {}",
+                meta.bytes
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Opens listed shard `i` with every check of open: [`Shard::open`] (header, footer, index,
+/// dictionaries) and the manifest's (position, index checksum, counts, first sample, size,
+/// field table).
+fn open_listed_shard(dir: &Path, manifest: &Manifest, i: usize, meta: &ShardMeta) -> Result<Shard> {
+    let path = dir.join(&meta.file);
+    let shard = Shard::open(&path).map_err(|e| listed_open_error(&path, i, meta, e))?;
     let b = shard.bytes();
-    let mismatch = |what: String| {
-        Err(Error::manifest(
-            &path,
-            format!("{what}: the shard and the manifest disagree (shard swapped or replaced, or manifest edited?)"),
-        ))
-    };
+    let mismatch = |what: String| mismatch(&path, what);
     if b.header().shard_index != i as u64 {
         return mismatch(format!(
             "header says shard {}, the manifest lists it as shard {i}",

@@ -35,6 +35,47 @@ pub(crate) fn map_file(file: &File, path: &Path) -> Result<Mmap> {
     Ok(map)
 }
 
+/// Asks the kernel to read `len` bytes of `map` from `offset` ahead (`MADV_WILLNEED`): a map
+/// advised for random access (as [`map_file`] does) would otherwise read a region that is about
+/// to be scanned whole (a shard's index, checksummed on first use) one page fault, and one
+/// synchronous 4 KiB device read, at a time. Best effort: errors are ignored.
+pub(crate) fn will_need(map: &Mmap, offset: u64, len: u64) {
+    #[cfg(unix)]
+    if let (Ok(off), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) {
+        if off.checked_add(len).is_some_and(|end| end <= map.len()) && len > 0 {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, off, len);
+        }
+    }
+    let _ = (map, offset, len);
+}
+
+/// Advises the [`HUGE_PAGE`]-aligned part of `buf` for transparent huge pages. Best effort.
+fn advise_huge_pages(buf: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        let off = buf.as_ptr().align_offset(HUGE_PAGE);
+        if off >= buf.len() {
+            return;
+        }
+        let len = (buf.len() - off) / HUGE_PAGE * HUGE_PAGE;
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the range `off..off + len` lies inside `buf`, which this process owns and
+        // which stays allocated for the call; its start is page-aligned as madvise requires.
+        // MADV_HUGEPAGE only changes how the kernel backs the pages, never their contents.
+        let _ = unsafe {
+            libc::madvise(
+                buf.as_ptr().add(off) as *mut libc::c_void,
+                len,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 /// Opens `path` for reading, bypassing the page cache (`O_DIRECT`) when `direct` is set.
 /// Returns the file and whether direct I/O is in effect: filesystems that refuse `O_DIRECT`
 /// (tmpfs, some FUSE and network filesystems) get a buffered file instead.
@@ -57,18 +98,41 @@ pub fn open_read(path: &Path, direct: bool) -> io::Result<(File, bool)> {
 }
 
 /// A reusable byte buffer whose usable part starts at a [`DIRECT_ALIGN`]-aligned address, as
-/// `O_DIRECT` reads require. Built on a `Vec` with slack, so it needs no `unsafe`.
+/// `O_DIRECT` reads require. Built on a `Vec` with slack, so it needs no `unsafe` beyond one
+/// `madvise`.
+///
+/// Buffers of [`HUGE_PAGE`] bytes or more start on a [`HUGE_PAGE`] boundary and are advised
+/// for transparent huge pages (`MADV_HUGEPAGE`, Linux): a fresh buffer then costs one page
+/// fault per 2 MiB instead of one per 4 KiB (measured here: about 9 us each, 0.45 GB/s of
+/// first touch), and pinning it for a direct read walks 512 times fewer pages. The slack
+/// before the aligned start and after the end is never touched, so it takes address space,
+/// not memory.
 #[derive(Debug, Default)]
 pub struct AlignedBuf {
     vec: Vec<u8>,
     start: usize,
     len: usize,
+    /// Bytes of the allocation beyond the capacity (and the alignment of the start).
+    slack: usize,
 }
+
+/// The transparent huge page size large buffers are aligned to (2 MiB on x86-64 and arm64
+/// with 4 KiB pages).
+pub const HUGE_PAGE: usize = 2 << 20;
 
 impl AlignedBuf {
     /// An empty buffer.
     pub fn new() -> AlignedBuf {
         AlignedBuf::default()
+    }
+
+    /// The start alignment (and slack) of a new allocation of capacity `cap`.
+    fn slack_for(cap: usize) -> usize {
+        if cap >= HUGE_PAGE {
+            HUGE_PAGE
+        } else {
+            DIRECT_ALIGN
+        }
     }
 
     /// Makes the buffer `len` bytes long (contents unspecified), reusing the allocation when
@@ -79,12 +143,19 @@ impl AlignedBuf {
     pub fn resize(&mut self, len: usize) -> &mut [u8] {
         if self.capacity() < len {
             self.vec = Vec::new(); // free the old allocation first
-            self.vec = vec![0; Self::rounded(len) + DIRECT_ALIGN];
+            let cap = Self::rounded(len);
+            self.slack = Self::slack_for(cap);
+            // Zeroed through `calloc`: fresh pages are not touched here, so the advice below
+            // comes before their first fault.
+            self.vec = vec![0; cap + self.slack];
+            if self.slack == HUGE_PAGE {
+                advise_huge_pages(&self.vec);
+            }
         }
         // An empty Vec's dangling pointer is not aligned; there is nothing to align then.
         self.start = match self.vec.is_empty() {
             true => 0,
-            false => self.vec.as_ptr().align_offset(DIRECT_ALIGN),
+            false => self.vec.as_ptr().align_offset(self.slack),
         };
         self.len = len;
         &mut self.vec[self.start..self.start + len]
@@ -92,13 +163,14 @@ impl AlignedBuf {
 
     /// The largest length [`AlignedBuf::resize`] can give without allocating.
     pub fn capacity(&self) -> usize {
-        self.vec.len().saturating_sub(DIRECT_ALIGN)
+        self.vec.len().saturating_sub(self.slack)
     }
 
-    /// The bytes of memory the buffer will hold after `resize(len)`.
+    /// The bytes of memory the buffer will hold after `resize(len)` (its capacity and one page:
+    /// the untouched slack of a huge-page buffer holds no memory).
     pub(crate) fn footprint_after(&self, len: usize) -> usize {
         if self.capacity() >= len {
-            self.vec.len()
+            self.capacity() + DIRECT_ALIGN
         } else {
             Self::rounded(len) + DIRECT_ALIGN
         }
@@ -374,5 +446,85 @@ mod tests {
             "{msg}"
         );
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+}
+
+/// CPU time this process has used so far (all threads): user and system, from
+/// `getrusage(RUSAGE_SELF)`. `None` where the platform has no `getrusage`.
+pub fn cpu_time() -> Option<(std::time::Duration, std::time::Duration)> {
+    #[cfg(unix)]
+    {
+        // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `getrusage` writes only into the struct it is given, which lives for the
+        // call; RUSAGE_SELF is a valid `who`.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        if rc != 0 {
+            return None;
+        }
+        let tv = |t: libc::timeval| {
+            std::time::Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000)
+        };
+        Some((tv(ru.ru_utime), tv(ru.ru_stime)))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+#[cfg(test)]
+mod huge_page_tests {
+    use super::*;
+
+    /// Buffers of 2 MiB or more start on a 2 MiB boundary (so the kernel can back them with
+    /// huge pages), keep their capacity, are reused, and read correctly.
+    #[test]
+    fn large_buffers_are_huge_page_aligned() {
+        let mut b = AlignedBuf::new();
+        let p = b.resize(4 << 20).as_ptr();
+        assert_eq!(p as usize % HUGE_PAGE, 0);
+        assert_eq!(b.capacity(), 4 << 20);
+        assert_eq!(b.footprint_after(4 << 20), (4 << 20) + DIRECT_ALIGN);
+        b.resize(4 << 20).fill(7);
+        let q = b.resize(3 << 20).as_ptr();
+        assert_eq!(p, q, "a smaller size reuses the allocation");
+        assert!(b.as_slice().iter().all(|&x| x == 7));
+        let mut small = AlignedBuf::new();
+        assert_eq!(small.resize(1 << 20).as_ptr() as usize % DIRECT_ALIGN, 0);
+        assert_eq!(small.capacity(), 1 << 20);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn direct_reads_into_huge_page_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(5 << 20) + 300).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let (f, _) = open_read(&p, true).unwrap();
+        let mut b = AlignedBuf::new();
+        let n = read_full_at(&f, b.resize(6 << 20), 0).unwrap();
+        assert_eq!(&b.as_slice()[..n], &data[..]);
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    /// CPU time grows with work and never goes backwards.
+    #[test]
+    fn cpu_time_counts_work() {
+        let Some((u0, s0)) = super::cpu_time() else {
+            return;
+        };
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(30) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let (u1, s1) = super::cpu_time().unwrap();
+        assert!(u1 >= u0 && s1 >= s0);
+        assert!((u1 + s1) - (u0 + s0) >= std::time::Duration::from_millis(5));
     }
 }

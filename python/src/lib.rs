@@ -108,11 +108,11 @@ fn value_error(py: Python<'_>, msg: String) -> PyErr {
 // ---------------------------------------------------------------------------------------------
 
 enum BlobData {
-    /// A raw record inside a shard's memory map: `shards[shard].bytes()[start..start + len]`.
-    /// The `Arc` keeps the map alive as long as the blob (and any view of it) lives.
+    /// A raw record inside a shard's memory map: `shard.bytes()[start..start + len]`. The
+    /// shard (a cheap clone sharing the map) keeps the map alive as long as the blob (and any
+    /// view of it) lives.
     Mapped {
-        ds: Arc<shardpack::Dataset>,
-        shard: usize,
+        shard: shardpack::reader::Shard,
         start: usize,
         len: usize,
     },
@@ -137,12 +137,7 @@ struct Blob {
 impl Blob {
     fn as_slice(&self) -> &[u8] {
         match &self.data {
-            BlobData::Mapped {
-                ds,
-                shard,
-                start,
-                len,
-            } => &ds.shards()[*shard].bytes().bytes()[*start..*start + *len],
+            BlobData::Mapped { shard, start, len } => &shard.bytes().bytes()[*start..*start + *len],
             BlobData::Loaded(b) => b.as_slice(),
             BlobData::Owned(v) => v,
         }
@@ -478,7 +473,7 @@ impl Dataset {
             "<shardpack.Dataset {:?}: {} samples, {} shards, fields {:?}>",
             self.inner.dir().display().to_string(),
             self.inner.len(),
-            self.inner.shards().len(),
+            self.inner.shard_count(),
             self.fields()
         )
     }
@@ -586,7 +581,6 @@ impl Sample {
                 None => Ok(None),
             },
             Fields::Stored => {
-                let (shard, _) = self.ds.locate(self.index).map_err(to_py)?;
                 let s = self.ds.get(self.index).map_err(to_py)?;
                 for f in s.fields() {
                     let f = f.map_err(to_py)?;
@@ -598,8 +592,7 @@ impl Sample {
                         return blob(
                             py,
                             BlobData::Mapped {
-                                ds: self.ds.clone(),
-                                shard,
+                                shard: s.shard().clone(),
                                 start: f.offset() as usize,
                                 len: f.stored().len(),
                             },

@@ -112,7 +112,8 @@ fn limit(
     let mut blocks = Vec::new();
     let mut files = Vec::new();
     let mut all_direct = true;
-    for (i, s) in ds.shards().iter().enumerate() {
+    for i in 0..ds.shard_count() {
+        let s = ds.shard(i)?;
         let (f, direct) = open_read(s.path(), true)
             .with_context(|| format!("cannot open {}", s.path().display()))?;
         all_direct &= direct;
@@ -240,14 +241,42 @@ fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
     }
 }
 
-/// Phase 2 (and the trainer on the loader): one epoch, each batch handed to `trainer`.
+/// CPU seconds (user, system) of the whole process over a phase, from `getrusage`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    user: f64,
+    sys: f64,
+}
+
+impl Cpu {
+    fn now() -> Option<(Duration, Duration)> {
+        shardpack::sys::cpu_time()
+    }
+
+    fn since(start: Option<(Duration, Duration)>) -> Option<Cpu> {
+        let (u0, s0) = start?;
+        let (u1, s1) = Cpu::now()?;
+        Some(Cpu {
+            user: u1.saturating_sub(u0).as_secs_f64(),
+            sys: s1.saturating_sub(s0).as_secs_f64(),
+        })
+    }
+
+    fn total(&self) -> f64 {
+        self.user + self.sys
+    }
+}
+
+/// Phase 2 (and the trainer on the loader): one epoch, each batch handed to `trainer`. The
+/// CPU time is the whole process's (the loader's threads and the consumer) over the epoch.
 fn loader_epoch(
     ds: &Arc<Dataset>,
     opts: LoaderOptions,
     prepared: &mut Option<Loader>,
     mut trainer: Option<&mut Trainer>,
     notes: &mut Vec<String>,
-) -> Result<Rate> {
+) -> Result<(Rate, Option<Cpu>)> {
+    let cpu0 = Cpu::now();
     let start = Instant::now();
     let read_next = opts.read_next_epoch;
     let mut loader = match prepared.take() {
@@ -274,14 +303,21 @@ fn loader_epoch(
             t.train();
         }
     }
+    let seconds = start.elapsed().as_secs_f64();
     if read_next {
+        // The next epoch's loader is already reading: it is handed over, not dropped.
         *prepared = Some(loader.next_epoch()?);
+    } else {
+        drop(loader); // its threads have ended: their CPU time is counted
     }
-    Ok(Rate {
-        seconds: start.elapsed().as_secs_f64(),
-        bytes,
-        items,
-    })
+    Ok((
+        Rate {
+            seconds,
+            bytes,
+            items,
+        },
+        Cpu::since(cpu0),
+    ))
 }
 
 /// Loose samples: files grouped by folder + name up to the first dot, as `pack` groups them.
@@ -421,7 +457,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 
     // 2. One shuffled loader epoch.
     evicted &= evict_all(shard_refs(), &mut notes);
-    let ld = loader_epoch(&ds, loader_opts(&a, 0), &mut None, None, &mut notes)?;
+    let (ld, ld_cpu) = loader_epoch(&ds, loader_opts(&a, 0), &mut None, None, &mut notes)?;
     // Compare like with like: the stored bytes the loader read (decoded sizes would flatter
     // compressed datasets).
     let stored: u64 = ds.manifest().fields.iter().map(|f| f.stored_bytes).sum();
@@ -430,6 +466,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         ..ld
     };
     let loader_mb_s = ld.mb_s();
+    // CPU per stored GB and samples per CPU-second of the loader phase.
+    let cpu_per_gb = ld_cpu.map(|c| c.total() / (ld.bytes as f64 / 1e9).max(1e-12));
+    let per_core_s = ld_cpu.map(|c| ld.items as f64 / c.total().max(1e-9));
 
     // 3. Loose files.
     let loose = match &a.loose {
@@ -456,7 +495,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                 read_next_epoch: e + 1 < a.epochs,
                 ..loader_opts(&a, e)
             };
-            wall += loader_epoch(&ds, opts, &mut prepared, Some(&mut t), &mut notes)?.seconds;
+            wall += loader_epoch(&ds, opts, &mut prepared, Some(&mut t), &mut notes)?
+                .0
+                .seconds;
         }
         trainer_loader = Some(TrainerRun::of(&t, wall, a.epochs));
         if let Some((samples, _)) = &loose {
@@ -495,6 +536,10 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         "loader_mb_s": loader_mb_s,
         "loader_samples_s": ld.items_s(),
         "loader_to_limit": loader_mb_s / lim.mb_s().max(1e-9),
+        "loader_user_s": ld_cpu.map(|c| c.user),
+        "loader_sys_s": ld_cpu.map(|c| c.sys),
+        "loader_cpu_s_per_gb": cpu_per_gb,
+        "loader_samples_per_core_s": per_core_s,
         "limit_random_order_mb_s": scattered.mb_s(),
         "loader_to_limit_random_order": loader_mb_s / scattered.mb_s().max(1e-9),
         "loader_direct_io": a.direct,
@@ -569,6 +614,16 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         ld.items_s(),
         loader_mb_s / lim.mb_s().max(1e-9)
     )?;
+    if let Some(c) = ld_cpu {
+        writeln!(
+            out,
+            "    loader CPU: user {:.2} s + system {:.2} s = {:.3} core-s per GB stored, {:.0} samples per core-second",
+            c.user,
+            c.sys,
+            cpu_per_gb.unwrap_or(0.0),
+            per_core_s.unwrap_or(0.0)
+        )?;
+    }
     if let Some(r) = loose_rate {
         writeln!(
             out,
