@@ -15,7 +15,9 @@ use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
 fn main() -> shardpack::Result<()> {
     let mut args = std::env::args().skip(1);
     let out = args.next().expect("usage: many-samples OUT [SAMPLES]");
-    let samples: u64 = args.next().map_or(1_000_000, |s| s.parse().expect("SAMPLES"));
+    let samples: u64 = args
+        .next()
+        .map_or(1_000_000, |s| s.parse().expect("SAMPLES"));
     let classes = 1000u32;
     let fields = vec![
         FieldSpec::raw("jpg"),
@@ -23,10 +25,13 @@ fn main() -> shardpack::Result<()> {
         FieldSpec::zstd("txt"),
     ];
     let t0 = std::time::Instant::now();
-    let mut w = DatasetWriter::create(std::path::Path::new(&out), fields, WriterOptions::default())?;
+    let mut w =
+        DatasetWriter::create(std::path::Path::new(&out), fields, WriterOptions::default())?;
     let mut rng = SplitMix64::new(7);
-    let mut jpg = vec![0u8; 112];
-    let words = ["a", "photo", "of", "the", "small", "red", "cat", "on", "a", "mat"];
+    let mut jpg = [0u8; 112];
+    let words = [
+        "a", "photo", "of", "the", "small", "red", "cat", "on", "a", "mat",
+    ];
     for i in 0..samples {
         let label = (i % classes as u64) as u32;
         let key = format!("n{label:08}/{i:09}");

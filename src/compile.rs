@@ -70,7 +70,7 @@ use crate::error::{Error, Result};
 use crate::format::Codec;
 use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
 use crate::rng::SplitMix64;
-use crate::source::{Access, Catalog, Input, Source};
+use crate::source::{lossy, Access, Catalog, Input, Source};
 pub use crate::source::{SourceFormat, SourceOptions};
 use crate::writer::{
     DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, RecordInput, StreamedRecord,
@@ -303,10 +303,6 @@ pub struct PackSummary {
 const UNLABELED_EXAMPLES: usize = 5;
 
 pub use crate::source::tree::join_bytes;
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Compression choice

@@ -1008,6 +1008,16 @@ impl Loader {
         }
     }
 
+    /// Turns [`LoaderOptions::read_next_epoch`] on or off for this loader (and the loaders
+    /// [`Loader::next_epoch`] makes from it): off before the last epoch, so that no epoch is
+    /// read that nobody takes. Turning it off drops a next epoch's loader already started.
+    pub fn set_read_next_epoch(&mut self, on: bool) {
+        self.opts.read_next_epoch = on;
+        if !on {
+            self.next = None;
+        }
+    }
+
     /// Whether the next epoch's loader has started (see [`LoaderOptions::read_next_epoch`]).
     pub fn next_epoch_started(&self) -> bool {
         self.next.is_some()
@@ -1084,9 +1094,12 @@ impl Loader {
                         p.charge = p.charge.saturating_add(done.charge);
                     }
                     None => {
+                        // Reported once; the epoch then ends (a `for` over the loader stops).
+                        self.next_window = self.shared.plan.windows.len();
+                        self.current = Vec::new().into_iter();
                         return Some(Err(Error::Options(
                             "the loader's reading threads stopped unexpectedly".into(),
-                        )))
+                        )));
                     }
                 }
             }

@@ -53,10 +53,12 @@ __all__ = [
 def open(path: str | os.PathLike[str]) -> Dataset:  # noqa: A001 (the API name is fixed)
     """Opens the dataset in ``path`` (a directory holding ``manifest.json`` and shards).
 
-    Maps every shard and checks its header, footer and index (O(shards)); records are read and
-    checksum-verified when asked for. Raises ``ShardpackIOError`` (an ``OSError``) when the
-    path does not exist or cannot be read, ``CorruptError`` for a damaged shard and
-    ``ShardpackError`` for a bad manifest.
+    Maps every shard and checks its header and footer (O(shards)), and each shard's index at
+    open too when all indexes total at most 64 MiB (else on the shard's first use); records
+    are read and checksum-verified when asked for. Raises ``ShardpackIOError`` (an
+    ``OSError``) when the path does not exist or cannot be read, ``CorruptError`` for a
+    damaged shard (at open, or for a large dataset's damaged index on first use of that
+    shard) and ``ShardpackError`` for a bad manifest.
     """
     return _native.Dataset(path)
 

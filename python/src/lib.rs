@@ -152,7 +152,7 @@ impl Blob {
     /// Called by CPython with a valid `view`. The pointer handed out stays valid while the
     /// exporter lives: `PyBuffer_FillInfo` stores a new reference to `slf` in `view.obj`, the
     /// class is frozen (the bytes never change or move), and each variant's bytes are owned by
-    /// the blob (a map kept alive by its `Arc<Dataset>`, a pooled buffer kept alive by its
+    /// the blob (a map kept alive by its `Shard`, which shares it, a pooled buffer kept alive by its
     /// `Arc`, or a `Vec` that is never resized).
     unsafe fn __getbuffer__(
         slf: Bound<'_, Self>,
@@ -565,12 +565,7 @@ struct Sample {
 
 impl Sample {
     fn field_index(&self, name: &[u8]) -> Option<u32> {
-        self.ds
-            .manifest()
-            .fields
-            .iter()
-            .position(|f| f.name.as_bytes() == name)
-            .map(|i| i as u32)
+        self.ds.field_id(name)
     }
 
     /// The blob of field `fi`, if the sample has it.
@@ -1178,36 +1173,50 @@ impl NativeLoader {
         let mut inner = self.lock()?;
         Self::check_fork(&mut inner)?;
         let r = self.started(py, &mut inner)?;
-        let (n, consumed, skipped) = py
-            .detach(|| {
-                let mut n = 0u64;
-                let mut touched = 0u64;
-                let mut consumed = None;
-                let mut skipped = Vec::new();
-                let rx =
-                    r.rx.lock()
-                        .map_err(|_| Error::Options("the loader's lock is poisoned".into()))?;
-                while let Ok(Some(fed)) = rx.recv() {
-                    consumed = Some(fed.consumed);
-                    skipped.extend(fed.skipped);
-                    for s in fed.batch? {
-                        for f in &s.fields {
-                            touched =
-                                touched.wrapping_add(f.data.first().copied().unwrap_or(0) as u64);
+        // The position and the skipped samples are recorded, and the feeder stopped, whether
+        // the drain ends or fails.
+        let (n, consumed, skipped, failed) = py.detach(|| {
+            let mut n = 0u64;
+            let mut touched = 0u64;
+            let mut consumed = None;
+            let mut skipped = Vec::new();
+            let mut failed = None;
+            match r.rx.lock() {
+                Err(_) => failed = Some(Error::Options("the loader's lock is poisoned".into())),
+                Ok(rx) => {
+                    while let Ok(Some(fed)) = rx.recv() {
+                        consumed = Some(fed.consumed);
+                        skipped.extend(fed.skipped);
+                        match fed.batch {
+                            Ok(batch) => {
+                                for s in batch {
+                                    for f in &s.fields {
+                                        let first = f.data.first().copied().unwrap_or(0);
+                                        touched = touched.wrapping_add(first as u64);
+                                    }
+                                    n += 1;
+                                }
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
                         }
-                        n += 1;
                     }
                 }
-                std::hint::black_box(touched);
-                Ok((n, consumed, skipped))
-            })
-            .map_err(to_py)?;
+            }
+            std::hint::black_box(touched);
+            (n, consumed, skipped, failed)
+        });
         if let Some(c) = consumed {
             inner.state.samples_consumed = c;
         }
         self.note_skipped(&mut inner, skipped);
         Self::stop(py, &mut inner);
-        Ok(n)
+        match failed {
+            Some(e) => Err(to_py(e)),
+            None => Ok(n),
+        }
     }
 
     /// The samples left out under `on_error="skip"` since the loader was made, in the order

@@ -372,7 +372,14 @@ impl<R: TarInput> TarReader<R> {
                     name.pop();
                 }
             }
-            self.pending = data.next_multiple_of(BLOCK);
+            // A size near u64::MAX (a bad pax record, a damaged base-256 field) would overflow.
+            self.pending = data.checked_next_multiple_of(BLOCK).ok_or_else(|| {
+                format!(
+                    "member {} at offset {}: size {data} is not possible",
+                    String::from_utf8_lossy(&name),
+                    self.pos
+                )
+            })?;
             self.unread = data;
             return Ok(Some(Entry {
                 name,
@@ -494,6 +501,19 @@ mod tests {
         assert!(entries(t[..t.len() - 1024].to_vec())
             .unwrap_err()
             .contains("end-of-archive"));
+    }
+
+    #[test]
+    fn an_impossible_size_is_an_error_not_an_overflow() {
+        let rec = format!("29 size={}\n", u64::MAX);
+        assert_eq!(rec.len(), 29);
+        let ustar = b"ustar\x0000";
+        let mut t = header(b"././@PaxHeader", rec.len() as u64, b'x', ustar);
+        t.extend(data(rec.as_bytes()));
+        t.extend(header(b"big.bin", 0, b'0', ustar));
+        t.extend(vec![0u8; 1024]);
+        let e = entries(t).unwrap_err();
+        assert!(e.contains("big.bin") && e.contains("not possible"), "{e}");
     }
 
     #[test]

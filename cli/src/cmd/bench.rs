@@ -280,7 +280,11 @@ fn loader_epoch(
     let start = Instant::now();
     let read_next = opts.read_next_epoch;
     let mut loader = match prepared.take() {
-        Some(l) => l,
+        Some(mut l) => {
+            // Made by the previous epoch with its options: only this one's may differ.
+            l.set_read_next_epoch(read_next);
+            l
+        }
         None => Loader::new(ds.clone(), opts)?,
     };
     for n in loader.notes() {

@@ -139,8 +139,15 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     }
     let mut written: Vec<PathBuf> = Vec::new();
     for s in 0..ds.shard_count() {
+        // The first touch checks the shard's index (datasets with large indexes defer that
+        // from open to first use, so a strict open does not refuse every damaged shard).
+        if let Err(e) = ds.shard(s) {
+            if !a.skip_errors {
+                return Err(stop(e.into(), format!("shard {s}")));
+            }
+        }
         if let Some(d) = ds.damaged().iter().find(|d| d.index == s) {
-            // Only under --skip-errors: a strict open refuses damaged shards.
+            // Only under --skip-errors (above).
             left_out_samples += d.samples;
             left_out.push(format!(
                 "samples {}..{} ({} samples) of damaged shard {}: {}",

@@ -32,8 +32,9 @@ pub const FIELDS_SHOWN: usize = 20;
 
 /// Runs `info`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
-    // Opening validates every shard's header, footer and index against the manifest; a shard
-    // that fails is marked damaged, and the manifest still describes the rest.
+    // Opening validates every shard's header and footer against the manifest (and each index,
+    // at open or, for large datasets, when `damaged()` below first asks); a shard that fails is
+    // marked damaged, and the manifest still describes the rest.
     let ds = Dataset::open_with(&a.dataset, &OpenOptions::mark_damaged())?;
     let m = ds.manifest();
     let damaged: Vec<_> = ds

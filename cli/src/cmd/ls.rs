@@ -45,14 +45,18 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     } else {
         Style::Tsv
     };
+    // Shard by shard: each index is checked when its shard is first listed (not all at open
+    // for large datasets), so `ls | head` reads only what it shows.
+    let mut damaged = 0usize;
     for shard in 0..ds.shard_count() {
-        if let Some(d) = ds.damaged().iter().find(|d| d.index == shard) {
+        if let Err(e) = ds.shard(shard) {
+            damaged += 1;
             out.flush()?;
+            let meta = &m.shards[shard];
             eprintln!(
-                "shardpack: error: samples {}..{} not listed: {}",
-                d.first_sample,
-                d.first_sample + d.samples,
-                d.error(None)
+                "shardpack: error: samples {}..{} not listed: {e}",
+                meta.first_sample,
+                meta.first_sample + meta.samples,
             );
             continue;
         }
@@ -68,10 +72,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             }
         }
     }
-    if !ds.damaged().is_empty() {
+    if damaged > 0 {
         bail!(
-            "{} of {} shards are damaged; the other samples are listed",
-            ds.damaged().len(),
+            "{damaged} of {} shards are damaged; the other samples are listed",
             ds.shard_count()
         );
     }

@@ -125,8 +125,8 @@ pub struct Args {
     /// unlabeled_examples, warnings. On failure: {"error": {"message", "causes", "exit_code"}}.
     #[arg(long)]
     pub json: bool,
-    /// Quiet: no progress bar, no notes, no summary (warnings and errors still go to stderr;
-    /// --json still prints its object).
+    /// Quiet: no progress bar, no notes, no summary; warnings and errors still go to stderr
+    /// (with --json, which still prints its object, the warnings are in its `warnings`).
     #[arg(long, short)]
     pub quiet: bool,
 }

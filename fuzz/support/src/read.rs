@@ -217,7 +217,7 @@ pub fn dataset(dir: &Path) {
         let Ok(sample) = sample else { continue };
         assert_eq!(sample.index(), i as u64);
         let (s, local) = ds.locate(i as u64).expect("iterated sample is locatable");
-        let shard = &ds.shards()[s];
+        let shard = ds.shard(s).expect("the shard of an iterated sample opens");
         assert!(std::ptr::eq(sample.shard(), shard));
         read_sample(shard, local, &sample, &mut buf);
         if let Ok(again) = ds.get(i as u64) {

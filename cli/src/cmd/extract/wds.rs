@@ -154,6 +154,12 @@ pub(super) fn write(
         Ok(to)
     };
     for s in 0..ds.shard_count() {
+        // The first touch checks the shard's index (deferred from open for large indexes).
+        if let Err(e) = ds.shard(s) {
+            if !skip_errors {
+                return Err(e.into());
+            }
+        }
         if let Some(d) = ds.damaged().iter().find(|d| d.index == s) {
             w.left_out_samples += d.samples;
             w.left_out.push(format!(
