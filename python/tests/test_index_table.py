@@ -81,6 +81,10 @@ def test_filter_then_select(dataset: Path, tmp_path: Path) -> None:
     chosen = t.filter(pc.equal(t["class"], "class1"))["index"].to_pylist()
     assert chosen and all(ds[i].label == ds.classes.index("class1") for i in chosen)
     assert len(chosen) == sum(1 for s in ds if s.label == ds.classes.index("class1"))
+    # Train on exactly that subset: the Loader serves each chosen sample once per epoch.
+    loader = shardpack.Loader(ds, batch_size=8, seed=1, indices=chosen)
+    served = [s.index for batch in loader for s in batch]
+    assert sorted(served) == sorted(chosen)
 
 
 def test_index_of_a_missing_dataset_fails_without_output(tmp_path: Path) -> None:
