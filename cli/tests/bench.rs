@@ -100,6 +100,22 @@ fn bench_reports_every_phase_and_its_keys() {
         "a shuffled pack gets no shuffle warning: {notes:?}"
     );
 
+    // The text table: one meaning per column (the last is the share of the limit, for every
+    // row), and the loader-to-loose-files ratio on a line of its own.
+    let text = bench(&ds, &["--loose", src.to_str().unwrap(), "--threads", "4"]).out();
+    let header = text.lines().find(|l| l.contains("samples/s")).unwrap();
+    assert!(header.trim_end().ends_with("of limit"), "{text}");
+    let loose = text
+        .lines()
+        .find(|l| l.contains("loose files, random"))
+        .unwrap();
+    let share = loose.split_whitespace().last().unwrap();
+    assert!(
+        share.parse::<f64>().is_ok(),
+        "a share of the limit, not a ratio to the loader: {loose}"
+    );
+    assert!(text.contains("loader / loose files: "), "{text}");
+
     // Without --loose and --step-ms those figures are null, not made up.
     let v = bench_json(&ds, &[]);
     for key in [

@@ -43,9 +43,9 @@ fn stages(out: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `shardpack pack -q SRC OUT EXTRA...`.
+/// `shardpack pack SRC OUT EXTRA...` (no -q: tests read the summary).
 fn pack_cmd(src: &Path, out: &Path, extra: &[&str]) -> Cmd {
-    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"pack", &"-q", &src, &out];
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"pack", &src, &out];
     args.extend(extra.iter().map(|a| a as &dyn AsRef<OsStr>));
     shardpack(&args)
 }

@@ -125,8 +125,9 @@ pub struct Args {
     /// unlabeled_examples, warnings. On failure: {"error": {"message", "causes", "exit_code"}}.
     #[arg(long)]
     pub json: bool,
-    /// Quiet: no progress bar, no notes, no summary; warnings and errors still go to stderr
-    /// (with --json, which still prints its object, the warnings are in its `warnings`).
+    /// Quiet: no progress bar and no summary. The one-line notes on stderr stay (warnings,
+    /// fallbacks, what was cleaned up from an earlier pack), as do errors; --json still prints
+    /// its object.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -164,7 +165,6 @@ fn parse_field_policy(s: &str) -> Result<(String, Policy), String> {
 
 struct Bar {
     bar: ProgressBar,
-    quiet: bool,
 }
 
 impl Progress for Bar {
@@ -197,9 +197,7 @@ impl Progress for Bar {
         }
     }
     fn note(&self, msg: &str) {
-        if !self.quiet {
-            self.bar.suspend(|| eprintln!("shardpack: {msg}"));
-        }
+        self.bar.suspend(|| eprintln!("shardpack: {msg}"));
     }
     fn cancelled(&self) -> bool {
         crate::signal::received().is_some()
@@ -303,10 +301,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     );
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
-    let progress = Bar {
-        bar,
-        quiet: a.quiet,
-    };
+    let progress = Bar { bar };
     let summary = pack_inputs(&a.src, &a.out, &opts, &progress).with_context(|| {
         let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
         format!("packing {} into {} failed", srcs.join(" "), a.out.display())
@@ -317,9 +312,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         serde_json::to_writer_pretty(&mut *out, &summary)?;
         writeln!(out)?;
     } else if a.quiet {
-        for w in &summary.warnings {
-            eprintln!("shardpack: warning: {w}");
-        }
+        // The warnings were notes on stderr already.
     } else {
         print_summary(&summary, out)?;
     }
