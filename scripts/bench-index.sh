@@ -16,7 +16,7 @@ bin=target/release/shardpack
 ds=$dir/ds
 if [ ! -e "$ds/manifest.json" ]; then
   rm -rf "$ds"
-  mkdir -p "$dir"
+  mkdir -p "$ds"
   target/release/examples/many-samples "$ds" "$samples"
 fi
 cold() {
