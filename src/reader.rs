@@ -573,7 +573,7 @@ impl Dataset {
     }
 
     /// The index of the field named `name` (as in [`LoadedSample::field`] and
-    /// [`Sample::field_index`]), if the dataset has one.
+    /// [`Field::field_index`]), if the dataset has one.
     ///
     /// [`LoadedSample::field`]: crate::loader::LoadedSample::field
     pub fn field_id(&self, name: &[u8]) -> Option<u32> {
