@@ -50,8 +50,9 @@ pub(crate) fn will_need(map: &Mmap, offset: u64, len: u64) {
 }
 
 /// Advises the [`HUGE_PAGE`]-aligned part of `buf` for transparent huge pages. Best effort.
+/// Not under miri, which cannot run `madvise` (the buffer code around it is tested there).
 fn advise_huge_pages(buf: &[u8]) {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(miri)))]
     {
         let off = buf.as_ptr().align_offset(HUGE_PAGE);
         if off >= buf.len() {
@@ -72,7 +73,7 @@ fn advise_huge_pages(buf: &[u8]) {
             )
         };
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(any(not(target_os = "linux"), miri))]
     let _ = buf;
 }
 
