@@ -266,6 +266,15 @@ fn global_sequence(ds: &Dataset, o: &LoaderOptions) -> Result<Vec<Item>> {
     Ok(out)
 }
 
+/// Each shard's first global sample id, by manifest position (from the manifest alone).
+fn first_samples(ds: &Dataset) -> Vec<u64> {
+    ds.manifest()
+        .shards
+        .iter()
+        .map(|s| s.first_sample)
+        .collect()
+}
+
 /// The sequence left after a segment of the epoch ran at `seg.world_size` with every rank
 /// taking `seg.samples_consumed` samples: `seq` in its order, without every sample any rank
 /// handed out (padding repeats included).
@@ -280,12 +289,7 @@ fn after_segment(ds: &Dataset, o: &LoaderOptions, seq: &Seq, k: u64, seg: Segmen
             seg.world_size
         )));
     }
-    let firsts: Vec<u64> = ds
-        .manifest()
-        .shards
-        .iter()
-        .map(|s| s.first_sample)
-        .collect();
+    let firsts = first_samples(ds);
     // Global sample ids handed out, as intervals.
     let mut taken: Vec<(u64, u64)> = Vec::new();
     for r in 0..seg.world_size {
@@ -437,12 +441,7 @@ impl Plan {
 
     /// Global sample ids from position `from` to the end, in order.
     fn order_from(&self, ds: &Dataset, from: u64) -> Vec<u64> {
-        let firsts: Vec<u64> = ds
-            .manifest()
-            .shards
-            .iter()
-            .map(|s| s.first_sample)
-            .collect();
+        let firsts = first_samples(ds);
         let mut out = Vec::with_capacity(self.len.saturating_sub(from) as usize);
         for w in 0..self.windows.len() {
             let (start, end) = (self.starts[w], self.starts[w] + self.windows[w].samples);

@@ -267,28 +267,15 @@ impl<R: TarInput> TarReader<R> {
             let stored = octal(&h[148..156]).ok_or_else(|| {
                 format!("not a tar header at offset {header_at} (bad checksum field)")
             })?;
-            let unsigned: u64 = h
-                .iter()
-                .enumerate()
-                .map(|(i, &b)| {
-                    if (148..156).contains(&i) {
-                        32
-                    } else {
-                        b as u64
-                    }
-                })
-                .sum();
-            let signed: i64 = h
-                .iter()
-                .enumerate()
-                .map(|(i, &b)| {
-                    if (148..156).contains(&i) {
-                        32
-                    } else {
-                        b as i8 as i64
-                    }
-                })
-                .sum();
+            // The sum of the header's bytes with the checksum field as spaces, as unsigned and
+            // (old writers) signed bytes.
+            let (unsigned, signed) = h.iter().enumerate().fold((0u64, 0i64), |(u, s), (i, &b)| {
+                if (148..156).contains(&i) {
+                    (u + 32, s + 32)
+                } else {
+                    (u + b as u64, s + b as i8 as i64)
+                }
+            });
             if stored != unsigned && stored as i64 != signed {
                 return Err(format!(
                     "not a tar header at offset {header_at} (checksum mismatch): damaged or not \
