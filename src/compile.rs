@@ -97,10 +97,45 @@ pub enum LabelMode {
 /// Where a file name splits into key and field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyMode {
+    /// The first dot, unless that does not fit the tree: when the first-dot split makes many
+    /// distinct fields that mostly occur in a single sample (`struct.Foo.html`,
+    /// `frame.00001`), the last dot, and when that does not fit either, whole names (each
+    /// file its own sample). The walk says which it chose in one note, and the manifest
+    /// records the mode used (never `auto`). The default.
+    Auto,
     /// Key up to the first dot (`a.tar.gz` -> key `a`, field `tar.gz`).
     FirstDot,
     /// Key up to the last dot (`a.tar.gz` -> key `a.tar`, field `gz`).
     LastDot,
+    /// The whole file name is the key (one sample per file, with the empty field name).
+    Whole,
+}
+
+impl KeyMode {
+    /// The name `--key` and the manifest's `options.key` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyMode::Auto => "auto",
+            KeyMode::FirstDot => "first-dot",
+            KeyMode::LastDot => "last-dot",
+            KeyMode::Whole => "whole",
+        }
+    }
+}
+
+impl std::str::FromStr for KeyMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(KeyMode::Auto),
+            "first-dot" => Ok(KeyMode::FirstDot),
+            "last-dot" => Ok(KeyMode::LastDot),
+            "whole" => Ok(KeyMode::Whole),
+            _ => Err(format!(
+                "unknown key mode {s:?}: use auto, first-dot, last-dot or whole"
+            )),
+        }
+    }
 }
 
 /// What `pack` does with symbolic links in the tree.
@@ -218,7 +253,7 @@ impl Default for PackOptions {
             threads: 0,
             io_threads: 0,
             labels: LabelMode::ImageFolder,
-            key: KeyMode::FirstDot,
+            key: KeyMode::Auto,
             follow_symlinks: false,
             symlinks: SymlinkPolicy::Follow,
             max_skipped_share: DEFAULT_MAX_SKIPPED_SHARE,
@@ -547,9 +582,11 @@ fn policy_options(opts: &PackOptions) -> Map<String, Value> {
     m.insert("shuffle_seed".into(), json!(opts.shuffle_seed));
     m.insert(
         "key".into(),
+        // A tree records the mode its walk resolved (`auto` never reaches a manifest; the
+        // tree source's catalog options override this); other sources split no file names.
         json!(match opts.key {
-            KeyMode::FirstDot => "first-dot",
-            KeyMode::LastDot => "last-dot",
+            KeyMode::Auto => KeyMode::FirstDot.name(),
+            k => k.name(),
         }),
     );
     m.insert(

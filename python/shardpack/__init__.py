@@ -147,7 +147,7 @@ def pack(
     threads: int | None = None,
     io_threads: int | None = None,
     labels: str = "imagefolder",
-    key: str = "first-dot",
+    key: str = "auto",
     follow_symlinks: bool = False,
     symlinks: str | None = None,
     max_skipped_share: float | str = 0.01,
@@ -167,7 +167,7 @@ def pack(
     ``zstd[:LEVEL]``, ``zstd-dict[:LEVEL]``), ``field_compress`` (``{"json": "zstd-dict"}``),
     ``align`` (a power of two from 8 to 1 MiB), ``shuffle_seed`` / ``no_shuffle``,
     ``threads``, ``io_threads``, ``labels`` (``imagefolder`` or ``none``), ``key``
-    (``first-dot`` or ``last-dot``), ``symlinks`` (``follow``, the default, ``skip`` or
+    (``auto``, the default, ``first-dot``, ``last-dot`` or ``whole``), ``symlinks`` (``follow``, the default, ``skip`` or
     ``error``; ``follow_symlinks=True`` is the older spelling of ``symlinks="follow"``),
     ``max_skipped_share`` (a share from 0 to 1 or a string such as ``"1%"``: more skipped
     inputs than that fail the pack unless ``skip_errors``), ``unlabeled`` (``allow`` or

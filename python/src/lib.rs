@@ -1473,16 +1473,7 @@ fn _pack(
                 ))
             }
         },
-        key: match key {
-            "first-dot" => KeyMode::FirstDot,
-            "last-dot" => KeyMode::LastDot,
-            _ => {
-                return Err(value_error(
-                    py,
-                    format!("key must be \"first-dot\" or \"last-dot\", not {key:?}"),
-                ))
-            }
-        },
+        key: key.parse::<KeyMode>().map_err(|e| value_error(py, e))?,
         symlinks: symlinks
             .parse::<SymlinkPolicy>()
             .map_err(|e| value_error(py, e))?,

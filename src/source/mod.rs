@@ -93,7 +93,7 @@ pub struct Catalog {
     /// Inputs the scan left out.
     pub skipped: Vec<Skipped>,
     /// What the manifest's `options` records about the source (besides the pack options);
-    /// empty for a tree.
+    /// for a tree, the key mode its walk used (`key`).
     pub options: Map<String, Value>,
     /// Notes for the user from the scan.
     pub notes: Vec<String>,

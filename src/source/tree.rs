@@ -83,15 +83,102 @@ impl Tree {
 /// Splits a file name into (key part length, field start) per the key mode. A name without a
 /// dot, or whose suffix would be empty (`a.`), is all key with the empty field, which keeps the
 /// name -> (key, field) mapping one-to-one so every tree round-trips.
+/// [`KeyMode::Auto`] splits at the first dot here (the walk may re-split, see [`choose_key`]).
 pub(crate) fn split_name(name: &[u8], mode: KeyMode) -> (usize, usize) {
     let dot = match mode {
-        KeyMode::FirstDot => name.iter().position(|&c| c == b'.'),
+        KeyMode::Auto | KeyMode::FirstDot => name.iter().position(|&c| c == b'.'),
         KeyMode::LastDot => name.iter().rposition(|&c| c == b'.'),
+        KeyMode::Whole => None,
     };
     match dot {
         Some(d) if d + 1 < name.len() => (d, d + 1),
         _ => (name.len(), name.len()),
     }
+}
+
+/// The most distinct fields a tree may split into. Thousands of field names are a sign that the
+/// key rule cuts names in the wrong place (every field gets a table entry in every shard and a
+/// line in `info`); the error names `--key`.
+pub const MAX_FIELDS: usize = 4096;
+
+/// What a key mode makes of the tree's names: samples (counted as runs of one key in walk
+/// order, which groups every key that the sort keeps together: all of them for first-dot and
+/// whole names), distinct fields, and the fields that occur in one sample only.
+struct Split {
+    samples: u64,
+    fields: usize,
+    single: usize,
+}
+
+impl Tree {
+    fn resplit(&mut self, mode: KeyMode) {
+        for f in &mut self.files {
+            let path = &self.arena[f.path_off as usize..f.path_off as usize + f.path_len as usize];
+            let name_start = path.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
+            let (k, s) = split_name(&path[name_start..], mode);
+            f.key_len = (name_start + k) as u32;
+            f.field_start = (name_start + s) as u32;
+        }
+    }
+
+    fn split_stats(&self) -> Split {
+        let mut fields: std::collections::HashMap<&[u8], u64> = Default::default();
+        let mut samples = 0u64;
+        let mut last: Option<&[u8]> = None;
+        for f in &self.files {
+            let key = self.key(f);
+            if last != Some(key) {
+                samples += 1;
+                last = Some(key);
+            }
+            *fields.entry(self.field(f)).or_default() += 1;
+        }
+        Split {
+            samples,
+            fields: fields.len(),
+            single: fields.values().filter(|&&n| n == 1).count(),
+        }
+    }
+}
+
+/// Whether a split groups the tree sensibly: few distinct fields, or fields that recur. Many
+/// fields that mostly occur once (`struct.Foo.html`, `frame.00001`) mean the rule cuts names
+/// in the wrong place.
+fn fits(s: &Split) -> bool {
+    s.fields <= 64 || 2 * s.single <= s.fields
+}
+
+/// Resolves [`KeyMode::Auto`] on the walked tree (split at the first dot): keeps the first dot
+/// when it fits, else the last dot, else whole names; returns the mode used and, when it is
+/// not the first dot, the one-line note saying why.
+fn choose_key(tree: &mut Tree) -> (KeyMode, Option<String>) {
+    let first = tree.split_stats();
+    if fits(&first) {
+        return (KeyMode::FirstDot, None);
+    }
+    let why = format!(
+        "splitting names at the first dot made {} samples with {} distinct fields, {} of them in          a single sample",
+        first.samples, first.fields, first.single
+    );
+    tree.resplit(KeyMode::LastDot);
+    let last = tree.split_stats();
+    if fits(&last) {
+        return (
+            KeyMode::LastDot,
+            Some(format!(
+                "key: {why}; using the last dot instead ({} samples, {} fields; --key picks a                  rule)",
+                last.samples, last.fields
+            )),
+        );
+    }
+    tree.resplit(KeyMode::Whole);
+    (
+        KeyMode::Whole,
+        Some(format!(
+            "key: {why}, and the last dot fits no better ({} fields); using whole file names              instead, one sample per file (--key picks a rule)",
+            last.fields
+        )),
+    )
 }
 
 /// The `/`-separated bytes of `p` relative to the tree root `src`: every path `pack` records
@@ -327,6 +414,14 @@ pub(crate) fn scan(
     cancel: &Cancel<'_>,
 ) -> Result<(TreeSource, Catalog, Vec<String>)> {
     let mut tree = walk(src, opts, progress, cancel)?;
+    let mut notes = Vec::new();
+    let key_mode = if opts.key == KeyMode::Auto && !tree.files.is_empty() {
+        let (mode, note) = choose_key(&mut tree);
+        notes.extend(note);
+        mode
+    } else {
+        opts.key
+    };
     if tree.files.is_empty() {
         let detail = if tree.skipped.is_empty() {
             "source holds no files; nothing to pack".to_string()
@@ -399,7 +494,26 @@ pub(crate) fn scan(
     }
     drop(files);
     let mut cat = b.finish();
+    if cat.fields.len() > MAX_FIELDS {
+        let example = cat
+            .fields
+            .iter()
+            .find(|f| f.contains(&b'.'))
+            .unwrap_or(&cat.fields[0]);
+        return Err(Error::input(
+            src,
+            format!(
+                "the names split into {} distinct fields with --key {} (at most {MAX_FIELDS};                  e.g. field {:?}): the key rule cuts names in the wrong place for this tree;                  pass --key last-dot or --key whole (or --key auto, the default, which picks one)",
+                cat.fields.len(),
+                key_mode.name(),
+                lossy(example)
+            ),
+        ));
+    }
     cat.skipped = std::mem::take(&mut tree.skipped);
+    cat.options
+        .insert("key".into(), serde_json::json!(key_mode.name()));
+    cat.notes.extend(notes);
 
     let mut warnings = Vec::new();
     if opts.labels == LabelMode::ImageFolder {

@@ -88,8 +88,12 @@ pub struct Args {
     /// without it, the key is the sample number.
     #[arg(long, value_name = "COLUMN")]
     pub key_column: Option<String>,
-    /// Where a file name splits into key and field.
-    #[arg(long, default_value = "first-dot", value_parser = ["first-dot", "last-dot"])]
+    /// Where a file name splits into key and field: first-dot (`a.seg.png` -> key `a`, field
+    /// `seg.png`, WebDataset's rule), last-dot (key `a.seg`, field `png`), whole (each file its
+    /// own sample), or auto: first-dot unless that makes many fields that occur in one sample
+    /// only (`struct.Foo.html`, `frame.00001`), then last-dot, then whole; pack says which in
+    /// one note. A tree may split into at most 4096 distinct fields.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "first-dot", "last-dot", "whole"])]
     pub key: String,
     /// Symbolic links: follow (the default: pack what they point to, as torchvision's
     /// ImageFolder does; loops and dangling links are errors), skip (leave them out, listed),
@@ -125,9 +129,9 @@ pub struct Args {
     /// unlabeled_examples, warnings. On failure: {"error": {"message", "causes", "exit_code"}}.
     #[arg(long)]
     pub json: bool,
-    /// Quiet: no progress bar and no summary. The one-line notes on stderr stay (warnings,
-    /// fallbacks, what was cleaned up from an earlier pack), as do errors; --json still prints
-    /// its object.
+    /// Quiet: no progress bar, no summary and no per-field compression notes. The other
+    /// one-line notes on stderr stay (warnings, fallbacks, the key rule chosen, what was cleaned
+    /// up from an earlier pack), as do errors; --json still prints its object.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -165,7 +169,14 @@ fn parse_field_policy(s: &str) -> Result<(String, Policy), String> {
 
 struct Bar {
     bar: ProgressBar,
+    /// `-q`: no field notes.
+    quiet: bool,
+    /// Field notes printed so far (one per field: capped, a tree may have thousands).
+    field_notes: std::sync::atomic::AtomicUsize,
 }
+
+/// Field notes (`field "x": ...`) printed before the rest are summed up in one line.
+const MAX_FIELD_NOTES: usize = 20;
 
 impl Progress for Bar {
     fn walking(&self, files: u64) {
@@ -197,6 +208,27 @@ impl Progress for Bar {
         }
     }
     fn note(&self, msg: &str) {
+        // One note per field says how it is compressed; a tree may have thousands of fields, so
+        // `-q` leaves them out and otherwise the first MAX_FIELD_NOTES are shown.
+        if msg.starts_with("field ") {
+            if self.quiet {
+                return;
+            }
+            let n = self
+                .field_notes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n == MAX_FIELD_NOTES {
+                self.bar.suspend(|| {
+                    eprintln!(
+                        "shardpack: (more field notes left out; `shardpack info DS --all-fields` \
+                         lists every field's codec)"
+                    )
+                });
+            }
+            if n >= MAX_FIELD_NOTES {
+                return;
+            }
+        }
         self.bar.suspend(|| eprintln!("shardpack: {msg}"));
     }
     fn cancelled(&self) -> bool {
@@ -271,11 +303,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         } else {
             LabelMode::ImageFolder
         },
-        key: if a.key == "last-dot" {
-            KeyMode::LastDot
-        } else {
-            KeyMode::FirstDot
-        },
+        key: a.key.parse::<KeyMode>().map_err(anyhow::Error::msg)?,
         follow_symlinks: a.follow_symlinks,
         symlinks: a.symlinks.parse().map_err(anyhow::Error::msg)?,
         max_skipped_share: a.max_skipped_share,
@@ -301,7 +329,11 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     );
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
-    let progress = Bar { bar };
+    let progress = Bar {
+        bar,
+        quiet: a.quiet,
+        field_notes: Default::default(),
+    };
     let summary = pack_inputs(&a.src, &a.out, &opts, &progress).with_context(|| {
         let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
         format!("packing {} into {} failed", srcs.join(" "), a.out.display())
