@@ -181,3 +181,59 @@ fn usage_errors_name_what_to_do() {
         .code(1)
         .stderr_has(&["holds no plan"]);
 }
+
+#[test]
+fn webdataset_tars_plan_into_the_bytes_of_pack() {
+    let t = tmp();
+    let src = t.path().join("src");
+    text_tree(&src, 60, 1500);
+    // Two tars, one per half of the classes' files (members sorted, so samples stay grouped).
+    let mut tars = Vec::new();
+    for (k, class) in [(0, "a"), (1, "b")] {
+        let tar = t.path().join(format!("part-{k}.tar"));
+        let st = std::process::Command::new("tar")
+            .args(["--sort=name", "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(class)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        tars.push(tar);
+    }
+    let reference = t.path().join("ref");
+    sp(&[
+        &"pack",
+        &tars[0],
+        &tars[1],
+        &reference,
+        &"-q",
+        &"--shard-size",
+        &"16KiB",
+    ])
+    .ok();
+    let out = t.path().join("out");
+    sp(&[
+        &"plan",
+        &tars[0],
+        &tars[1],
+        &out,
+        &"--parts",
+        &"3",
+        &"-q",
+        &"--shard-size",
+        &"16KiB",
+    ])
+    .ok();
+    for i in ["2", "0", "1"] {
+        sp(&[&"pack", &"--plan", &out, &"--part", &i, &"-q"]).ok();
+    }
+    sp(&[&"merge", &out, &"-q"]).ok();
+    assert_same_tree(
+        &read_tree(&out),
+        &read_tree(&reference),
+        "merged wds vs pack",
+    );
+    assert!(manifest(&out)["shards"].as_array().unwrap().len() >= 3);
+}
