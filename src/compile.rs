@@ -72,6 +72,7 @@ use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
 use crate::rng::SplitMix64;
 use crate::source::{lossy, Access, Catalog, Input, Source};
 pub use crate::source::{SourceFormat, SourceOptions};
+pub use crate::writer::ShardCut;
 use crate::writer::{
     DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, RecordInput, StreamedRecord,
     WriterOptions,
@@ -79,6 +80,12 @@ use crate::writer::{
 
 mod large;
 mod out;
+mod plan;
+
+pub use plan::{
+    merge, pack_part, plan, plan_inputs, plan_parts, MergeOptions, MergeSummary, PartSummary,
+    PlanPart, PlanSummary,
+};
 
 use large::{prepare_large, CancelRead, Large, LargeError};
 
@@ -229,6 +236,9 @@ pub struct PackOptions {
     pub window_bytes: u64,
     /// What kind of source `src` is and the options of the non-tree sources.
     pub source: SourceOptions,
+    /// What decides where shards are cut: raw sizes (the default, and the only rule a planned
+    /// pack can follow) or stored sizes (the rule before planned packs).
+    pub shard_cut: ShardCut,
 }
 
 impl PackOptions {
@@ -262,6 +272,7 @@ impl Default for PackOptions {
             force: false,
             window_bytes: 32 << 20,
             source: SourceOptions::default(),
+            shard_cut: ShardCut::Raw,
         }
     }
 }
@@ -759,24 +770,44 @@ fn pack_into(
         cancel,
         started,
         (&cpu, &io),
+        None,
     )
 }
 
-/// The pack pipeline over any source's catalog: policy trials, the shuffle, windows read in
-/// parallel (or in order, for a sequential source), compressed on the CPU pool and committed in
-/// order.
-#[allow(clippy::too_many_arguments)]
-fn pack_catalog(
+/// The thread pools of a pack: compression, and reading.
+pub(crate) fn pools(opts: &PackOptions) -> Result<(rayon::ThreadPool, rayon::ThreadPool)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if opts.threads == 0 {
+        cores
+    } else {
+        opts.threads
+    };
+    let io_threads = if opts.io_threads == 0 {
+        16.max(threads)
+    } else {
+        opts.io_threads
+    };
+    Ok((pool(threads, "compress")?, pool(io_threads, "read")?))
+}
+
+/// What decides the bytes besides the catalog, fixed before anything is written: each field's
+/// spec (policy trials, dictionaries), the notes that explain them, and the sample order.
+pub(crate) struct Prepared {
+    pub(crate) specs: Vec<FieldSpec>,
+    pub(crate) order: Vec<u32>,
+    pub(crate) sequential: bool,
+}
+
+/// Checks the labels, chooses every field's compression (reporting the notes) and shuffles:
+/// the part of the pipeline a plan runs once for all parts.
+pub(crate) fn prepare(
     source: &dyn Source,
-    cat: Catalog,
-    mut warnings: Vec<String>,
-    out: &Path,
+    cat: &Catalog,
     opts: &PackOptions,
     progress: &dyn Progress,
     cancel: &Cancel<'_>,
-    started: Instant,
-    (cpu, io): (&rayon::ThreadPool, &rayon::ThreadPool),
-) -> Result<PackSummary> {
+    io: &rayon::ThreadPool,
+) -> Result<Prepared> {
     let src = source.root();
     let sequential = source.access() == Access::Sequential;
     if cat.imagefolder_labels {
@@ -813,7 +844,7 @@ fn pack_catalog(
         let policy = *opts.field_compress.get(name).unwrap_or(&opts.compress);
         let inputs = match policy {
             Policy::Auto | Policy::ZstdDict(_) => {
-                io.install(|| trial_inputs(source, &cat, fi as u32, cancel))
+                io.install(|| trial_inputs(source, cat, fi as u32, cancel))
             }
             _ => Vec::new(),
         };
@@ -846,6 +877,41 @@ fn pack_catalog(
     if let Some(seed) = shuffle_seed {
         SplitMix64::new(seed).shuffle(&mut order);
     }
+    Ok(Prepared {
+        specs,
+        order,
+        sequential,
+    })
+}
+
+/// The pack pipeline over any source's catalog: policy trials, the shuffle, windows read in
+/// parallel (or in order, for a sequential source), compressed on the CPU pool and committed in
+/// order.
+#[allow(clippy::too_many_arguments)]
+fn pack_catalog(
+    source: &dyn Source,
+    cat: Catalog,
+    mut warnings: Vec<String>,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel<'_>,
+    started: Instant,
+    (cpu, io): (&rayon::ThreadPool, &rayon::ThreadPool),
+    part: Option<&mut plan::PartRun>,
+) -> Result<PackSummary> {
+    let src = source.root();
+    let sequential = source.access() == Access::Sequential;
+    let (specs, order) = match &part {
+        None => {
+            let p = prepare(source, &cat, opts, progress, cancel, io)?;
+            (p.specs, p.order)
+        }
+        // A part's catalog is its slice of the plan, already in the planned order.
+        Some(run) => (run.specs.clone(), (0..cat.len() as u32).collect()),
+    };
+    let scratch = part.as_ref().map_or(out, |run| run.scratch.as_path());
+    let planned = part.is_some();
 
     // Encoders for the worker threads (the writer keeps its own for `append`).
     let encoders = specs
@@ -854,6 +920,10 @@ fn pack_catalog(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(Error::Options)?;
     let mut writer = DatasetWriter::create(out, specs, opts.writer.clone())?;
+    match &part {
+        None => writer.set_shard_cut(opts.shard_cut),
+        Some(run) => writer.set_part(run.first_shard, run.first_sample, &run.tag),
+    }
     // Every source's catalog has distinct keys (trees by construction, the others checked).
     writer.assume_unique_keys();
     let total_bytes = cat.total_bytes();
@@ -977,7 +1047,14 @@ fn pack_catalog(
                         (Ok(_), true) => {
                             let enc = &encoders[field as usize];
                             let path = source.path(&mr);
-                            match prepare_large(|| source.open(&mr), path, size, enc, out, cancel) {
+                            match prepare_large(
+                                || source.open(&mr),
+                                path,
+                                size,
+                                enc,
+                                scratch,
+                                cancel,
+                            ) {
                                 Ok(l) => {
                                     larges.push(l);
                                     recs.push(Err((field, size)));
@@ -1003,7 +1080,9 @@ fn pack_catalog(
                             nfiles += 1;
                             nbytes += raw.len() as u64;
                         }
-                        Err(reason) if opts.skip_errors => {
+                        // A part cannot leave a member out: the plan fixed every later shard's
+                        // first sample and cut by this member's size.
+                        Err(reason) if opts.skip_errors && !planned => {
                             skipped.push(Skipped {
                                 path: Name(source.skip_name(&mr)),
                                 reason,
@@ -1072,6 +1151,29 @@ fn pack_catalog(
         cancel.stop()
     });
     result?;
+    if let Some(run) = part {
+        cancel.stop()?;
+        run.output = Some(writer.finish_part()?);
+        return Ok(PackSummary {
+            out: out.to_path_buf(),
+            samples: cat.len() as u64,
+            shards: run.output.as_ref().map_or(0, |o| o.shards.len() as u64),
+            files: packed_files,
+            input_bytes: packed_bytes,
+            output_bytes: 0,
+            ratio: 0.0,
+            seconds: started.elapsed().as_secs_f64(),
+            files_per_s: 0.0,
+            mb_per_s: 0.0,
+            classes: cat.classes.len() as u64,
+            fields: Vec::new(),
+            skipped: Vec::new(),
+            skipped_share: 0.0,
+            unlabeled,
+            unlabeled_examples: unlabeled_examples.into_iter().collect(),
+            warnings,
+        });
+    }
     if writer.samples() == 0 {
         return Err(Error::input(
             src,

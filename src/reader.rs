@@ -706,7 +706,11 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
                     })
                 })
                 .unwrap_or(false);
-            let detail = if partial {
+            let detail = if dir.join(crate::writer::PLAN_DIR).is_dir() {
+                "holds a planned pack whose parts are not merged yet (.shardpack-plan), not a \
+                 dataset; run every part (`shardpack pack --plan OUT --part I`), then \
+                 `shardpack merge OUT`"
+            } else if partial {
                 "has shard files or a pack's marker but no manifest.json: an interrupted or \
                  failed pack, not a complete dataset; run the pack again (it removes what an \
                  interrupted pack left; add --force if it says the directory is not empty)"

@@ -33,6 +33,115 @@ pub const DEFAULT_SHARD_SIZE: u64 = 1 << 30;
 /// `manifest.json`, the shard files it left).
 pub const PACK_MARKER_FILE: &str = ".shardpack-writing";
 
+/// The directory a `shardpack plan` keeps inside OUT (the plan, its catalog, the parts'
+/// receipts) until `shardpack merge` has written the manifest. A directory holding it and no
+/// manifest is a pack spread over parts that is not merged yet: readers refuse it.
+pub const PLAN_DIR: &str = ".shardpack-plan";
+
+/// What decides where a pack cuts its shards (see [`WriterOptions::shard_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShardCut {
+    /// The records' *raw* (uncompressed) sizes: a shard is closed before a sample whose raw
+    /// records would take it past the target, counted as if nothing were compressed. The cut
+    /// then depends only on what is known before anything is compressed (the sizes, keys and
+    /// fields), so a pack spread over many machines (`shardpack plan`) cuts exactly where one
+    /// machine does. Shards of compressed fields come out smaller than the target by about the
+    /// compression ratio. The default of `pack`.
+    #[default]
+    Raw,
+    /// The records' stored (compressed) sizes: shards fill up to the target after
+    /// compression. Where to cut is only known after compressing every earlier sample, so a
+    /// planned pack cannot use it. The rule of `pack` before planned packs, and of a
+    /// [`DatasetWriter`] unless told otherwise.
+    Stored,
+}
+
+impl std::str::FromStr for ShardCut {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "raw" => Ok(ShardCut::Raw),
+            "stored" => Ok(ShardCut::Stored),
+            _ => Err(format!("{s:?} is not raw or stored")),
+        }
+    }
+}
+
+/// Everything a shard holds besides its records and per-sample index entries, at its largest:
+/// two region paddings, the dictionaries, the index header, the field table, the names with
+/// their padding, and the footer.
+pub(crate) fn shard_fixed_bytes(fields: &[FieldSpec]) -> u64 {
+    2 * REGION_ALIGN
+        + fields
+            .iter()
+            .map(|f| f.dict.as_ref().map_or(0, |d| d.len() as u64 + 8))
+            .sum::<u64>()
+        + (IndexHeader::SIZE + fields.len() * FieldEntry::SIZE) as u64
+        + fields.iter().map(|f| f.name.len() as u64).sum::<u64>()
+        + 16
+        + Footer::SIZE as u64
+}
+
+/// The [`ShardCut::Raw`] rule as a pure function of the samples in order: each sample's key
+/// length and its records' raw lengths. The writer asks it before every sample; a plan runs
+/// the same one over the catalog to know every shard's first sample before any compression.
+#[derive(Debug, Clone)]
+pub struct RawCutter {
+    fixed: u64,
+    align: u64,
+    shard_size: u64,
+    max_samples: Option<u64>,
+    /// The open shard's data end counted with raw lengths, its index bytes and samples;
+    /// `None` before the first sample.
+    open: Option<(u64, u64, u64)>,
+}
+
+impl RawCutter {
+    /// A cutter for shards holding `fields` under `opts`.
+    pub fn new(fields: &[FieldSpec], opts: &WriterOptions) -> RawCutter {
+        RawCutter {
+            fixed: shard_fixed_bytes(fields),
+            align: opts.record_align,
+            shard_size: opts.shard_size,
+            max_samples: opts.max_samples_per_shard,
+            open: None,
+        }
+    }
+
+    /// Takes the next sample; returns `true` when it starts a new shard (so also for the very
+    /// first sample).
+    pub fn push(&mut self, key_len: usize, raw_lens: &[u64]) -> bool {
+        let align = self.align;
+        let up = |n: u64| align_up(n, align).unwrap_or(u64::MAX);
+        let index_need = (SampleEntry::SIZE + KeyHashEntry::SIZE + key_len) as u64
+            + (raw_lens.len() * RecordEntry::SIZE) as u64;
+        let new = match self.open {
+            None => true,
+            Some((pos, index, samples)) => {
+                let need = raw_lens.iter().fold(0u64, |a, &r| a.saturating_add(up(r)));
+                let projected = self
+                    .fixed
+                    .saturating_add(pos)
+                    .saturating_add(need)
+                    .saturating_add(index)
+                    .saturating_add(index_need);
+                self.max_samples.is_some_and(|m| samples >= m) || projected > self.shard_size
+            }
+        };
+        let (mut pos, mut index, mut samples) = match (new, self.open) {
+            (false, Some(o)) => o,
+            _ => (REGION_ALIGN, 0, 0),
+        };
+        for &r in raw_lens {
+            pos = up(pos).saturating_add(r);
+        }
+        index += index_need;
+        samples += 1;
+        self.open = Some((pos, index, samples));
+        new
+    }
+}
+
 /// The name of a staging directory beside the output `out_name`: `.<out_name>.shardpack-<kind>.<pid>`,
 /// where `kind` is `new` (a dataset being built to replace OUT) or `old` (the replaced one
 /// while it is being removed).
@@ -294,6 +403,28 @@ pub struct DatasetWriter {
     max_label: Option<u32>,
     scratch: Vec<u8>,
     cctx: Option<zstd::zstd_safe::CCtx<'static>>,
+    /// The raw-size cut rule when [`ShardCut::Raw`] is asked for (`None`: stored sizes).
+    raw_cut: Option<RawCutter>,
+    /// Shard number and sample number of this writer's first shard (0 and 0 unless it writes
+    /// one part of a planned pack).
+    base: (u64, u64),
+    /// Part of a planned pack: temporary names carry this tag, finished shards stay when the
+    /// writer is dropped unfinished, and `finish_part` writes no manifest.
+    part_tag: Option<String>,
+}
+
+/// What [`DatasetWriter::finish_part`] wrote: the shards and the per-field totals the manifest
+/// sums over all parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartOutput {
+    /// The shards, in order, as the manifest lists them.
+    pub shards: Vec<ShardMeta>,
+    /// Samples written.
+    pub samples: u64,
+    /// Records written.
+    pub records: u64,
+    /// Per field: records, raw bytes, stored bytes.
+    pub fields: Vec<(u64, u64, u64)>,
 }
 
 impl std::fmt::Debug for DatasetWriter {
@@ -375,7 +506,34 @@ impl DatasetWriter {
             max_label: None,
             scratch: Vec::new(),
             cctx: None,
+            raw_cut: None,
+            base: (0, 0),
+            part_tag: None,
         })
+    }
+
+    /// Cuts shards by `cut` (the default of a writer is [`ShardCut::Stored`]; `pack` asks for
+    /// [`ShardCut::Raw`] unless told otherwise). Call before the first sample.
+    pub fn set_shard_cut(&mut self, cut: ShardCut) {
+        self.raw_cut = match cut {
+            ShardCut::Raw => {
+                let specs: Vec<FieldSpec> = self.fields.iter().map(|f| f.spec.clone()).collect();
+                Some(RawCutter::new(&specs, &self.opts))
+            }
+            ShardCut::Stored => None,
+        };
+    }
+
+    /// Makes this writer write one part of a planned pack: its first shard is number
+    /// `first_shard` and starts with sample number `first_sample` of the whole dataset; the
+    /// shards' temporary names carry `tag` (so two runs of the same part never write the same
+    /// temporary file); shards it finished stay if it is dropped unfinished (they are the
+    /// same bytes whichever run writes them); and [`DatasetWriter::finish_part`] ends it
+    /// without a manifest. Cuts by [`ShardCut::Raw`]. Call before the first sample.
+    pub fn set_part(&mut self, first_shard: u64, first_sample: u64, tag: &str) {
+        self.set_shard_cut(ShardCut::Raw);
+        self.base = (first_shard, first_sample);
+        self.part_tag = Some(tag.to_string());
     }
 
     /// The encoder of field `i`, for callers that encode on their own threads.
@@ -496,7 +654,12 @@ impl DatasetWriter {
         }
         let index_need = (SampleEntry::SIZE + KeyHashEntry::SIZE + key.len()) as u64
             + (records.len() * RecordEntry::SIZE) as u64;
-        if let Some(s) = &self.shard {
+        if let Some(cutter) = &mut self.raw_cut {
+            let raws: Vec<u64> = records.iter().map(|r| r.raw_len()).collect();
+            if cutter.push(key.len(), &raws) && self.shard.is_some() {
+                self.finish_shard()?;
+            }
+        } else if let Some(s) = &self.shard {
             // Everything the shard will hold besides data and per-sample index entries, at
             // its largest: two region paddings, the dictionaries, the index header, field
             // table, names with their padding, and the footer.
@@ -621,8 +784,11 @@ impl DatasetWriter {
     }
 
     fn open_shard(&mut self) -> Result<()> {
-        let i = self.shards.len() as u64;
-        let tmp_path = self.dir.join(format!("{}.tmp", shard_file_name(i)));
+        let i = self.base.0 + self.shards.len() as u64;
+        let tmp_path = match &self.part_tag {
+            None => self.dir.join(format!("{}.tmp", shard_file_name(i))),
+            Some(tag) => self.dir.join(format!("{}.{tag}.tmp", shard_file_name(i))),
+        };
         let file = File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, "create", e))?;
         self.written.push(tmp_path.clone());
         let mut s = OpenShard {
@@ -653,8 +819,8 @@ impl DatasetWriter {
         let Some(mut s) = self.shard.take() else {
             return Ok(());
         };
-        let shard_index = self.shards.len() as u64;
-        let first_sample = self.samples - s.sample_count;
+        let shard_index = self.base.0 + self.shards.len() as u64;
+        let first_sample = self.base.1 + self.samples - s.sample_count;
         // Duplicate keys would make lookups ambiguous.
         s.key_hashes.sort_unstable();
         for w in s.key_hashes.windows(2) {
@@ -754,7 +920,10 @@ impl DatasetWriter {
         let name = shard_file_name(shard_index);
         let final_path = self.dir.join(&name);
         fs::rename(&path, &final_path).map_err(|e| Error::io(&final_path, "rename into", e))?;
-        if let Some(w) = self.written.iter_mut().find(|p| **p == path) {
+        if self.part_tag.is_some() {
+            // A part's finished shard is final (the same bytes whichever run writes it).
+            self.written.retain(|p| *p != path);
+        } else if let Some(w) = self.written.iter_mut().find(|p| **p == path) {
             *w = final_path;
         }
         self.shards.push(ShardMeta {
@@ -781,41 +950,18 @@ impl DatasetWriter {
                 )));
             }
         }
-        let manifest = Manifest {
-            format: FORMAT_NAME.to_string(),
-            format_version: FORMAT_VERSION,
-            writer: Some(WriterId::current()),
-            features: Some(Features::default()),
-            samples: self.samples,
-            records: self.records,
-            shards: self.shards.clone(),
-            fields: self
-                .fields
-                .iter()
-                .map(|f| FieldMeta {
-                    name: Name(f.spec.name.clone()),
-                    compression: f.spec.codec.name().to_string(),
-                    level: if f.spec.codec == Codec::Raw {
-                        0
-                    } else {
-                        f.spec.level
-                    },
-                    records: f.records,
-                    raw_bytes: f.raw_bytes,
-                    stored_bytes: f.stored_bytes,
-                    dict_bytes: f.spec.dict.as_ref().map_or(0, |d| d.len() as u64),
-                })
-                .collect(),
-            labels: if info.imagefolder_labels {
-                "imagefolder"
-            } else {
-                "none"
-            }
-            .to_string(),
-            classes: info.classes,
-            options: info.options,
-            skipped: info.skipped,
-        };
+        let fields: Vec<FieldMeta> = self
+            .fields
+            .iter()
+            .map(|f| field_meta(&f.spec, f.records, f.raw_bytes, f.stored_bytes))
+            .collect();
+        let manifest = build_manifest(
+            self.samples,
+            self.records,
+            self.shards.clone(),
+            fields,
+            info,
+        );
         let tmp = self.dir.join(format!("{MANIFEST_FILE}.tmp"));
         let dst = self.dir.join(MANIFEST_FILE);
         self.written.push(tmp.clone());
@@ -829,6 +975,24 @@ impl DatasetWriter {
         sync_dir(&self.dir)?;
         self.finished = true;
         Ok(manifest)
+    }
+
+    /// Closes the last shard of a part of a planned pack (see [`DatasetWriter::set_part`])
+    /// and returns what the part wrote; no manifest is written.
+    pub fn finish_part(mut self) -> Result<PartOutput> {
+        self.finish_shard()?;
+        self.finished = true;
+        self.cleanup();
+        Ok(PartOutput {
+            shards: std::mem::take(&mut self.shards),
+            samples: self.samples,
+            records: self.records,
+            fields: self
+                .fields
+                .iter()
+                .map(|f| (f.records, f.raw_bytes, f.stored_bytes))
+                .collect(),
+        })
     }
 
     /// Removes every file this writer created. Called on drop unless `finish` succeeded.
@@ -850,6 +1014,64 @@ impl Drop for DatasetWriter {
             self.cleanup();
         }
     }
+}
+
+/// A field's manifest entry from its spec and totals.
+pub(crate) fn field_meta(spec: &FieldSpec, records: u64, raw: u64, stored: u64) -> FieldMeta {
+    FieldMeta {
+        name: Name(spec.name.clone()),
+        compression: spec.codec.name().to_string(),
+        level: if spec.codec == Codec::Raw {
+            0
+        } else {
+            spec.level
+        },
+        records,
+        raw_bytes: raw,
+        stored_bytes: stored,
+        dict_bytes: spec.dict.as_ref().map_or(0, |d| d.len() as u64),
+    }
+}
+
+/// The manifest of a dataset: what [`DatasetWriter::finish`] writes, and a planned pack's
+/// merge from its parts (so both are the same bytes).
+pub(crate) fn build_manifest(
+    samples: u64,
+    records: u64,
+    shards: Vec<ShardMeta>,
+    fields: Vec<FieldMeta>,
+    info: DatasetInfo,
+) -> Manifest {
+    Manifest {
+        format: FORMAT_NAME.to_string(),
+        format_version: FORMAT_VERSION,
+        writer: Some(WriterId::current()),
+        features: Some(Features::default()),
+        samples,
+        records,
+        shards,
+        fields,
+        labels: if info.imagefolder_labels {
+            "imagefolder"
+        } else {
+            "none"
+        }
+        .to_string(),
+        classes: info.classes,
+        options: info.options,
+        skipped: info.skipped,
+    }
+}
+
+/// Writes `manifest` into `dir` the way a pack commits: a temporary name, synced, renamed,
+/// the directory synced.
+pub(crate) fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
+    let dst = dir.join(MANIFEST_FILE);
+    write_synced(&tmp, &manifest.to_json())?;
+    sync_dir(dir)?;
+    fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, "rename into", e))?;
+    sync_dir(dir)
 }
 
 fn sample_key(s: &OpenShard, i: u64) -> &[u8] {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_same_tree, dataset_tree, repo_root, snapshot, Tree};
 use shardpack::codec::Policy;
-use shardpack::compile::{pack, NoProgress, PackOptions, SymlinkPolicy};
+use shardpack::compile::{pack, NoProgress, PackOptions, ShardCut, SymlinkPolicy};
 use shardpack::format::Codec;
 use shardpack::manifest::{Manifest, WriterId, MANIFEST_FILE};
 use shardpack::writer::WriterOptions;
@@ -45,8 +45,9 @@ fn golden_v2() -> PathBuf {
 /// The options golden-v1 and golden-v2 were packed with: the defaults except the shard size,
 /// the sample cap and a dictionary for `json`. The CLI equivalent is
 /// `shardpack pack fixtures/trees/golden fixtures/golden-vN --shard-size 22528
-/// --max-samples-per-shard 8 --field-compress json=zstd-dict:3 --symlinks skip` (skipping
-/// links was the default then; the manifest records it as `"follow_symlinks": false`).
+/// --max-samples-per-shard 8 --field-compress json=zstd-dict:3 --symlinks skip --shard-cut stored`
+/// (shards were cut by stored sizes then, and skipping links was the default; the manifest
+/// records it as `"follow_symlinks": false`; the cut rule is not recorded).
 fn golden_options() -> PackOptions {
     PackOptions {
         writer: WriterOptions {
@@ -56,6 +57,8 @@ fn golden_options() -> PackOptions {
         },
         field_compress: BTreeMap::from([(b"json".to_vec(), Policy::ZstdDict(3))]),
         symlinks: SymlinkPolicy::Skip,
+        // The goldens were cut by stored sizes, the rule before planned packs.
+        shard_cut: ShardCut::Stored,
         ..PackOptions::default()
     }
 }

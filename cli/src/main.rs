@@ -38,6 +38,8 @@ enum Command {
     Index(cmd::index::Args),
     Verify(cmd::verify::Args),
     Bench(cmd::bench::Args),
+    Plan(cmd::plan::Args),
+    Merge(cmd::merge::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,7 +55,7 @@ fn main() -> ExitCode {
         | Command::Index(cmd::index::Args { json: true, .. }) => JsonErrors::Document,
         _ => JsonErrors::No,
     };
-    if matches!(cli.command, Command::Pack(_)) {
+    if matches!(cli.command, Command::Pack(_) | Command::Plan(_)) {
         signal::install();
     }
     let stdout = io::stdout();
@@ -70,6 +72,8 @@ fn main() -> ExitCode {
         Command::Index(a) => cmd::index::run(a, &mut out),
         Command::Verify(a) => cmd::verify::run(a, &mut out),
         Command::Bench(a) => cmd::bench::run(a, &mut out),
+        Command::Plan(a) => cmd::plan::run(a, &mut out),
+        Command::Merge(a) => cmd::merge::run(a, &mut out),
     };
     let res = res.and_then(|code| {
         out.flush()?;

@@ -120,3 +120,26 @@ def _sample_from_parts(
     fields: list[tuple[bytes, bytes]],
 ) -> Sample: ...
 def _version() -> str: ...
+def _plan(
+    src: str,
+    out: str,
+    parts: int,
+    *,
+    shard_size: int,
+    max_samples_per_shard: int | None,
+    compress: str,
+    field_compress: list[tuple[str, str]],
+    align: int,
+    shuffle_seed: int | None,
+    threads: int,
+    io_threads: int,
+    labels: str,
+    key: str,
+    symlinks: str,
+    max_skipped_share: float,
+    unlabeled: str,
+    skip_errors: bool,
+) -> str: ...
+def _pack_part(out: str, part: int, *, threads: int = 0, io_threads: int = 0) -> str: ...
+def _merge(out: str, *, verify: bool = False) -> str: ...
+def _plan_parts(out: str) -> int: ...

@@ -36,6 +36,8 @@ use shardpack::loader::{
 use shardpack::writer::WriterOptions;
 use shardpack::{Error, Loader, LoaderOptions, LoaderState};
 
+mod plan;
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
@@ -1563,5 +1565,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_pack, m)?)?;
     m.add_function(wrap_pyfunction!(_sample_from_parts, m)?)?;
     m.add_function(wrap_pyfunction!(_version, m)?)?;
+    plan::register(m)?;
     Ok(())
 }

@@ -670,6 +670,32 @@ impl Read for RangeReader<'_> {
     }
 }
 
+/// A catalog read back from a plan (see `compile::plan`): its samples arrive in the planned
+/// order with members already under the plan's field ids.
+#[cfg(feature = "compile")]
+impl Catalog {
+    pub(crate) fn planned(fields: Vec<Vec<u8>>, classes: Vec<Vec<u8>>, imagefolder: bool) -> Self {
+        Catalog {
+            fields,
+            classes,
+            imagefolder_labels: imagefolder,
+            ..Catalog::default()
+        }
+    }
+
+    pub(crate) fn push_planned(&mut self, key: &[u8], label: u32, members: &[Member]) {
+        self.samples.push(SampleEnt {
+            key_off: self.keys.len() as u64,
+            key_len: key.len() as u32,
+            first: self.members.len() as u32,
+            count: members.len() as u32,
+            label,
+        });
+        self.keys.extend_from_slice(key);
+        self.members.extend_from_slice(members);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -348,6 +348,12 @@ pub struct TreeSource {
 }
 
 impl TreeSource {
+    /// The tree at `root`, for reading members a plan lists (without walking it again).
+    #[cfg(feature = "compile")]
+    pub(crate) fn at(root: PathBuf) -> TreeSource {
+        TreeSource { root }
+    }
+
     /// The member's path relative to the root: its key, plus `.` and the field unless the
     /// field is empty (the split is one-to-one, see [`split_name`]).
     fn rel(m: &MemberRef<'_>) -> Vec<u8> {

@@ -6,5 +6,7 @@ pub mod extract;
 pub mod index;
 pub mod info;
 pub mod ls;
+pub mod merge;
 pub mod pack;
+pub mod plan;
 pub mod verify;

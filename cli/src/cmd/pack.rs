@@ -45,7 +45,24 @@ pub struct Args {
     #[arg(required = true, num_args = 1.., value_name = "SRC")]
     pub src: Vec<PathBuf>,
     /// The dataset directory to create (must be new or empty, or hold a dataset with --force).
-    pub out: PathBuf,
+    #[arg(required = true)]
+    pub out: Option<PathBuf>,
+    /// Write one part of the plan in this directory (made by `shardpack plan`) instead of
+    /// packing SRC: the part's shards under their final names, then its receipt. Safe to run
+    /// again after a crash, or at the same time as other parts; the other options come from
+    /// the plan (only --threads, --io-threads, --json and --quiet apply).
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["src", "out"])]
+    pub plan: Option<PathBuf>,
+    /// The part to write with --plan, from 0. Default: $SLURM_ARRAY_TASK_ID (minus
+    /// $SLURM_ARRAY_TASK_MIN), or $JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
+    #[arg(long, value_name = "I", requires = "plan")]
+    pub part: Option<u64>,
+    /// What decides where a shard is cut: raw (the records' uncompressed sizes, so the cuts
+    /// are known before compressing: the default, and what `shardpack plan` uses) or stored
+    /// (compressed sizes: shards of compressed fields fill up to --shard-size; the rule of
+    /// shardpack 0.2 and earlier, not possible in a plan).
+    #[arg(long, value_name = "RULE", default_value = "raw", value_parser = ["raw", "stored"])]
+    pub shard_cut: String,
     /// Target shard file size, e.g. 512MiB, 1GiB, 2GB.
     #[arg(long, value_parser = parse_size, default_value = "1GiB")]
     pub shard_size: u64,
@@ -271,6 +288,15 @@ static FILES_TOTAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 /// Runs `pack`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
+    if let Some(plan) = a.plan.clone() {
+        return crate::cmd::plan::run_part(&plan, &a, out);
+    }
+    let opts = options(&a)?;
+    run_pack(a, opts, out)
+}
+
+/// The pack options that `a` asks for.
+pub(crate) fn options(a: &Args) -> Result<PackOptions> {
     let mut field_compress = BTreeMap::new();
     for (ext, pol) in &a.field_compress {
         if field_compress
@@ -315,9 +341,14 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             cls_labels: a.labels == "cls",
             key_column: a.key_column.clone(),
         },
+        shard_cut: a.shard_cut.parse().map_err(anyhow::Error::msg)?,
         ..PackOptions::default()
     };
+    Ok(opts)
+}
 
+fn run_pack(a: Args, opts: PackOptions, out: &mut impl Write) -> Result<ExitCode> {
+    let dst = a.out.clone().context("OUT is required")?;
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = ProgressBar::with_draw_target(
         Some(0),
@@ -334,9 +365,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         quiet: a.quiet,
         field_notes: Default::default(),
     };
-    let summary = pack_inputs(&a.src, &a.out, &opts, &progress).with_context(|| {
+    let summary = pack_inputs(&a.src, &dst, &opts, &progress).with_context(|| {
         let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
-        format!("packing {} into {} failed", srcs.join(" "), a.out.display())
+        format!("packing {} into {} failed", srcs.join(" "), dst.display())
     });
     progress.bar.finish_and_clear();
     let summary = summary?;

@@ -1,0 +1,239 @@
+//! `shardpack plan`, `pack --plan OUT --part I` and `merge` as real processes: the result is
+//! the bytes of `shardpack pack`, parts take their number from Slurm or Kubernetes, a part
+//! killed mid-way and run again, merge naming a missing part, and a plan opened too early.
+
+mod util;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use util::*;
+
+/// A compressible tree: three classes of text and JSON samples.
+fn text_tree(root: &Path, samples: u64, len: usize) {
+    for i in 0..samples {
+        let class = ["a", "b", "c"][(i % 3) as usize];
+        put(
+            root,
+            format!("{class}/{i:05}.txt").as_bytes(),
+            &text(i, len + (i as usize * 31) % len),
+        );
+        put(
+            root,
+            format!("{class}/{i:05}.json").as_bytes(),
+            format!("{{\"id\": {i}, \"class\": \"{class}\"}}").as_bytes(),
+        );
+    }
+}
+
+const OPTS: [&str; 4] = [
+    "--shard-size",
+    "48KiB",
+    "--field-compress",
+    "json=zstd-dict",
+];
+
+fn plan_json(src: &Path, out: &Path, parts: &str) -> serde_json::Value {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"plan", &src, &out, &"--parts", &parts];
+    for o in &OPTS {
+        args.push(o);
+    }
+    args.push(&"--json");
+    sp(&args).ok().json()
+}
+
+#[test]
+fn parts_as_processes_from_slurm_and_kubernetes_give_the_bytes_of_pack() {
+    let t = tmp();
+    let src = t.path().join("src");
+    text_tree(&src, 120, 1500);
+    let reference = t.path().join("ref");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"pack", &src, &reference, &"-q"];
+    for o in &OPTS {
+        args.push(o);
+    }
+    sp(&args).ok();
+    for parts in ["1", "3", "7"] {
+        let out = t.path().join(format!("out{parts}"));
+        let p = plan_json(&src, &out, parts);
+        assert_eq!(p["parts"].as_array().unwrap().len().to_string(), parts);
+        // Before the merge, OUT is no dataset.
+        sp(&[&"info", &out])
+            .code(1)
+            .stderr_has(&["not merged yet", "shardpack merge"]);
+        let n: u64 = parts.parse().unwrap();
+        // Last part first; even parts from a Slurm array (ids from 1), odd ones from an
+        // Indexed Job.
+        for i in (0..n).rev() {
+            let mut c = shardpack(&[&"pack", &"--plan", &out, &"-q"]).into_command();
+            if i % 2 == 0 {
+                c.env("SLURM_ARRAY_TASK_ID", (i + 1).to_string())
+                    .env("SLURM_ARRAY_TASK_MIN", "1")
+                    .env("SLURM_ARRAY_TASK_COUNT", parts);
+            } else {
+                c.env("JOB_COMPLETION_INDEX", i.to_string());
+            }
+            let o = c.output().unwrap();
+            assert!(
+                o.status.success(),
+                "part {i}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        sp(&[&"merge", &out]).ok().stdout_has("is a dataset");
+        assert_same_tree(&read_tree(&out), &read_tree(&reference), "merged vs pack");
+    }
+}
+
+#[test]
+fn a_part_killed_mid_way_and_run_again_gives_the_same_dataset() {
+    let t = tmp();
+    let src = t.path().join("src");
+    text_tree(&src, 240, 12000);
+    let out = t.path().join("out");
+    let p = plan_json(&src, &out, "2");
+    let first = p["parts"][1]["first_shard"].as_u64().unwrap();
+    let shards = p["parts"][1]["shards"].as_u64().unwrap();
+    assert!(shards >= 4, "{p}");
+    sp(&[&"pack", &"--plan", &out, &"--part", &"0", &"-q"]).ok();
+    let mut child = shardpack(&[
+        &"pack",
+        &"--plan",
+        &out,
+        &"--part",
+        &"1",
+        &"--threads",
+        &"1",
+    ])
+    .into_command()
+    .spawn()
+    .unwrap();
+    // Kill it once its first shard is in place (or give up waiting when it is done).
+    let shard = out.join(format!("shard-{first:06}.spk"));
+    let t0 = Instant::now();
+    while !shard.exists() && t0.elapsed() < Duration::from_secs(60) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    eprintln!("part 1 killed mid-way: {}", !status.success());
+    if !status.success() {
+        // Killed before its receipt: merge names it.
+        sp(&[&"merge", &out])
+            .code(1)
+            .stderr_has(&["1 of 2 parts are missing", "--part I"]);
+    }
+    sp(&[&"pack", &"--plan", &out, &"--part", &"1", &"-q"]).ok();
+    sp(&[&"pack", &"--plan", &out, &"--part", &"1"])
+        .ok()
+        .stdout_has("already done");
+    sp(&[&"merge", &out, &"--verify", &"-q"]).ok();
+    let reference = t.path().join("ref");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"pack", &src, &reference, &"-q"];
+    for o in &OPTS {
+        args.push(o);
+    }
+    sp(&args).ok();
+    assert_same_tree(
+        &read_tree(&out),
+        &read_tree(&reference),
+        "rerun part vs pack",
+    );
+}
+
+#[test]
+fn usage_errors_name_what_to_do() {
+    let t = tmp();
+    let src = t.path().join("src");
+    text_tree(&src, 9, 100);
+    let out = t.path().join("out");
+    sp(&[&"plan", &src, &out])
+        .code(1)
+        .stderr_has(&["--parts N"]);
+    sp(&[
+        &"plan",
+        &src,
+        &out,
+        &"--parts",
+        &"2",
+        &"--shard-cut",
+        &"stored",
+    ])
+    .code(1)
+    .stderr_has(&["raw sizes"]);
+    sp(&[&"plan", &src, &out, &"--parts", &"2", &"-q"]).ok();
+    sp(&[&"pack", &"--plan", &out])
+        .code(1)
+        .stderr_has(&["--part I"]);
+    let mut c = shardpack(&[&"pack", &"--plan", &out]).into_command();
+    c.env("SLURM_ARRAY_TASK_ID", "0")
+        .env("SLURM_ARRAY_TASK_COUNT", "3");
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has 2 parts"));
+    sp(&[&"merge", &out])
+        .code(1)
+        .stderr_has(&["2 of 2 parts are missing", "finished): 0, 1;"]);
+    sp(&[&"merge", &t.path().join("nothing")])
+        .code(1)
+        .stderr_has(&["holds no plan"]);
+}
+
+#[test]
+fn webdataset_tars_plan_into_the_bytes_of_pack() {
+    let t = tmp();
+    let src = t.path().join("src");
+    text_tree(&src, 60, 1500);
+    // Two tars, one per half of the classes' files (members sorted, so samples stay grouped).
+    let mut tars = Vec::new();
+    for (k, class) in [(0, "a"), (1, "b")] {
+        let tar = t.path().join(format!("part-{k}.tar"));
+        let st = std::process::Command::new("tar")
+            .args(["--sort=name", "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(class)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        tars.push(tar);
+    }
+    let reference = t.path().join("ref");
+    sp(&[
+        &"pack",
+        &tars[0],
+        &tars[1],
+        &reference,
+        &"-q",
+        &"--shard-size",
+        &"16KiB",
+    ])
+    .ok();
+    let out = t.path().join("out");
+    sp(&[
+        &"plan",
+        &tars[0],
+        &tars[1],
+        &out,
+        &"--parts",
+        &"3",
+        &"-q",
+        &"--shard-size",
+        &"16KiB",
+    ])
+    .ok();
+    for i in ["2", "0", "1"] {
+        sp(&[&"pack", &"--plan", &out, &"--part", &i, &"-q"]).ok();
+    }
+    sp(&[&"merge", &out, &"-q"]).ok();
+    assert_same_tree(
+        &read_tree(&out),
+        &read_tree(&reference),
+        "merged wds vs pack",
+    );
+    assert!(manifest(&out)["shards"].as_array().unwrap().len() >= 3);
+}
