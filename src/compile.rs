@@ -861,12 +861,7 @@ pub(crate) fn prepare(
     // Sample order: a sequential source keeps its own order (see the `source` module docs).
     let shuffle_seed = if sequential { None } else { opts.shuffle_seed };
     if sequential && opts.shuffle_seed.is_some() {
-        notes.push(
-            "the source is read as one stream (.tar.gz), so the samples keep its order instead \
-             of being shuffled (WebDataset shards are usually written shuffled); unpack the \
-             tars (gunzip) to shuffle at pack time"
-                .into(),
-        );
+        notes.push(source.sequential_note());
     }
     for n in &notes {
         progress.note(n);

@@ -48,6 +48,7 @@ pub mod error;
 pub mod format;
 pub mod loader;
 pub mod manifest;
+pub mod metadata;
 mod pool;
 pub mod quality;
 pub mod reader;

@@ -1,10 +1,12 @@
 //! The sample index as an Arrow table (feature `arrow`): one row per sample with its index,
-//! key, label, class, shard and, for each field, its decoded size, stored size and codec.
+//! key, label, class, shard, for each field its decoded size, stored size and codec, and for
+//! each per-sample metadata column ([`crate::metadata`]) a typed `meta.<name>` column.
 //! The schema is a contract, specified in `format-spec/index-table.md`; `shardpack index`
 //! writes it as Parquet or Arrow IPC, and Python's `Dataset.index()` hands it to pyarrow.
 //!
-//! Only the index is read (no record is touched), in storage order, shard by shard, in
-//! batches of bounded size, so the memory of an export does not grow with the dataset.
+//! Only the index is read (no record is touched, except each sample's metadata record when
+//! the dataset has metadata columns), in storage order, shard by shard, in batches of bounded
+//! size, so the memory of an export does not grow with the dataset.
 //!
 //! ```
 //! # fn main() -> shardpack::Result<()> {
@@ -29,13 +31,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, Int8Builder, StringBuilder, UInt32Builder, UInt64Builder,
+    BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, Int8Builder, StringBuilder,
+    UInt32Builder, UInt64Builder,
 };
 use arrow_array::types::Int8Type;
 use arrow_array::{ArrayRef, DictionaryArray, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
+use crate::metadata::{MetaColumn, MetaType};
 use crate::reader::Dataset;
 
 /// The version of the table's schema, in its metadata under `shardpack.index_table_version`.
@@ -58,6 +62,7 @@ pub struct IndexTable<'a> {
     ds: &'a Dataset,
     schema: SchemaRef,
     codecs: ArrayRef,
+    meta: Arc<Vec<MetaColumn>>,
 }
 
 /// The dictionary of every `_codec` column: codec number `i` (format-spec/shard.md) is entry
@@ -99,6 +104,19 @@ impl<'a> IndexTable<'a> {
             );
             cols.push(Field::new(format!("{stem}_codec"), codec.clone(), true).with_metadata(meta));
         }
+        let metacols = crate::metadata::columns(m);
+        for c in &metacols {
+            let ty = match c.ty {
+                MetaType::Bool => DataType::Boolean,
+                MetaType::Int64 => DataType::Int64,
+                MetaType::UInt64 => DataType::UInt64,
+                MetaType::Float64 => DataType::Float64,
+                MetaType::String => DataType::Utf8,
+            };
+            let meta: HashMap<String, String> =
+                [("shardpack.metadata".to_string(), c.name.clone())].into();
+            cols.push(Field::new(format!("meta.{}", c.name), ty, true).with_metadata(meta));
+        }
         let meta: HashMap<String, String> = [
             (
                 "shardpack.index_table_version".to_string(),
@@ -119,11 +137,13 @@ impl<'a> IndexTable<'a> {
             ds,
             schema: Arc::new(Schema::new_with_metadata(cols, meta)),
             codecs: codec_names(),
+            meta: Arc::new(metacols),
         }
     }
 
     /// The schema: `index`, `key`, `key_utf8`, `label`, `class`, `shard`, then for each field
-    /// in field order `<name>_size`, `<name>_stored`, `<name>_codec`.
+    /// in field order `<name>_size`, `<name>_stored`, `<name>_codec`, then for each metadata
+    /// column (manifest order) `meta.<name>`.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -135,6 +155,7 @@ impl<'a> IndexTable<'a> {
             ds: self.ds,
             schema: self.schema.clone(),
             codecs: self.codecs.clone(),
+            meta: self.meta.clone(),
             rows: rows.max(1),
             shard: 0,
             local: 0,
@@ -148,6 +169,7 @@ pub struct Batches<'a> {
     ds: &'a Dataset,
     schema: SchemaRef,
     codecs: ArrayRef,
+    meta: Arc<Vec<MetaColumn>>,
     rows: usize,
     shard: usize,
     local: u64,
@@ -177,7 +199,7 @@ impl Iterator for Batches<'_> {
             let first_global = self.ds.manifest().shards[self.shard].first_sample;
             let r = build(
                 self.ds,
-                (&self.schema, &self.codecs),
+                (&self.schema, &self.codecs, &self.meta),
                 self.shard,
                 first_global,
                 self.local..end,
@@ -194,7 +216,7 @@ impl Iterator for Batches<'_> {
 /// One batch: samples `locals` of shard `s`.
 fn build(
     ds: &Dataset,
-    (schema, codecs): (&SchemaRef, &ArrayRef),
+    (schema, codecs, metacols): (&SchemaRef, &ArrayRef, &[MetaColumn]),
     s: usize,
     first_global: u64,
     locals: std::ops::Range<u64>,
@@ -212,6 +234,7 @@ fn build(
     let mut size: Vec<UInt64Builder> = (0..nf).map(|_| UInt64Builder::with_capacity(n)).collect();
     let mut stored: Vec<UInt64Builder> = (0..nf).map(|_| UInt64Builder::with_capacity(n)).collect();
     let mut codec: Vec<Int8Builder> = (0..nf).map(|_| Int8Builder::with_capacity(n)).collect();
+    let mut meta: Vec<MetaBuilder> = metacols.iter().map(|c| MetaBuilder::new(c.ty, n)).collect();
     // Which fields the current sample has: the others get nulls.
     let mut seen = vec![false; nf];
     let classes: Vec<Option<&str>> = m
@@ -257,6 +280,12 @@ fn build(
                 codec[i].append_null();
             }
         }
+        if !metacols.is_empty() {
+            let values = crate::metadata::sample_metadata(&sample)?;
+            for (c, b) in metacols.iter().zip(&mut meta) {
+                b.append(values.as_ref().and_then(|v| v.get(&c.name)));
+            }
+        }
     }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(index.finish()),
@@ -274,6 +303,56 @@ fn build(
             .map_err(|e| Error::manifest(shard.path(), format!("building the index table: {e}")))?;
         cols.push(Arc::new(dict));
     }
+    for b in meta {
+        cols.push(b.finish());
+    }
     RecordBatch::try_new(schema.clone(), cols)
         .map_err(|e| Error::manifest(shard.path(), format!("building the index table: {e}")))
+}
+
+/// A `meta.<name>` column being built. A value of another JSON type than the column's
+/// (which shardpack never writes) is null.
+enum MetaBuilder {
+    Bool(BooleanBuilder),
+    Int(Int64Builder),
+    UInt(UInt64Builder),
+    Float(Float64Builder),
+    Str(StringBuilder),
+}
+
+impl MetaBuilder {
+    fn new(ty: MetaType, n: usize) -> MetaBuilder {
+        match ty {
+            MetaType::Bool => MetaBuilder::Bool(BooleanBuilder::with_capacity(n)),
+            MetaType::Int64 => MetaBuilder::Int(Int64Builder::with_capacity(n)),
+            MetaType::UInt64 => MetaBuilder::UInt(UInt64Builder::with_capacity(n)),
+            MetaType::Float64 => MetaBuilder::Float(Float64Builder::with_capacity(n)),
+            MetaType::String => MetaBuilder::Str(StringBuilder::with_capacity(n, n * 16)),
+        }
+    }
+
+    fn append(&mut self, v: Option<&serde_json::Value>) {
+        use serde_json::Value;
+        match self {
+            MetaBuilder::Bool(b) => b.append_option(v.and_then(Value::as_bool)),
+            MetaBuilder::Int(b) => b.append_option(v.and_then(Value::as_i64)),
+            MetaBuilder::UInt(b) => b.append_option(v.and_then(Value::as_u64)),
+            MetaBuilder::Float(b) => b.append_option(v.and_then(crate::metadata::value_float)),
+            MetaBuilder::Str(b) => match v {
+                None | Some(Value::Null) => b.append_null(),
+                Some(Value::String(s)) => b.append_value(s),
+                Some(other) => b.append_value(other.to_string()),
+            },
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            MetaBuilder::Bool(mut b) => Arc::new(b.finish()),
+            MetaBuilder::Int(mut b) => Arc::new(b.finish()),
+            MetaBuilder::UInt(mut b) => Arc::new(b.finish()),
+            MetaBuilder::Float(mut b) => Arc::new(b.finish()),
+            MetaBuilder::Str(mut b) => Arc::new(b.finish()),
+        }
+    }
 }

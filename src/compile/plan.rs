@@ -382,8 +382,11 @@ fn write_plan(
     if source.access() == Access::Sequential {
         return Err(Error::input(
             source.root(),
-            "is read as one stream (.tar.gz), which cannot be split into parts; gunzip the \
-             tars and plan again",
+            format!(
+                "cannot be split into parts: {} (a planned pack needs a source read in any \
+                 order: a tree, plain .tar WebDataset shards or MDS; pack it on one machine)",
+                source.sequential_note()
+            ),
         ));
     }
     let prepared = prepare(&*source, &cat, opts, progress, &cancel, &io)?;
@@ -490,6 +493,7 @@ fn write_plan(
                 crate::source::SourceFormat::Tree => "tree",
                 crate::source::SourceFormat::WebDataset => "wds",
                 crate::source::SourceFormat::Mds => "mds",
+                crate::source::SourceFormat::Parquet => "parquet",
             }
             .into(),
             cls_labels: opts.source.cls_labels,
@@ -685,6 +689,9 @@ fn options_of(doc: &PlanDoc, local: &PackOptions) -> Result<PackOptions> {
             format: o.format.parse().map_err(|_| bad("format", &o.format))?,
             cls_labels: o.cls_labels,
             key_column: o.key_column.clone(),
+            // A plan refuses sequential sources, Parquet among them (see `plan_inputs`).
+            label_column: None,
+            field_columns: Vec::new(),
         },
         shard_cut: ShardCut::Raw,
         threads: local.threads,

@@ -1,5 +1,6 @@
 //! Sources of samples for the pack pipeline: a folder tree ([`tree`]), WebDataset tar shards
-//! ([`wds`]) and MosaicML MDS shards ([`mds`]).
+//! ([`wds`]), MosaicML MDS shards ([`mds`]) and, with the `parquet` feature, Parquet tables
+//! (`parquet`).
 //!
 //! A source gives the pipeline two things:
 //!
@@ -17,6 +18,12 @@
 //!    `shuffle_seed` is `null` and a note says so), reads each window on one thread, and reads
 //!    large members whole instead of streaming them.
 //!
+//! A catalog may also carry **per-sample metadata** ([`CatalogBuilder::push_with_metadata`]):
+//! a compact JSON object per sample, stored as one more field of the sample named
+//! [`METADATA_FIELD`](crate::metadata::METADATA_FIELD) (see [`crate::metadata`] for its
+//! encoding). Its bytes live in the catalog, not in the source: [`scan`] wraps the source so
+//! that the pipeline reads them like any member.
+//!
 //! Everything the pipeline does after the scan (trials, parallel read and compress, ordered
 //! commit, progress, cancellation, cleanup on failure) is the same for every source.
 
@@ -32,6 +39,8 @@ use crate::format::NO_LABEL;
 use crate::manifest::Skipped;
 
 pub mod mds;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 mod tar;
 pub mod tree;
 pub mod wds;
@@ -99,7 +108,13 @@ pub struct Catalog {
     pub notes: Vec<String>,
     /// Provisional field ids while building (see [`CatalogBuilder`]).
     interned: HashMap<Vec<u8>, u32>,
+    /// The per-sample metadata records, back to back; a member of the metadata field has
+    /// `file` [`METADATA_FILE`] and its `offset` into this.
+    metadata: std::sync::Arc<Vec<u8>>,
 }
+
+/// The `file` of a metadata member: its bytes are in the catalog (see the module docs).
+pub const METADATA_FILE: u32 = u32::MAX;
 
 /// How a [`CatalogBuilder`] labels samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +188,57 @@ impl CatalogBuilder {
         });
         c.keys.extend_from_slice(key);
         Ok(())
+    }
+
+    /// Like [`CatalogBuilder::push`], with the sample's metadata record (a JSON object, see
+    /// [`crate::metadata`]) as a member of the field
+    /// [`METADATA_FIELD`](crate::metadata::METADATA_FIELD), which `members` must not name.
+    pub fn push_with_metadata<'n>(
+        &mut self,
+        key: &[u8],
+        label: Option<u32>,
+        members: impl IntoIterator<Item = (&'n [u8], Member)>,
+        metadata: Option<&[u8]>,
+    ) -> Result<()> {
+        let meta = metadata.map(|m| {
+            let blob = std::sync::Arc::make_mut(&mut self.cat.metadata);
+            let offset = blob.len() as u64;
+            blob.extend_from_slice(m);
+            (
+                crate::metadata::METADATA_FIELD,
+                Member {
+                    field: 0,
+                    file: METADATA_FILE,
+                    size: m.len() as u64,
+                    offset,
+                },
+            )
+        });
+        self.push(key, label, members.into_iter().chain(meta))
+    }
+
+    /// [`CatalogBuilder::finish`] for labels that name classes: each label given to
+    /// [`CatalogBuilder::push`] is an index into `names` (distinct, any order); the catalog's
+    /// classes are `names` sorted by bytes and each label becomes its class's position there,
+    /// so the manifest's labels read `"imagefolder"` (class ids of sorted class names).
+    pub fn finish_with_classes(self, names: Vec<Vec<u8>>) -> Catalog {
+        let mut c = self.finish();
+        let mut order: Vec<u32> = (0..names.len() as u32).collect();
+        order.sort_by(|&a, &b| names[a as usize].cmp(&names[b as usize]));
+        let mut remap = vec![0u32; names.len()];
+        for (new, &old) in order.iter().enumerate() {
+            remap[old as usize] = new as u32;
+        }
+        for s in &mut c.samples {
+            if s.label != NO_LABEL {
+                s.label = remap[s.label as usize];
+            }
+        }
+        let mut names = names;
+        names.sort();
+        c.classes = names;
+        c.imagefolder_labels = true;
+        c
     }
 
     /// The catalog: field ids in sorted name order (each sample's members sorted by it),
@@ -282,6 +348,19 @@ impl Catalog {
         v
     }
 
+    /// Sample `i`'s metadata record (see [`CatalogBuilder::push_with_metadata`]), if any.
+    pub fn metadata(&self, i: usize) -> Option<&[u8]> {
+        self.member_range(i)
+            .map(|m| self.members[m])
+            .find(|m| m.file == METADATA_FILE)
+            .map(|m| &self.metadata[m.offset as usize..][..m.size as usize])
+    }
+
+    /// Whether any sample has a metadata record.
+    pub fn has_metadata(&self) -> bool {
+        !self.metadata.is_empty() || self.members.iter().any(|m| m.file == METADATA_FILE)
+    }
+
     /// Two samples with the same key, as sample numbers (the earlier first), if any.
     pub fn duplicate_key(&self) -> Option<(usize, usize)> {
         let mut idx: Vec<u32> = (0..self.samples.len() as u32).collect();
@@ -323,6 +402,77 @@ pub trait Source: Sync {
 
     /// The root to name in errors about the whole source.
     fn root(&self) -> &Path;
+
+    /// The note for the user when the source is [`Access::Sequential`] and a shuffle was
+    /// asked for: why the samples keep the source order, and what to do about it.
+    fn sequential_note(&self) -> String {
+        "the source is read as one stream (.tar.gz), so the samples keep its order instead \
+         of being shuffled (WebDataset shards are usually written shuffled); unpack the \
+         tars (gunzip) to shuffle at pack time"
+            .into()
+    }
+}
+
+/// A source whose catalog carries metadata records: those members are answered from the
+/// catalog's bytes, the others by the source.
+struct WithMetadata {
+    inner: Box<dyn Source>,
+    blob: std::sync::Arc<Vec<u8>>,
+}
+
+impl WithMetadata {
+    fn bytes(&self, m: &MemberRef<'_>) -> Option<&[u8]> {
+        (m.member.file == METADATA_FILE)
+            .then(|| &self.blob[m.member.offset as usize..][..m.member.size as usize])
+    }
+}
+
+impl Source for WithMetadata {
+    fn access(&self) -> Access {
+        self.inner.access()
+    }
+    fn read(&self, m: &MemberRef<'_>) -> std::result::Result<Vec<u8>, String> {
+        match self.bytes(m) {
+            Some(b) => Ok(b.to_vec()),
+            None => self.inner.read(m),
+        }
+    }
+    fn open(&self, m: &MemberRef<'_>) -> std::result::Result<Box<dyn Read + Send + '_>, String> {
+        match self.bytes(m) {
+            Some(b) => Ok(Box::new(b)),
+            None => self.inner.open(m),
+        }
+    }
+    fn path(&self, m: &MemberRef<'_>) -> PathBuf {
+        if m.member.file == METADATA_FILE {
+            return self.inner.root().to_path_buf();
+        }
+        self.inner.path(m)
+    }
+    fn error(&self, m: &MemberRef<'_>, reason: String) -> Error {
+        if m.member.file == METADATA_FILE {
+            return Error::input(
+                self.inner.root(),
+                format!("sample {}, metadata: {reason}", lossy(m.key)),
+            );
+        }
+        self.inner.error(m, reason)
+    }
+    fn skip_name(&self, m: &MemberRef<'_>) -> Vec<u8> {
+        if m.member.file == METADATA_FILE {
+            let mut n = m.key.to_vec();
+            n.push(b'.');
+            n.extend_from_slice(m.field);
+            return n;
+        }
+        self.inner.skip_name(m)
+    }
+    fn root(&self) -> &Path {
+        self.inner.root()
+    }
+    fn sequential_note(&self) -> String {
+        self.inner.sequential_note()
+    }
 }
 
 /// `/`-free display of raw bytes.
@@ -335,7 +485,8 @@ pub(crate) fn lossy(b: &[u8]) -> String {
 pub enum SourceFormat {
     /// Decided from the inputs: `.tar`, `.tar.gz` and `.tgz` files, brace patterns and folders
     /// holding only such files are WebDataset shards; a folder with `index.json` and
-    /// `shard.*.mds*` files is an MDS dataset; any other folder is a tree.
+    /// `shard.*.mds*` files is an MDS dataset; `.parquet` files and folders holding only such
+    /// files are Parquet; any other folder is a tree.
     #[default]
     Auto,
     /// A folder tree.
@@ -344,6 +495,8 @@ pub enum SourceFormat {
     WebDataset,
     /// A MosaicML MDS dataset (a folder with `index.json`).
     Mds,
+    /// Parquet files (`.parquet` files or folders of them; feature `parquet`).
+    Parquet,
 }
 
 impl std::str::FromStr for SourceFormat {
@@ -354,7 +507,8 @@ impl std::str::FromStr for SourceFormat {
             "tree" => Ok(SourceFormat::Tree),
             "wds" | "webdataset" => Ok(SourceFormat::WebDataset),
             "mds" => Ok(SourceFormat::Mds),
-            _ => Err(format!("{s:?} is not auto, tree, wds or mds")),
+            "parquet" => Ok(SourceFormat::Parquet),
+            _ => Err(format!("{s:?} is not auto, tree, wds, mds or parquet")),
         }
     }
 }
@@ -367,9 +521,16 @@ pub struct SourceOptions {
     /// WebDataset: each sample's label is the integer in its `.cls` member (which also stays a
     /// field); the manifest's labels are then `"none"` (caller-chosen ids, no class names).
     pub cls_labels: bool,
-    /// MDS: the column whose value is each sample's key (`str`, `bytes` or an integer column);
-    /// without it the key is the sample number, zero-padded.
+    /// MDS and Parquet: the column whose value is each sample's key (MDS: `str`, `bytes` or an
+    /// integer column; Parquet: a string, binary or integer column); without it the key is the
+    /// sample number, zero-padded.
     pub key_column: Option<String>,
+    /// Parquet: the column whose value is each sample's label (string labels become class ids
+    /// of the sorted class names, integer labels are kept as they are).
+    pub label_column: Option<String>,
+    /// Parquet: the columns that become fields (binary columns or Hugging Face image structs);
+    /// empty: every such column.
+    pub field_columns: Vec<String>,
 }
 
 /// The inputs of a pack, resolved: what kind of source and which files.
@@ -386,6 +547,39 @@ pub enum Input {
     },
     /// An MDS dataset folder.
     Mds(PathBuf),
+    /// Parquet files, in order; `root` is what OUT must not be inside of.
+    Parquet {
+        /// The folder given, or the first file.
+        root: PathBuf,
+        /// The `.parquet` files.
+        files: Vec<PathBuf>,
+    },
+}
+
+fn is_parquet_name(p: &Path) -> bool {
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet") || e.eq_ignore_ascii_case("parq"))
+}
+
+/// The `.parquet` files directly in `dir`, sorted by name; `None` when it holds anything else
+/// besides hidden files and `_`-prefixed ones (Spark's `_SUCCESS`, `_metadata`), or no
+/// Parquet file.
+fn parquets_in(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    let rd = fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))?;
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::io(dir, "read directory", e))?;
+        let p = e.path();
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if p.is_file() && is_parquet_name(&p) {
+            v.push(p);
+        } else if !(n.starts_with('.') || n.starts_with('_')) {
+            return Ok(None);
+        }
+    }
+    v.sort();
+    Ok((!v.is_empty()).then_some(v))
 }
 
 fn is_tar_name(p: &Path) -> bool {
@@ -482,10 +676,19 @@ impl Input {
         };
         let not_found =
             |p: &Path| Error::input(p, "source does not exist; check the path".to_string());
+        let parquet_like = |p: &Path| {
+            (p.is_file() && is_parquet_name(p))
+                || (p.is_dir() && parquets_in(p).ok().flatten().is_some())
+        };
+        if format == SourceFormat::Parquet
+            || (format == SourceFormat::Auto && inputs.iter().all(|p| parquet_like(p)))
+        {
+            return Self::parquet(inputs);
+        }
         if inputs.len() > 1 && !matches!(format, SourceFormat::Auto | SourceFormat::WebDataset) {
             return Err(Error::Options(
-                "several sources are WebDataset shards only; a tree or an MDS dataset is one \
-                 folder"
+                "several sources are WebDataset shards or Parquet files only; a tree or an MDS \
+                 dataset is one folder"
                     .into(),
             ));
         }
@@ -546,6 +749,34 @@ impl Input {
         }
     }
 
+    fn parquet(inputs: &[PathBuf]) -> Result<Input> {
+        let mut files = Vec::new();
+        for p in inputs {
+            if p.is_dir() {
+                match parquets_in(p)? {
+                    Some(v) => files.extend(v),
+                    None => {
+                        return Err(Error::input(
+                            p,
+                            "is not a folder of Parquet files: it must hold only .parquet files \
+                             (hidden and _-prefixed files aside)",
+                        ))
+                    }
+                }
+            } else if p.is_file() {
+                files.push(p.clone());
+            } else {
+                return Err(Error::input(p, "source does not exist; check the path"));
+            }
+        }
+        let root = if inputs.len() == 1 && inputs[0].is_dir() {
+            inputs[0].clone()
+        } else {
+            files[0].clone()
+        };
+        Ok(Input::Parquet { root, files })
+    }
+
     fn webdataset(inputs: &[PathBuf]) -> Result<Input> {
         let mut shards = Vec::new();
         for p in inputs {
@@ -591,7 +822,7 @@ impl Input {
     pub fn root(&self) -> &Path {
         match self {
             Input::Tree(p) | Input::Mds(p) => p,
-            Input::WebDataset { root, .. } => root,
+            Input::WebDataset { root, .. } | Input::Parquet { root, .. } => root,
         }
     }
 }
@@ -607,6 +838,7 @@ pub(crate) fn scan(
         Input::Tree(_) => "a folder tree",
         Input::WebDataset { .. } => "WebDataset shards",
         Input::Mds(_) => "an MDS dataset",
+        Input::Parquet { .. } => "Parquet files",
     };
     if opts.source.cls_labels && !matches!(input, Input::WebDataset { .. }) {
         return Err(Error::Options(format!(
@@ -614,11 +846,35 @@ pub(crate) fn scan(
              pass --labels imagefolder or none"
         )));
     }
-    if opts.source.key_column.is_some() && !matches!(input, Input::Mds(_)) {
+    if opts.source.key_column.is_some() && !matches!(input, Input::Mds(_) | Input::Parquet { .. }) {
         return Err(Error::Options(format!(
-            "--key-column is for MDS datasets, and the source is {kind}"
+            "--key-column is for MDS datasets and Parquet files, and the source is {kind}"
         )));
     }
+    let parquet_only = opts.source.label_column.is_some() || !opts.source.field_columns.is_empty();
+    if parquet_only && !matches!(input, Input::Parquet { .. }) {
+        return Err(Error::Options(format!(
+            "--label-column and --field-column are for Parquet files, and the source is {kind}"
+        )));
+    }
+    let (source, cat, warnings) = scan_input(input, opts, progress, cancel)?;
+    if cat.has_metadata() {
+        let blob = cat.metadata.clone();
+        let wrapped: Box<dyn Source> = Box::new(WithMetadata {
+            inner: source,
+            blob,
+        });
+        return Ok((wrapped, cat, warnings));
+    }
+    Ok((source, cat, warnings))
+}
+
+fn scan_input(
+    input: &Input,
+    opts: &crate::compile::PackOptions,
+    progress: &dyn crate::compile::Progress,
+    cancel: &crate::compile::Cancel<'_>,
+) -> Result<(Box<dyn Source>, Catalog, Vec<String>)> {
     match input {
         Input::Tree(p) => {
             let (s, c, w) = tree::scan(p, opts, progress, cancel)?;
@@ -632,6 +888,17 @@ pub(crate) fn scan(
             let (s, c) = mds::scan(p, opts, progress, cancel)?;
             Ok((Box::new(s), c, Vec::new()))
         }
+        #[cfg(feature = "parquet")]
+        Input::Parquet { root, files } => {
+            let (s, c) = parquet::scan(root, files, opts, progress, cancel)?;
+            Ok((Box::new(s), c, Vec::new()))
+        }
+        #[cfg(not(feature = "parquet"))]
+        Input::Parquet { root, .. } => Err(Error::input(
+            root,
+            "is Parquet, and this shardpack was built without the `parquet` feature; use the \
+             shardpack command (it has it) or build with --features parquet",
+        )),
     }
 }
 

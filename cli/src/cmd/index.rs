@@ -18,7 +18,9 @@ use crate::util::human_bytes;
 /// Write the sample index as a table: one row per sample with index, key (binary, and a UTF-8
 /// copy that is null for other keys), label, class, shard, and per field `<name>_size`
 /// (decoded bytes), `<name>_stored` (bytes in the shard) and `<name>_codec` (null where the
-/// sample lacks the field). Only the index is read, not the records. The schema is specified in
+/// sample lacks the field), then `meta.<name>` per metadata column of a dataset packed from
+/// Parquet (typed: bool, int64, uint64, float64 or string). Only the index is read, and the
+/// metadata records when there are such columns, not the other records. The schema is specified in
 /// format-spec/index-table.md; pandas, Polars, DuckDB and pyarrow read the file directly, e.g.
 /// `duckdb -c "SELECT index FROM 'index.parquet' WHERE class = 'cat'"`.
 ///

@@ -33,7 +33,10 @@ use crate::util::{human_bytes, parse_size};
 /// webdataset groups them (key = the name up to the first dot of its base name, a sample = a
 /// run of consecutive members with one key, fields lower-cased); a key seen twice is an
 /// error. Plain tars are shuffled like trees; .tar.gz keeps the shards' order. MDS: SRC is
-/// the folder with index.json; each column becomes a field holding its MDS bytes.
+/// the folder with index.json; each column becomes a field holding its MDS bytes. Parquet:
+/// SRC is one or more .parquet files or a folder of them; binary and Hugging Face image
+/// columns become fields, --key-column / --label-column pick the key and label, other scalar
+/// columns become per-sample metadata (field __meta__.json); rows keep their order.
 ///
 /// Ctrl-C (SIGINT) or SIGTERM stops the pack and removes what it wrote (exit 130 or 143); a
 /// later pack into the same OUT removes what a killed one left.
@@ -97,14 +100,25 @@ pub struct Args {
     #[arg(long, default_value = "imagefolder", value_parser = ["imagefolder", "none", "cls"])]
     pub labels: String,
     /// What SRC is: auto (.tar/.tar.gz/.tgz files, brace patterns and folders holding only
-    /// such files are WebDataset; a folder with index.json and shard.*.mds files is MDS; any
-    /// other folder is a tree), tree, wds or mds.
-    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = ["auto", "tree", "wds", "mds"])]
+    /// such files are WebDataset; a folder with index.json and shard.*.mds files is MDS;
+    /// .parquet files and folders holding only such files are Parquet; any other folder is a
+    /// tree), tree, wds, mds or parquet.
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = ["auto", "tree", "wds", "mds", "parquet"])]
     pub from: String,
-    /// MDS: the column whose values are the sample keys (str, bytes or an integer column);
-    /// without it, the key is the sample number.
+    /// MDS and Parquet: the column whose values are the sample keys (MDS: str, bytes or an
+    /// integer column; Parquet: string, binary or integer); without it, the key is the sample
+    /// number.
     #[arg(long, value_name = "COLUMN")]
     pub key_column: Option<String>,
+    /// Parquet: the column whose values are the labels: string labels become class ids of
+    /// the sorted class names, integer labels are kept (null or -1: no label).
+    #[arg(long, value_name = "COLUMN")]
+    pub label_column: Option<String>,
+    /// Parquet: a column that becomes a field (binary, or a Hugging Face image
+    /// struct<bytes, path>); repeat it for several. Without it, every such column is a field.
+    /// Other scalar columns are kept as per-sample metadata (the field __meta__.json).
+    #[arg(long, value_name = "COLUMN")]
+    pub field_column: Vec<String>,
     /// Where a file name splits into key and field: first-dot (`a.seg.png` -> key `a`, field
     /// `seg.png`, WebDataset's rule), last-dot (key `a.seg`, field `png`), whole (each file its
     /// own sample), or auto: first-dot unless that makes many fields that occur in one sample
@@ -340,6 +354,8 @@ pub(crate) fn options(a: &Args) -> Result<PackOptions> {
             format: a.from.parse().map_err(anyhow::Error::msg)?,
             cls_labels: a.labels == "cls",
             key_column: a.key_column.clone(),
+            label_column: a.label_column.clone(),
+            field_columns: a.field_column.clone(),
         },
         shard_cut: a.shard_cut.parse().map_err(anyhow::Error::msg)?,
         ..PackOptions::default()
