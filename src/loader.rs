@@ -269,7 +269,8 @@ pub struct LoaderOptions {
     pub window_chunks: usize,
     /// Background threads reading and decoding. Each alternates between one large read and
     /// decoding what it read, so this is also about twice the I/O queue depth: 8 keeps an
-    /// NVMe-class device busy with 4 MiB chunks.
+    /// NVMe-class device busy with 4 MiB chunks; with the default 256 KiB chunks a device
+    /// that needs more requests in flight wants more (`shardpack bench --loader-threads`).
     pub io_threads: usize,
     /// Memory for samples read ahead of the consumer (see the module docs).
     pub prefetch_bytes: u64,

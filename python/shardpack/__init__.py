@@ -262,12 +262,13 @@ def _share(name: str, value: float | str) -> float:
 
 
 _TUNING_DEFAULTS: dict[str, Any] = {
-    "chunk_bytes": 4 << 20,
-    "window_chunks": 16,
+    "chunk_bytes": 256 << 10,
+    "window_chunks": 256,
     "io_threads": 8,
     "prefetch_bytes": 256 << 20,
     "direct_io": "auto",
     "on_error": "fail",
+    "read_next_epoch": False,
 }
 
 # The state dict's "shardpack_loader_state": 1 in shardpack 0.2.0 (refused), 2 since the
@@ -305,7 +306,7 @@ class Loader:
     """Shuffled, partitioned, resumable batches of a dataset, read on Rust threads.
 
     ``Loader(path_or_dataset, *, batch_size, seed=0, epoch=0, rank=None, world_size=None,
-    shuffle="chunked", drop_last=False, **tuning)``
+    shuffle="interleaved", drop_last=False, **tuning)``
 
     Iterating gives batches: lists of :class:`Sample` (raw fields are zero-copy views of the
     loader's read buffers; drop a batch when done with it, or copy with ``bytes(...)`` what
@@ -313,22 +314,30 @@ class Loader:
     world_size)``: chunks of consecutive samples are shuffled, each rank takes an equal slice
     (the last ranks are padded by repeating the first samples of the epoch's sequence, so every
     rank has ``ceil(len(ds) / world_size)`` samples; ``floor`` and no repeats with
-    ``drop_last``), and samples are shuffled within windows of chunks.
+    ``drop_last``), and samples are mixed within windows of chunks.
 
     - ``rank`` / ``world_size`` default to ``torch.distributed``'s when it is initialised,
       else to the ``RANK`` / ``WORLD_SIZE`` environment variables, else to 0 / 1.
-    - ``shuffle``: ``"chunked"`` (default), ``"none"`` (stored order) or ``"full"``.
+    - ``shuffle``: ``"interleaved"`` (default: each chunk's samples spread evenly over its
+      window, so a batch draws from up to ``window_chunks`` chunks and mixes labels like a
+      full shuffle even on class-sorted storage), ``"chunked"`` (windows shuffled uniformly:
+      the default before, and what states saying ``"chunked"`` resume with), ``"none"``
+      (stored order) or ``"full"``.
     - ``indices``: serve only these sample numbers (any iterable; duplicates count once), in
       the same chunked order restricted to them; dense runs keep large reads, sparse members
       are read alone. The state records the set's identity.
     - ``drop_last``: equal counts per rank by dropping instead of padding (the library's
       ``LoaderOptions::drop_last``: every rank gets ``floor(len(ds) / world_size)`` distinct
       samples), and this rank's last batch is dropped when it is short.
-    - ``**tuning``: ``chunk_bytes`` (4 MiB), ``window_chunks`` (16), ``io_threads`` (8),
+    - ``**tuning``: ``chunk_bytes`` (256 KiB), ``window_chunks`` (256), ``io_threads`` (8),
       ``prefetch_bytes`` (256 MiB), ``direct_io`` (``"auto"``, ``"on"``, ``"off"``),
       ``on_error`` (``"fail"``, the default, raises on a corrupt record naming its shard,
       sample, key and field; ``"skip"`` leaves out only that sample, lists it in
-      :attr:`skipped` and goes on); sizes may be ints or strings such as ``"8MiB"``.
+      :attr:`skipped` and goes on), ``read_next_epoch`` (``False``; ``True``: once an epoch's
+      reads are all under way, the next epoch's loader starts reading its first window, and
+      ``set_epoch(epoch + 1)`` after the epoch's last batch takes it over, so that back to
+      back epochs do not stall at the boundary); sizes may be ints or strings such as
+      ``"8MiB"``.
 
     Under ``on_error="skip"`` positions (``state_dict()``'s ``samples_consumed``) count the
     skipped samples too, so a resume continues exactly where the loader stopped; a rank that
@@ -360,7 +369,7 @@ class Loader:
         epoch: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        shuffle: str = "chunked",
+        shuffle: str = "interleaved",
         drop_last: bool = False,
         indices: Any = None,
         **tuning: Any,
@@ -396,6 +405,7 @@ class Loader:
             "prefetch_bytes": _size("prefetch_bytes", t["prefetch_bytes"]),
             "direct_io": str(t["direct_io"]),
             "on_error": str(t["on_error"]),
+            "read_next_epoch": bool(t["read_next_epoch"]),
         }
         if indices is not None:
             try:
@@ -518,6 +528,12 @@ class Loader:
     def close(self) -> None:
         """Stops the reading threads now (iteration can go on later: they start again)."""
         self._native.close()
+
+    @property
+    def next_epoch_ready(self) -> bool:
+        """Under ``read_next_epoch``: whether the next epoch is read ahead and waiting (after
+        an epoch's last batch; ``set_epoch(epoch + 1)`` then continues with it)."""
+        return bool(self._native.next_epoch_ready)
 
     # -- pickling -------------------------------------------------------------------------
 
