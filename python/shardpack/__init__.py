@@ -42,6 +42,7 @@ __all__ = [
     "Sample",
     "Blob",
     "Loader",
+    "MixedLoader",
     "ShardpackError",
     "ShardpackIOError",
     "ShardpackValueError",
@@ -547,6 +548,119 @@ class Loader:
             f"seed={seed} epoch={epoch} rank={rank}/{world} at {consumed}/"
             f"{self.samples_per_epoch} samples>"
         )
+
+
+class MixedLoader:
+    """Several datasets mixed by weight in one epoch, read on Rust threads.
+
+    ``MixedLoader([(path_or_dataset, weight), ...], *, batch_size, epoch_samples=None,
+    seed=0, epoch=0, rank=None, world_size=None, shuffle="interleaved", drop_last=False,
+    **tuning)``
+
+    A weight is a number (a fraction of the epoch, relative to the other fractions: 0.7 and
+    0.3, or 7 and 3) or ``{"samples": n}`` (exactly ``n`` samples each epoch). Counts are
+    exact per epoch (fractions share what fixed counts leave, rounded by largest remainder:
+    :attr:`counts`); without ``epoch_samples`` the epoch is the longest in which no fraction
+    source repeats a sample. Each source serves the first ``count`` samples of its own
+    chunk-shuffled epoch (another part each epoch), split by rank as one dataset is, and the
+    sources are interleaved so that every batch holds each in proportion. Iterating gives
+    batches as lists of ``(source, Sample)`` pairs (``source`` is the position in the list).
+    ``state_dict()`` / ``load_state_dict()`` resume exactly (also at another world size);
+    a state of other sources, weights, epoch size or order options is refused. The tuning
+    options are :class:`Loader`'s (each source gets its own reading threads and budget).
+    """
+
+    def __init__(
+        self,
+        sources: Any,
+        *,
+        batch_size: int,
+        epoch_samples: int | None = None,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: str = "interleaved",
+        drop_last: bool = False,
+        **tuning: Any,
+    ) -> None:
+        unknown = sorted(set(tuning) - set(_TUNING_DEFAULTS) | ({"read_next_epoch"} & set(tuning)))
+        if unknown:
+            raise ShardpackValueError(
+                f"invalid option: unknown MixedLoader option(s) {', '.join(unknown)}"
+            )
+        t = {**_TUNING_DEFAULTS, **tuning}
+        rank, world_size = _distributed_defaults(rank, world_size)
+        datasets: list[Dataset] = []
+        weights: list[tuple[str, float]] = []
+        for item in sources:
+            try:
+                ds, w = item
+            except (TypeError, ValueError):
+                raise ShardpackValueError(
+                    "invalid option: sources must be (dataset, weight) pairs"
+                ) from None
+            datasets.append(ds if isinstance(ds, _native.Dataset) else _native.Dataset(ds))
+            if isinstance(w, Mapping) and set(w) == {"samples"}:
+                weights.append(("samples", float(_count("samples", w["samples"], minimum=0))))
+            elif isinstance(w, (int, float)) and not isinstance(w, bool):
+                weights.append(("fraction", float(w)))
+            else:
+                raise ShardpackValueError(
+                    f"invalid option: a weight is a number or {{'samples': n}}, not {w!r}"
+                )
+        self._native = _native._MixedLoader(
+            datasets,
+            weights,
+            epoch_samples=None if epoch_samples is None else _count("epoch_samples", epoch_samples, minimum=0),
+            batch_size=_count("batch_size", batch_size),
+            seed=_count("seed", seed, minimum=0),
+            epoch=_count("epoch", epoch, minimum=0),
+            rank=_count("rank", rank, minimum=0),
+            world_size=_count("world_size", world_size),
+            shuffle=str(shuffle),
+            drop_last=bool(drop_last),
+            chunk_bytes=_size("chunk_bytes", t["chunk_bytes"]),
+            window_chunks=_count("window_chunks", t["window_chunks"]),
+            io_threads=_count("io_threads", t["io_threads"]),
+            prefetch_bytes=_size("prefetch_bytes", t["prefetch_bytes"]),
+            direct_io=str(t["direct_io"]),
+            on_error=str(t["on_error"]),
+        )
+
+    def __iter__(self) -> Iterator[list[tuple[int, Sample]]]:
+        return self
+
+    def __next__(self) -> list[tuple[int, Sample]]:
+        batch = self._native.next_batch()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    @property
+    def counts(self) -> list[int]:
+        """Each source's samples per epoch, over all ranks."""
+        return list(self._native.counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` from its beginning."""
+        self._native.set_epoch(_count("epoch", epoch, minimum=0))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position: the library's ``MixedState`` (one loader state per source)."""
+        state: dict[str, Any] = json.loads(self._native.state_json())
+        return {"shardpack_mixed_state": 1, **state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continues from ``state`` (from :meth:`state_dict`)."""
+        if not isinstance(state, Mapping) or state.get("shardpack_mixed_state") != 1:
+            raise ShardpackError("not a shardpack mixed loader state (from MixedLoader.state_dict())")
+        rust = {k: v for k, v in state.items() if k != "shardpack_mixed_state"}
+        self._native.load_state(json.dumps(rust))
+
+    def close(self) -> None:
+        """Stops the reading threads now."""
+        self._native.close()
 
 
 def check_state(state: Mapping[str, Any], *_unused: Any) -> None:

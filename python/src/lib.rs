@@ -36,6 +36,8 @@ use shardpack::loader::{
 use shardpack::writer::WriterOptions;
 use shardpack::{Error, Loader, LoaderOptions, LoaderState};
 
+mod mix;
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
@@ -1630,6 +1632,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Blob>()?;
     m.add_class::<ArrowStream>()?;
     m.add_class::<NativeLoader>()?;
+    m.add_class::<mix::NativeMixedLoader>()?;
     m.add_function(wrap_pyfunction!(_pack, m)?)?;
     m.add_function(wrap_pyfunction!(_sample_from_parts, m)?)?;
     m.add_function(wrap_pyfunction!(_version, m)?)?;

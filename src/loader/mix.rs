@@ -441,6 +441,32 @@ impl MixedLoader {
         }
     }
 
+    /// The state at the start of epoch `opts.epoch` (nothing consumed), without starting a
+    /// loader.
+    pub fn start_state(
+        sources: &[(Arc<Dataset>, Weight)],
+        epoch_samples: Option<u64>,
+        opts: &LoaderOptions,
+    ) -> Result<MixedState> {
+        opts.validate()?;
+        let per = source_opts(sources, epoch_samples, opts)?;
+        Ok(MixedState {
+            version: MIXED_STATE_VERSION,
+            seed: opts.seed,
+            epoch: opts.epoch,
+            epoch_samples,
+            sources: sources
+                .iter()
+                .zip(per)
+                .map(|((ds, w), (o, c))| MixedSourceState {
+                    weight: *w,
+                    samples: c,
+                    state: LoaderState::start(ds, &o),
+                })
+                .collect(),
+        })
+    }
+
     /// Each source's samples per epoch over all ranks ([`mix_counts`]).
     pub fn counts(&self) -> Vec<u64> {
         self.sources.iter().map(|s| s.samples).collect()
