@@ -434,6 +434,8 @@ fn chunked_shuffle_matches_a_full_shuffle_on_a_shuffled_pack_and_not_on_a_sorted
         // (4 MiB chunks of a multi-GB dataset).
         chunk_bytes: 16 << 10,
         window_chunks: 16,
+        // The uniform in-window shuffle (the default before the interleaved order).
+        shuffle: Shuffle::Chunked,
         ..LoaderOptions::default()
     };
     for (shuffled, out) in [(true, "shuffled"), (false, "sorted")] {

@@ -81,7 +81,7 @@ fn the_state_records_what_shapes_the_order() {
     assert_eq!(st.samples_consumed, 50);
     assert_eq!(
         (st.shuffle, st.chunk_bytes, st.window_chunks),
-        (Shuffle::Chunked, 4 << 10, 4)
+        (Shuffle::Interleaved, 4 << 10, 4)
     );
     assert!(!st.drop_last && st.subset.is_none() && st.segments.is_empty());
     // The JSON layout documented in the loader module.
@@ -104,7 +104,7 @@ fn the_state_records_what_shapes_the_order() {
     ];
     want.sort_unstable();
     assert_eq!(keys, want);
-    assert_eq!(v["shuffle"], "chunked");
+    assert_eq!(v["shuffle"], "interleaved");
 }
 
 #[test]
@@ -151,14 +151,28 @@ fn each_mismatch_is_refused_naming_the_field_and_both_values() {
                 shuffle: Shuffle::None,
                 ..o.clone()
             },
-            vec!["shuffle=chunked", "shuffle=none"],
+            vec!["shuffle=interleaved", "shuffle=none"],
         ),
         (
             LoaderOptions {
                 shuffle: Shuffle::Full,
                 ..o.clone()
             },
-            vec!["shuffle=chunked", "shuffle=full"],
+            vec!["shuffle=interleaved", "shuffle=full"],
+        ),
+        (
+            LoaderOptions {
+                shuffle: Shuffle::Chunked,
+                ..o.clone()
+            },
+            vec!["shuffle=interleaved", "shuffle=chunked"],
+        ),
+        (
+            LoaderOptions {
+                epoch_samples: Some(400),
+                ..o.clone()
+            },
+            vec!["epoch_samples=none", "epoch_samples=400"],
         ),
         (
             LoaderOptions {

@@ -132,7 +132,16 @@ fn bench_reports_every_phase_and_its_keys() {
 fn bench_warns_about_a_class_sorted_dataset() {
     let dir = tmp();
     let (_, ds) = packed(dir.path(), &["--no-shuffle"]);
+    // The default interleaved order mixes sorted storage like a full shuffle: no warning.
     let v = bench_json(&ds, &[]);
+    assert!(
+        v["batch_label_diversity_ratio"].as_f64().unwrap() >= 0.9,
+        "{v}"
+    );
+    assert!(v["notes"].as_array().unwrap().is_empty(), "{v}");
+    // A uniform shuffle of small windows does not, and is warned about.
+    let old = ["--shuffle", "chunked", "--window", "4"];
+    let v = bench_json(&ds, &old);
     let ratio = v["batch_label_diversity"].as_f64().unwrap()
         / v["batch_label_diversity_full_random"].as_f64().unwrap();
     assert!(ratio < 0.8, "{v}");
@@ -144,7 +153,7 @@ fn bench_warns_about_a_class_sorted_dataset() {
         "{notes:?}"
     );
     // The table says it too.
-    bench(&ds, &[])
+    bench(&ds, &old)
         .ok()
         .stdout_has("WARNING")
         .stdout_has("labels per batch");
@@ -156,5 +165,33 @@ fn bench_refuses_a_step_that_is_not_a_positive_time() {
     let (_, ds) = packed(dir.path(), &[]);
     for bad in ["--step-ms=0", "--step-ms=-1", "--step-ms=NaN"] {
         bench(&ds, &[bad]).code(1).stderr_has(&["--step-ms"]);
+    }
+}
+
+#[test]
+fn bench_epochs_report_each_boundary() {
+    let dir = tmp();
+    let (_, ds) = packed(dir.path(), &[]);
+    for extra in [&[][..], &["--no-read-next-epoch"][..]] {
+        let mut args = vec!["--step-ms", "1", "--epochs", "3"];
+        args.extend_from_slice(extra);
+        let v = bench_json(&ds, &args);
+        let epochs = v["trainer_epochs_loader"].as_array().unwrap();
+        assert_eq!(epochs.len(), 3, "{v}");
+        for e in epochs {
+            for k in ["first_batch_wait_s", "busy", "seconds"] {
+                assert!(e[k].as_f64().unwrap() >= 0.0, "{k}: {v}");
+            }
+        }
+        let across = v["trainer_busy_across_boundaries"].as_f64().unwrap();
+        assert!(across > 0.0 && across <= 1.5, "{v}");
+        assert_eq!(v["trainer_read_next_epoch"], extra.is_empty());
+        let mut text = args.clone();
+        text.retain(|a| *a != "--json");
+        bench(&ds, &text)
+            .ok()
+            .stdout_has("boundary 0->1: stall")
+            .stdout_has("boundary 1->2: stall")
+            .stdout_has("busy across the epoch boundaries");
     }
 }

@@ -42,6 +42,7 @@ __all__ = [
     "Sample",
     "Blob",
     "Loader",
+    "MixedLoader",
     "ShardpackError",
     "ShardpackIOError",
     "ShardpackValueError",
@@ -262,12 +263,13 @@ def _share(name: str, value: float | str) -> float:
 
 
 _TUNING_DEFAULTS: dict[str, Any] = {
-    "chunk_bytes": 4 << 20,
-    "window_chunks": 16,
+    "chunk_bytes": 256 << 10,
+    "window_chunks": 256,
     "io_threads": 8,
     "prefetch_bytes": 256 << 20,
     "direct_io": "auto",
     "on_error": "fail",
+    "read_next_epoch": False,
 }
 
 # The state dict's "shardpack_loader_state": 1 in shardpack 0.2.0 (refused), 2 since the
@@ -305,7 +307,7 @@ class Loader:
     """Shuffled, partitioned, resumable batches of a dataset, read on Rust threads.
 
     ``Loader(path_or_dataset, *, batch_size, seed=0, epoch=0, rank=None, world_size=None,
-    shuffle="chunked", drop_last=False, **tuning)``
+    shuffle="interleaved", drop_last=False, **tuning)``
 
     Iterating gives batches: lists of :class:`Sample` (raw fields are zero-copy views of the
     loader's read buffers; drop a batch when done with it, or copy with ``bytes(...)`` what
@@ -313,22 +315,30 @@ class Loader:
     world_size)``: chunks of consecutive samples are shuffled, each rank takes an equal slice
     (the last ranks are padded by repeating the first samples of the epoch's sequence, so every
     rank has ``ceil(len(ds) / world_size)`` samples; ``floor`` and no repeats with
-    ``drop_last``), and samples are shuffled within windows of chunks.
+    ``drop_last``), and samples are mixed within windows of chunks.
 
     - ``rank`` / ``world_size`` default to ``torch.distributed``'s when it is initialised,
       else to the ``RANK`` / ``WORLD_SIZE`` environment variables, else to 0 / 1.
-    - ``shuffle``: ``"chunked"`` (default), ``"none"`` (stored order) or ``"full"``.
+    - ``shuffle``: ``"interleaved"`` (default: each chunk's samples spread evenly over its
+      window, so a batch draws from up to ``window_chunks`` chunks and mixes labels like a
+      full shuffle even on class-sorted storage), ``"chunked"`` (windows shuffled uniformly:
+      the default before, and what states saying ``"chunked"`` resume with), ``"none"``
+      (stored order) or ``"full"``.
     - ``indices``: serve only these sample numbers (any iterable; duplicates count once), in
       the same chunked order restricted to them; dense runs keep large reads, sparse members
       are read alone. The state records the set's identity.
     - ``drop_last``: equal counts per rank by dropping instead of padding (the library's
       ``LoaderOptions::drop_last``: every rank gets ``floor(len(ds) / world_size)`` distinct
       samples), and this rank's last batch is dropped when it is short.
-    - ``**tuning``: ``chunk_bytes`` (4 MiB), ``window_chunks`` (16), ``io_threads`` (8),
+    - ``**tuning``: ``chunk_bytes`` (256 KiB), ``window_chunks`` (256), ``io_threads`` (8),
       ``prefetch_bytes`` (256 MiB), ``direct_io`` (``"auto"``, ``"on"``, ``"off"``),
       ``on_error`` (``"fail"``, the default, raises on a corrupt record naming its shard,
       sample, key and field; ``"skip"`` leaves out only that sample, lists it in
-      :attr:`skipped` and goes on); sizes may be ints or strings such as ``"8MiB"``.
+      :attr:`skipped` and goes on), ``read_next_epoch`` (``False``; ``True``: once an epoch's
+      reads are all under way, the next epoch's loader starts reading its first window, and
+      ``set_epoch(epoch + 1)`` after the epoch's last batch takes it over, so that back to
+      back epochs do not stall at the boundary); sizes may be ints or strings such as
+      ``"8MiB"``.
 
     Under ``on_error="skip"`` positions (``state_dict()``'s ``samples_consumed``) count the
     skipped samples too, so a resume continues exactly where the loader stopped; a rank that
@@ -360,7 +370,7 @@ class Loader:
         epoch: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        shuffle: str = "chunked",
+        shuffle: str = "interleaved",
         drop_last: bool = False,
         indices: Any = None,
         **tuning: Any,
@@ -396,6 +406,7 @@ class Loader:
             "prefetch_bytes": _size("prefetch_bytes", t["prefetch_bytes"]),
             "direct_io": str(t["direct_io"]),
             "on_error": str(t["on_error"]),
+            "read_next_epoch": bool(t["read_next_epoch"]),
         }
         if indices is not None:
             try:
@@ -519,6 +530,12 @@ class Loader:
         """Stops the reading threads now (iteration can go on later: they start again)."""
         self._native.close()
 
+    @property
+    def next_epoch_ready(self) -> bool:
+        """Under ``read_next_epoch``: whether the next epoch is read ahead and waiting (after
+        an epoch's last batch; ``set_epoch(epoch + 1)`` then continues with it)."""
+        return bool(self._native.next_epoch_ready)
+
     # -- pickling -------------------------------------------------------------------------
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -531,6 +548,119 @@ class Loader:
             f"seed={seed} epoch={epoch} rank={rank}/{world} at {consumed}/"
             f"{self.samples_per_epoch} samples>"
         )
+
+
+class MixedLoader:
+    """Several datasets mixed by weight in one epoch, read on Rust threads.
+
+    ``MixedLoader([(path_or_dataset, weight), ...], *, batch_size, epoch_samples=None,
+    seed=0, epoch=0, rank=None, world_size=None, shuffle="interleaved", drop_last=False,
+    **tuning)``
+
+    A weight is a number (a fraction of the epoch, relative to the other fractions: 0.7 and
+    0.3, or 7 and 3) or ``{"samples": n}`` (exactly ``n`` samples each epoch). Counts are
+    exact per epoch (fractions share what fixed counts leave, rounded by largest remainder:
+    :attr:`counts`); without ``epoch_samples`` the epoch is the longest in which no fraction
+    source repeats a sample. Each source serves the first ``count`` samples of its own
+    chunk-shuffled epoch (another part each epoch), split by rank as one dataset is, and the
+    sources are interleaved so that every batch holds each in proportion. Iterating gives
+    batches as lists of ``(source, Sample)`` pairs (``source`` is the position in the list).
+    ``state_dict()`` / ``load_state_dict()`` resume exactly (also at another world size);
+    a state of other sources, weights, epoch size or order options is refused. The tuning
+    options are :class:`Loader`'s (each source gets its own reading threads and budget).
+    """
+
+    def __init__(
+        self,
+        sources: Any,
+        *,
+        batch_size: int,
+        epoch_samples: int | None = None,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: str = "interleaved",
+        drop_last: bool = False,
+        **tuning: Any,
+    ) -> None:
+        unknown = sorted(set(tuning) - set(_TUNING_DEFAULTS) | ({"read_next_epoch"} & set(tuning)))
+        if unknown:
+            raise ShardpackValueError(
+                f"invalid option: unknown MixedLoader option(s) {', '.join(unknown)}"
+            )
+        t = {**_TUNING_DEFAULTS, **tuning}
+        rank, world_size = _distributed_defaults(rank, world_size)
+        datasets: list[Dataset] = []
+        weights: list[tuple[str, float]] = []
+        for item in sources:
+            try:
+                ds, w = item
+            except (TypeError, ValueError):
+                raise ShardpackValueError(
+                    "invalid option: sources must be (dataset, weight) pairs"
+                ) from None
+            datasets.append(ds if isinstance(ds, _native.Dataset) else _native.Dataset(ds))
+            if isinstance(w, Mapping) and set(w) == {"samples"}:
+                weights.append(("samples", float(_count("samples", w["samples"], minimum=0))))
+            elif isinstance(w, (int, float)) and not isinstance(w, bool):
+                weights.append(("fraction", float(w)))
+            else:
+                raise ShardpackValueError(
+                    f"invalid option: a weight is a number or {{'samples': n}}, not {w!r}"
+                )
+        self._native = _native._MixedLoader(
+            datasets,
+            weights,
+            epoch_samples=None if epoch_samples is None else _count("epoch_samples", epoch_samples, minimum=0),
+            batch_size=_count("batch_size", batch_size),
+            seed=_count("seed", seed, minimum=0),
+            epoch=_count("epoch", epoch, minimum=0),
+            rank=_count("rank", rank, minimum=0),
+            world_size=_count("world_size", world_size),
+            shuffle=str(shuffle),
+            drop_last=bool(drop_last),
+            chunk_bytes=_size("chunk_bytes", t["chunk_bytes"]),
+            window_chunks=_count("window_chunks", t["window_chunks"]),
+            io_threads=_count("io_threads", t["io_threads"]),
+            prefetch_bytes=_size("prefetch_bytes", t["prefetch_bytes"]),
+            direct_io=str(t["direct_io"]),
+            on_error=str(t["on_error"]),
+        )
+
+    def __iter__(self) -> Iterator[list[tuple[int, Sample]]]:
+        return self
+
+    def __next__(self) -> list[tuple[int, Sample]]:
+        batch = self._native.next_batch()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    @property
+    def counts(self) -> list[int]:
+        """Each source's samples per epoch, over all ranks."""
+        return list(self._native.counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` from its beginning."""
+        self._native.set_epoch(_count("epoch", epoch, minimum=0))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position: the library's ``MixedState`` (one loader state per source)."""
+        state: dict[str, Any] = json.loads(self._native.state_json())
+        return {"shardpack_mixed_state": 1, **state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continues from ``state`` (from :meth:`state_dict`)."""
+        if not isinstance(state, Mapping) or state.get("shardpack_mixed_state") != 1:
+            raise ShardpackError("not a shardpack mixed loader state (from MixedLoader.state_dict())")
+        rust = {k: v for k, v in state.items() if k != "shardpack_mixed_state"}
+        self._native.load_state(json.dumps(rust))
+
+    def close(self) -> None:
+        """Stops the reading threads now."""
+        self._native.close()
 
 
 def check_state(state: Mapping[str, Any], *_unused: Any) -> None:

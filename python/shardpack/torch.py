@@ -166,7 +166,7 @@ class ShardIterableDataset(tud.IterableDataset):  # type: ignore[type-arg]
             batch_size=batch_size,
             seed=self.seed,
             epoch=self.epoch,
-            shuffle="chunked" if self.shuffle else "none",
+            shuffle="interleaved" if self.shuffle else "none",
             **o,
         )
         if self.drop_last:

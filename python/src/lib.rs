@@ -36,6 +36,7 @@ use shardpack::loader::{
 use shardpack::writer::WriterOptions;
 use shardpack::{Error, Loader, LoaderOptions, LoaderState};
 
+mod mix;
 mod plan;
 
 // ---------------------------------------------------------------------------------------------
@@ -814,6 +815,9 @@ type BatchResult = Option<Fed>;
 struct Running {
     rx: Mutex<mpsc::Receiver<BatchResult>>,
     feeder: Option<std::thread::JoinHandle<()>>,
+    /// The next epoch's loader, already reading (`read_next_epoch`), left by the feeder when
+    /// it finished the epoch.
+    next: Arc<Mutex<Option<Loader>>>,
     /// The process that started the loader's threads.
     pid: u32,
 }
@@ -825,6 +829,8 @@ const FEED_AHEAD: usize = 2;
 impl Running {
     fn start(loader: Loader, batch_size: usize, end: u64) -> PyResult<Running> {
         let (tx, rx) = mpsc::sync_channel::<BatchResult>(FEED_AHEAD);
+        let next = Arc::new(Mutex::new(None));
+        let next_slot = next.clone();
         let feeder = std::thread::Builder::new()
             .name("shardpack-feeder".into())
             .spawn(move || {
@@ -857,6 +863,15 @@ impl Running {
                         }),
                     };
                     let last = msg.is_none();
+                    if last && loader.next_epoch_started() {
+                        // Handed to the next epoch (kept before the end message is sent, so
+                        // that whoever joins this thread after it finds it).
+                        if let (Ok(n), Ok(mut slot)) = (loader.next_epoch(), next_slot.lock()) {
+                            *slot = Some(n);
+                        }
+                        let _ = tx.send(None);
+                        return;
+                    }
                     if tx.send(msg).is_err() || last {
                         break;
                     }
@@ -867,6 +882,7 @@ impl Running {
         Ok(Running {
             rx: Mutex::new(rx),
             feeder: Some(feeder),
+            next,
             pid: std::process::id(),
         })
     }
@@ -906,12 +922,13 @@ impl Running {
 
     /// Stops the feeder (its pending send fails once the channel is gone) and waits for it
     /// and the loader's threads: at most the batch being read.
-    fn join(mut self) {
+    fn join(mut self) -> Option<Loader> {
         let (tx_gone, feeder) = (self.rx, self.feeder.take());
         drop(tx_gone);
         if let Some(f) = feeder {
             let _ = f.join();
         }
+        self.next.lock().ok().and_then(|mut n| n.take())
     }
 }
 
@@ -934,6 +951,9 @@ struct LoaderInner {
     end: Option<u64>,
     /// Samples left out under `on_error="skip"` since the loader was made, in the order met.
     skipped: Vec<Skipped>,
+    /// Under `read_next_epoch`: the next epoch's loader, already reading, with the process
+    /// that started it; used when the next start is exactly its start, else dropped.
+    prepared: Option<(u32, Loader)>,
 }
 
 /// The native loader behind `shardpack.Loader` (which adds the rank defaults, drop_last
@@ -951,10 +971,11 @@ struct NativeLoader {
 fn parse_shuffle(s: &str) -> Result<Shuffle, String> {
     match s {
         "chunked" => Ok(Shuffle::Chunked),
+        "interleaved" => Ok(Shuffle::Interleaved),
         "none" => Ok(Shuffle::None),
         "full" => Ok(Shuffle::Full),
         _ => Err(format!(
-            "shuffle must be \"chunked\", \"none\" or \"full\", not {s:?}"
+            "shuffle must be \"interleaved\", \"chunked\", \"none\" or \"full\", not {s:?}"
         )),
     }
 }
@@ -980,6 +1001,14 @@ impl NativeLoader {
     /// Refuses a loader whose threads were started in another process (before a `fork`): they
     /// did not survive it. The loader is leaked, never joined, so no lock of theirs is touched.
     fn check_fork(inner: &mut LoaderInner) -> PyResult<()> {
+        if inner
+            .prepared
+            .as_ref()
+            .is_some_and(|p| p.0 != std::process::id())
+        {
+            // Its threads did not survive the fork: never joined, only forgotten.
+            std::mem::forget(inner.prepared.take());
+        }
         if let Some(r) = &inner.running {
             if r.pid != std::process::id() {
                 let started = r.pid;
@@ -1010,9 +1039,17 @@ impl NativeLoader {
             };
             let state = inner.state.clone();
             let end = self.end(inner);
-            let loader = py
-                .detach(move || Loader::resume(ds, opts, &state))
-                .map_err(to_py)?;
+            let loader = match inner.prepared.take() {
+                // The next epoch read ahead, when this start is its start.
+                Some((pid, l)) if pid == std::process::id() && l.state() == state => l,
+                other => {
+                    py.detach(move || {
+                        drop(other); // stops and joins its threads
+                        Loader::resume(ds, opts, &state)
+                    })
+                    .map_err(to_py)?
+                }
+            };
             inner.running = Some(Running::start(loader, self.opts.batch_size, end)?);
         }
         Ok(inner.running.as_ref().expect("started above"))
@@ -1022,7 +1059,10 @@ impl NativeLoader {
     fn stop(py: Python<'_>, inner: &mut LoaderInner) {
         if let Some(r) = inner.running.take() {
             if r.pid == std::process::id() {
-                py.detach(move || r.join());
+                let pid = r.pid;
+                if let Some(next) = py.detach(move || r.join()) {
+                    inner.prepared = Some((pid, next));
+                }
             } else {
                 // Its threads did not survive the fork: joining them would wait forever.
                 std::mem::forget(r);
@@ -1060,7 +1100,7 @@ impl NativeLoader {
     #[new]
     #[pyo3(signature = (dataset, *, batch_size, seed, epoch, rank, world_size, shuffle,
                         drop_last, chunk_bytes, window_chunks, io_threads, prefetch_bytes,
-                        direct_io, on_error, indices=None))]
+                        direct_io, on_error, indices=None, read_next_epoch=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -1079,6 +1119,7 @@ impl NativeLoader {
         direct_io: &str,
         on_error: &str,
         indices: Option<Vec<u64>>,
+        read_next_epoch: bool,
     ) -> PyResult<NativeLoader> {
         let opts = LoaderOptions {
             seed,
@@ -1104,6 +1145,7 @@ impl NativeLoader {
                 }
             },
             subset: indices.map(shardpack::loader::Subset::new),
+            read_next_epoch,
             ..LoaderOptions::default()
         };
         let ds = dataset.get().inner.clone();
@@ -1122,6 +1164,7 @@ impl NativeLoader {
                 len,
                 end: None,
                 skipped: Vec::new(),
+                prepared: None,
             }),
         })
     }
@@ -1135,6 +1178,9 @@ impl NativeLoader {
         let end = self.end(&inner);
         loop {
             if inner.state.samples_consumed >= end {
+                // Done: the feeder has nothing more to give (under read_next_epoch it leaves
+                // the next epoch's loader, kept for set_epoch).
+                Self::stop(py, &mut inner);
                 return Ok(None);
             }
             let got = self.started(py, &mut inner)?.recv(py)?;
@@ -1313,7 +1359,16 @@ impl NativeLoader {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let mut inner = self.lock()?;
         Self::stop(py, &mut inner);
+        if let Some((_, l)) = inner.prepared.take() {
+            py.detach(move || drop(l));
+        }
         Ok(())
+    }
+
+    /// Whether the next epoch's loader is read ahead and waiting (`read_next_epoch`).
+    #[getter]
+    fn next_epoch_ready(&self) -> PyResult<bool> {
+        Ok(self.lock()?.prepared.is_some())
     }
 
     /// Whether reading threads are running (for tests: none before the first batch).
@@ -1341,6 +1396,13 @@ impl NativeLoader {
 impl Drop for NativeLoader {
     fn drop(&mut self) {
         if let Ok(inner) = self.inner.get_mut() {
+            if inner
+                .prepared
+                .as_ref()
+                .is_some_and(|p| p.0 != std::process::id())
+            {
+                std::mem::forget(inner.prepared.take());
+            }
             if let Some(r) = inner.running.take() {
                 if r.pid != std::process::id() {
                     std::mem::forget(r);
@@ -1562,6 +1624,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Blob>()?;
     m.add_class::<ArrowStream>()?;
     m.add_class::<NativeLoader>()?;
+    m.add_class::<mix::NativeMixedLoader>()?;
     m.add_function(wrap_pyfunction!(_pack, m)?)?;
     m.add_function(wrap_pyfunction!(_sample_from_parts, m)?)?;
     m.add_function(wrap_pyfunction!(_version, m)?)?;

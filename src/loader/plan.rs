@@ -142,7 +142,20 @@ pub(super) struct Window {
     /// Per piece, which samples are handed out (`None`: all of them).
     pub(super) masks: Vec<Option<Vec<bool>>>,
     pub(super) samples: u64,
-    shuffle: bool,
+    order: WindowOrder,
+}
+
+/// How a window's samples are ordered in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowOrder {
+    /// Stored order ([`Shuffle::None`], and [`Shuffle::Full`]'s one-sample pieces, already
+    /// in their shuffled order).
+    Stored,
+    /// A uniform random permutation of the window's samples ([`Shuffle::Chunked`]).
+    Uniform,
+    /// Each piece's samples in a random order, spread evenly over the window
+    /// ([`Shuffle::Interleaved`]).
+    Spread,
 }
 
 impl Window {
@@ -231,7 +244,7 @@ fn global_sequence(ds: &Dataset, o: &LoaderOptions) -> Result<Vec<Item>> {
             first += count;
         }
     }
-    if o.shuffle == Shuffle::Chunked {
+    if matches!(o.shuffle, Shuffle::Chunked | Shuffle::Interleaved) {
         SplitMix64::new(mix(&[o.seed, o.epoch])).shuffle(&mut chunks);
     }
     let Some(subset) = &o.subset else {
@@ -351,6 +364,36 @@ fn after_segment(ds: &Dataset, o: &LoaderOptions, seq: &Seq, k: u64, seg: Segmen
     Ok(Seq::new(items))
 }
 
+/// Orders `order` (the window's samples, grouped by piece in stored order) for
+/// [`Shuffle::Interleaved`]: each piece's samples are shuffled, and its `m` samples take the
+/// positions `(j + u) / m` (`j` in `0..m`, one `u` per piece, uniform in `[0, 1)`) of the unit
+/// interval, so that every piece is spread evenly over the whole window; the window's order is
+/// by position. Any run of `L` consecutive samples then holds `L * m / window_samples`
+/// samples of each piece, rounded up or down: a batch draws from as many of the window's
+/// chunks as it has samples (all of them when it has at least one per chunk), where a
+/// uniform shuffle of the window hits only about `K (1 - e^(-B/K))` of `K` chunks.
+fn spread(order: &mut [(u32, u64)], rng: &mut SplitMix64) {
+    let mut keyed: Vec<(f64, (u32, u64))> = Vec::with_capacity(order.len());
+    let mut start = 0;
+    while start < order.len() {
+        let pi = order[start].0;
+        let end = start + order[start..].iter().take_while(|s| s.0 == pi).count();
+        let group = &mut order[start..end];
+        rng.shuffle(group);
+        let m = group.len() as f64;
+        // 53 random bits: a uniform f64 in [0, 1).
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        for (j, &s) in group.iter().enumerate() {
+            keyed.push(((j as f64 + u) / m, s));
+        }
+        start = end;
+    }
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    for (slot, (_, s)) in order.iter_mut().zip(keyed) {
+        *slot = s;
+    }
+}
+
 /// Samples mixed in memory per window under [`Shuffle::Full`] (one piece each).
 const FULL_WINDOW: usize = 256;
 
@@ -359,6 +402,19 @@ impl Plan {
     pub(super) fn new(ds: &Dataset, o: &LoaderOptions, done: &[Segment]) -> Result<Plan> {
         o.validate()?;
         let mut seq = Seq::new(global_sequence(ds, o)?);
+        if let Some(c) = o.epoch_samples {
+            if c > seq.total {
+                return Err(Error::Options(format!(
+                    "epoch_samples={c} is more than the {} samples of {}{}",
+                    seq.total,
+                    ds.dir().display(),
+                    if o.subset.is_some() { "'s subset" } else { "" }
+                )));
+            }
+            if c < seq.total {
+                seq = Seq::new(seq.slice(0, c));
+            }
+        }
         for (k, seg) in done.iter().enumerate() {
             seq = after_segment(ds, o, &seq, k as u64, *seg)?;
         }
@@ -395,7 +451,11 @@ impl Plan {
                 pieces: group.iter().map(|i| i.piece).collect(),
                 masks: group.iter().map(|i| i.mask.clone()).collect(),
                 samples,
-                shuffle: o.shuffle == Shuffle::Chunked,
+                order: match o.shuffle {
+                    Shuffle::Chunked => WindowOrder::Uniform,
+                    Shuffle::Interleaved => WindowOrder::Spread,
+                    Shuffle::None | Shuffle::Full => WindowOrder::Stored,
+                },
             });
         }
         Plan {
@@ -421,24 +481,29 @@ impl Plan {
                 }
             }
         }
-        if win.shuffle {
-            let seed = match self.segment {
-                // The first segment keeps the order of shardpack 0.2 for the same chunks.
-                0 => mix(&[self.seed, self.epoch, self.rank as u64, w as u64]),
-                k => mix(&[
-                    self.seed,
-                    self.epoch,
-                    self.rank as u64,
-                    w as u64,
-                    k,
-                    self.world_size as u64,
-                ]),
-            };
-            SplitMix64::new(seed).shuffle(&mut order);
+        if win.order == WindowOrder::Stored {
+            return order;
         }
+        let seed = match self.segment {
+            // The first segment keeps the order of shardpack 0.2 for the same chunks.
+            0 => mix(&[self.seed, self.epoch, self.rank as u64, w as u64]),
+            k => mix(&[
+                self.seed,
+                self.epoch,
+                self.rank as u64,
+                w as u64,
+                k,
+                self.world_size as u64,
+            ]),
+        };
+        let mut rng = SplitMix64::new(seed);
+        if win.order == WindowOrder::Uniform {
+            rng.shuffle(&mut order);
+            return order;
+        }
+        spread(&mut order, &mut rng);
         order
     }
-
     /// Global sample ids from position `from` to the end, in order.
     fn order_from(&self, ds: &Dataset, from: u64) -> Vec<u64> {
         let firsts = first_samples(ds);

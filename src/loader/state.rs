@@ -70,6 +70,9 @@ pub struct LoaderState {
     /// dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
+    /// [`LoaderOptions::epoch_samples`] the order was made with (absent: the whole dataset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_samples: Option<u64>,
     /// The earlier parts of the epoch, oldest first, each run at another world size than the
     /// next: empty unless the world size changed during the epoch.
     #[serde(default)]
@@ -111,6 +114,7 @@ impl LoaderState {
             window_chunks: opts.window_chunks,
             drop_last: opts.drop_last,
             subset: opts.subset.as_ref().map(|s| s.id()),
+            epoch_samples: opts.epoch_samples,
             segments,
         }
     }
@@ -154,7 +158,8 @@ impl LoaderState {
                 show(&subset)
             ));
         }
-        let fields: [(&str, String, String); 6] = [
+        let show = |n: Option<u64>| n.map_or_else(|| "none".to_string(), |n| n.to_string());
+        let fields: [(&str, String, String); 7] = [
             ("seed", self.seed.to_string(), opts.seed.to_string()),
             ("epoch", self.epoch.to_string(), opts.epoch.to_string()),
             (
@@ -176,6 +181,11 @@ impl LoaderState {
                 "drop_last",
                 self.drop_last.to_string(),
                 opts.drop_last.to_string(),
+            ),
+            (
+                "epoch_samples",
+                show(self.epoch_samples),
+                show(opts.epoch_samples),
             ),
         ];
         for (name, saved, now) in fields {

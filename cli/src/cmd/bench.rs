@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use shardpack::loader::{epoch_order, DirectIo, Loader, LoaderOptions};
+use shardpack::loader::{epoch_order, DirectIo, Loader, LoaderOptions, Shuffle};
 use shardpack::quality::{score, ShuffleQuality};
 use shardpack::rng::SplitMix64;
 use shardpack::sys::{evict_from_cache, open_read, read_full_at, AlignedBuf};
@@ -46,9 +46,22 @@ pub struct Args {
     /// the one before ends, `LoaderOptions::read_next_epoch`).
     #[arg(long, default_value_t = 1, value_name = "E")]
     pub epochs: u64,
-    /// Loader chunk size, e.g. 4MiB [default: the loader's, 4MiB].
+    /// Without this, the trainer's loader epochs run back to back: each starts reading
+    /// while the one before ends. With it, each epoch's loader starts when the epoch does
+    /// (for comparison: the stall at each boundary).
+    #[arg(long)]
+    pub no_read_next_epoch: bool,
+    /// Loader chunk size, e.g. 1MiB [default: the loader's, 256KiB].
     #[arg(long, value_parser = crate::util::parse_size)]
     pub chunk_size: Option<u64>,
+    /// Loader window: chunks whose samples are mixed in memory [default: the loader's, 256].
+    #[arg(long, value_name = "CHUNKS")]
+    pub window: Option<usize>,
+    /// Loader shuffle: interleaved (the default: each chunk spread over its window), chunked
+    /// (a uniform shuffle of each window), none or full.
+    #[arg(long, default_value = "interleaved",
+          value_parser = ["interleaved", "chunked", "none", "full"])]
+    pub shuffle: String,
     /// Loader prefetch budget: memory for samples read ahead of the trainer [default: the
     /// loader's, 256MiB].
     #[arg(long, value_parser = crate::util::parse_size)]
@@ -106,9 +119,10 @@ fn limit(
     ds: &Dataset,
     threads: usize,
     shuffle: Option<u64>,
+    block: u64,
     notes: &mut Vec<String>,
 ) -> Result<Rate> {
-    const BLOCK: u64 = 4 << 20;
+    let block = block.max(4096).div_ceil(4096) * 4096;
     let mut blocks = Vec::new();
     let mut files = Vec::new();
     let mut all_direct = true;
@@ -122,7 +136,7 @@ fn limit(
         let mut off = 0;
         while off < len {
             blocks.push((i, off));
-            off += BLOCK;
+            off += block;
         }
     }
     if let Some(seed) = shuffle {
@@ -145,7 +159,7 @@ fn limit(
                     let Some(&(f, off)) = blocks.get(k) else {
                         return Ok(());
                     };
-                    let n = read_full_at(&files[f], buf.resize(BLOCK as usize), off)?;
+                    let n = read_full_at(&files[f], buf.resize(block as usize), off)?;
                     total.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }));
@@ -174,6 +188,17 @@ struct Trainer {
     busy: Duration,
     /// Time spent waiting for the next batch.
     waiting: Duration,
+    /// Per epoch: the wait for its first batch (at a boundary: the stall there), its busy
+    /// share and its wall time.
+    epochs: Vec<EpochFigures>,
+}
+
+/// One trainer epoch on the loader.
+#[derive(Debug, Clone, Copy, Default)]
+struct EpochFigures {
+    first_wait_s: f64,
+    busy: f64,
+    seconds: f64,
 }
 
 impl Trainer {
@@ -183,6 +208,7 @@ impl Trainer {
             late: 0.0,
             busy: Duration::ZERO,
             waiting: Duration::ZERO,
+            epochs: Vec::new(),
         }
     }
 
@@ -204,14 +230,23 @@ struct TrainerRun {
     busy: f64,
     epoch_s: f64,
     wait_s: f64,
+    /// Per epoch (the loader's trainer only).
+    epochs: Vec<EpochFigures>,
+    /// Busy share from the first batch of the first epoch to the end: every epoch boundary
+    /// included, the very first start (which nothing can read ahead of) left out.
+    busy_across_boundaries: Option<f64>,
 }
 
 impl TrainerRun {
     fn of(t: &Trainer, wall: f64, epochs: u64) -> TrainerRun {
+        let first = t.epochs.first().map_or(0.0, |e| e.first_wait_s);
         TrainerRun {
             busy: t.busy.as_secs_f64() / wall.max(1e-9),
             epoch_s: wall / epochs as f64,
             wait_s: t.waiting.as_secs_f64() / epochs as f64,
+            epochs: t.epochs.clone(),
+            busy_across_boundaries: (!t.epochs.is_empty())
+                .then(|| t.busy.as_secs_f64() / (wall - first).max(1e-9)),
         }
     }
 }
@@ -230,6 +265,13 @@ fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
         epoch,
         batch_size: a.batch,
         chunk_bytes: a.chunk_size.unwrap_or(d.chunk_bytes),
+        window_chunks: a.window.unwrap_or(d.window_chunks),
+        shuffle: match a.shuffle.as_str() {
+            "chunked" => Shuffle::Chunked,
+            "none" => Shuffle::None,
+            "full" => Shuffle::Full,
+            _ => Shuffle::Interleaved,
+        },
         prefetch_bytes: a.prefetch.unwrap_or(d.prefetch_bytes),
         io_threads: a.io_threads(),
         direct_io: match a.direct.as_str() {
@@ -291,12 +333,16 @@ fn loader_epoch(
         add_note(notes, n);
     }
     let (mut bytes, mut items) = (0u64, 0u64);
+    let busy0 = trainer.as_ref().map(|t| t.busy);
+    let mut first_wait = None;
     loop {
         let wait = Instant::now();
         let Some(batch) = loader.next_batch() else {
             break;
         };
         let batch = batch?;
+        // From the end of the last epoch's last step (or this epoch's start) to its first batch.
+        first_wait.get_or_insert_with(|| start.elapsed().as_secs_f64());
         for s in &batch {
             bytes += s.fields.iter().map(|f| f.data.len() as u64).sum::<u64>();
         }
@@ -308,6 +354,13 @@ fn loader_epoch(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    if let (Some(t), Some(b0)) = (trainer, busy0) {
+        t.epochs.push(EpochFigures {
+            first_wait_s: first_wait.unwrap_or(seconds),
+            busy: (t.busy - b0).as_secs_f64() / seconds.max(1e-9),
+            seconds,
+        });
+    }
     if read_next {
         // The next epoch's loader is already reading: it is handed over, not dropped.
         *prepared = Some(loader.next_epoch()?);
@@ -455,9 +508,13 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 
     // 1. The limit.
     evicted &= evict_all(shard_refs(), &mut notes);
-    let lim = limit(&ds, a.io_threads(), None, &mut notes)?;
+    let lim = limit(&ds, a.io_threads(), None, 4 << 20, &mut notes)?;
     evicted &= evict_all(shard_refs(), &mut notes);
-    let scattered = limit(&ds, a.io_threads(), Some(a.seed), &mut notes)?;
+    let scattered = limit(&ds, a.io_threads(), Some(a.seed), 4 << 20, &mut notes)?;
+    // The device alone at the loader's read size (its chunks), in random order.
+    let chunk = loader_opts(&a, 0).chunk_bytes;
+    evicted &= evict_all(shard_refs(), &mut notes);
+    let at_chunk = limit(&ds, a.io_threads(), Some(a.seed), chunk, &mut notes)?;
 
     // 2. One shuffled loader epoch.
     evicted &= evict_all(shard_refs(), &mut notes);
@@ -496,7 +553,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         for e in 0..a.epochs {
             evicted &= evict_all(shard_refs(), &mut notes);
             let opts = LoaderOptions {
-                read_next_epoch: e + 1 < a.epochs,
+                read_next_epoch: e + 1 < a.epochs && !a.no_read_next_epoch,
                 ..loader_opts(&a, e)
             };
             wall += loader_epoch(&ds, opts, &mut prepared, Some(&mut t), &mut notes)?
@@ -523,7 +580,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             notes.push(format!(
                 "WARNING: batches hold {:.1} distinct labels on average against {:.1} for a full \
                  shuffle ({:.0}%): the dataset is probably stored class-sorted (packed with \
-                 --no-shuffle). Repack with the default shuffle (or use a larger loader window).",
+                 --no-shuffle). Repack with the default shuffle, or give the loader more \
+                 chunks per window (--window, at least the batch size) of fewer samples \
+                 each (--chunk-size) with the interleaved shuffle.",
                 q.labels_per_batch,
                 q.labels_per_batch_full_random,
                 100.0 * q.diversity_ratio
@@ -546,6 +605,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         "loader_samples_per_core_s": per_core_s,
         "limit_random_order_mb_s": scattered.mb_s(),
         "loader_to_limit_random_order": loader_mb_s / scattered.mb_s().max(1e-9),
+        "limit_chunk_size_mb_s": at_chunk.mb_s(),
+        "limit_chunk_size_to_limit": at_chunk.mb_s() / lim.mb_s().max(1e-9),
         "loader_direct_io": a.direct,
         "loose_mb_s": loose_rate.map(Rate::mb_s),
         "loose_samples_s": loose_rate.map(Rate::items_s),
@@ -560,6 +621,22 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         "trainer_busy_loose": trainer_loose.as_ref().map(|t| t.busy),
         "trainer_wait_s_loader": trainer_loader.as_ref().map(|t| t.wait_s),
         "trainer_wait_s_loose": trainer_loose.as_ref().map(|t| t.wait_s),
+        "trainer_read_next_epoch": !a.no_read_next_epoch,
+        "trainer_busy_across_boundaries": trainer_loader
+            .as_ref()
+            .and_then(|t| t.busy_across_boundaries),
+        "trainer_epochs_loader": trainer_loader.as_ref().map(|t| t
+            .epochs
+            .iter()
+            .map(|e| json!({
+                "first_batch_wait_s": e.first_wait_s,
+                "busy": e.busy,
+                "seconds": e.seconds,
+            }))
+            .collect::<Vec<_>>()),
+        "loader_shuffle": a.shuffle,
+        "loader_chunk_bytes": loader_opts(&a, 0).chunk_bytes,
+        "loader_window_chunks": loader_opts(&a, 0).window_chunks,
         "epoch_s_loader": trainer_loader.as_ref().map(|t| t.epoch_s).or(Some(ld.seconds)),
         "epoch_s_loose": trainer_loose
             .as_ref()
@@ -609,6 +686,14 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         scattered.mb_s(),
         "-",
         scattered.mb_s() / lim.mb_s().max(1e-9)
+    )?;
+    writeln!(
+        out,
+        "  {:<44} {:>12.1} {:>14} {:>10.2}",
+        format!("  {} KiB blocks (the chunk size), random", chunk >> 10),
+        at_chunk.mb_s(),
+        "-",
+        at_chunk.mb_s() / lim.mb_s().max(1e-9)
     )?;
     writeln!(
         out,
@@ -664,13 +749,37 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                     t.epoch_s,
                     t.wait_s
                 )?;
+                for (e, f) in t.epochs.iter().enumerate() {
+                    let what = match e {
+                        0 => "first batch after".to_string(),
+                        _ => format!("boundary {}->{}: stall", e - 1, e),
+                    };
+                    writeln!(
+                        out,
+                        "      epoch {e}: busy {:>5.1}%   {what} {:.3} s   ({:.2} s)",
+                        100.0 * f.busy,
+                        f.first_wait_s,
+                        f.seconds
+                    )?;
+                }
+                if let (Some(b), true) = (t.busy_across_boundaries, t.epochs.len() > 1) {
+                    writeln!(
+                        out,
+                        "      busy across the epoch boundaries (from the first batch on, next epoch read ahead: {}): {:.1}%",
+                        if a.no_read_next_epoch { "no" } else { "yes" },
+                        100.0 * b
+                    )?;
+                }
             }
         }
     }
     if let Some(q) = q {
         writeln!(
             out,
-            "  shuffle: {:.2} labels per batch of {} (full shuffle: {:.2}, {:.0}%), mean displacement {:.3}",
+            "  shuffle ({}, {} chunks of {} KiB per window): {:.2} labels per batch of {} (full shuffle: {:.2}, {:.0}%), mean displacement {:.3}",
+            a.shuffle,
+            loader_opts(&a, 0).window_chunks,
+            loader_opts(&a, 0).chunk_bytes >> 10,
             q.labels_per_batch,
             q.batch_size,
             q.labels_per_batch_full_random,
