@@ -31,6 +31,11 @@
 //! 403 and 404 are errors naming the URL. Bytes are never trusted: records carry checksums,
 //! the index is checked against the manifest, a cached download against the shard's xxh3.
 //!
+//! The sparse copy is memory-mapped while record bytes are written into it: only bytes no
+//! sample was handed yet (holes, zero until then) are written, and a concurrent fill of the same
+//! range writes the same bytes; this is the documented hazard of [`crate::sys`]'s map (a file
+//! changed under its map), confined to holes, and every record is checksummed when read.
+//!
 //! Fork safety: the tokio runtime and the HTTP clients are created lazily per process (a
 //! child after `fork` builds its own; it never uses the parent's connections).
 
