@@ -147,7 +147,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -161,7 +160,7 @@ use crate::format::{record_checksum, Codec, FormatError, FormatErrorKind};
 pub use crate::pool::SampleBytes;
 use crate::pool::{BufPool, PooledBuf};
 use crate::reader::Dataset;
-use crate::sys::{open_read, DIRECT_ALIGN};
+use crate::sys::DIRECT_ALIGN;
 
 pub mod mix;
 mod plan;
@@ -449,7 +448,7 @@ struct Shared {
     ds: Arc<Dataset>,
     plan: Plan,
     /// Per manifest shard, the file to read; `None` for a damaged shard.
-    files: Vec<Option<File>>,
+    files: Vec<Option<Box<dyn crate::storage::ReadAt>>>,
     /// Global number of the first piece of each window, and the total at the end: work item
     /// `k` is a piece of window `w` where `piece_starts[w] <= k < piece_starts[w + 1]`.
     piece_starts: Vec<usize>,
@@ -709,7 +708,7 @@ fn decode_sample(
 ) -> Result<LoadedSample> {
     let shard = sh.ds.shard(shard_no as usize)?;
     let global = sh.ds.manifest().shards[shard_no as usize].first_sample + local;
-    let sample = shard.sample(local, global)?;
+    let sample = shard.sample_index(local, global)?; // the records are in `buf`
     let data = buf.buf().as_slice();
     let mut fields = Vec::with_capacity(sample.field_count());
     for f in sample.fields() {
@@ -878,8 +877,8 @@ impl Loader {
                 continue;
             }
             let path = ds.dir().join(&meta.file);
-            let (f, d) =
-                open_read(&path, want_direct).map_err(|e| Error::io(&path, "open shard", e))?;
+            // The local file, or for a dataset opened from a URL its remote object or cache.
+            let (f, d) = ds.range_reader(s, want_direct)?;
             if want_direct && !d && direct {
                 notes.push(format!(
                     "{}: the filesystem refuses O_DIRECT; reading through the page cache",

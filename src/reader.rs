@@ -21,7 +21,7 @@ use crate::format::{
     NO_LABEL,
 };
 use crate::manifest::{Manifest, ShardMeta, MANIFEST_FILE};
-use crate::storage::ReadAt;
+use crate::storage::{DatasetSource, Fill, ReadAt};
 use crate::sys::map_file;
 
 thread_local! {
@@ -36,6 +36,9 @@ pub struct Shard {
     file: Arc<File>,
     bytes: Arc<ShardBytes<Mmap>>,
     dicts: Arc<Vec<Option<DecodeDict>>>,
+    /// For a shard streamed from a remote store (a sparse local file holding its header and
+    /// index): fetches a sample's records into the file before they are read.
+    fill: Option<Arc<dyn Fill>>,
 }
 
 impl Shard {
@@ -43,6 +46,13 @@ impl Shard {
     /// table, dictionaries).
     pub fn open(path: &Path) -> Result<Shard> {
         let file = File::open(path).map_err(|e| Error::io(path, "open shard", e))?;
+        Shard::open_file(file, path, None)
+    }
+
+    /// [`Shard::open`] of an already open `file`, named `path` in messages (a remote shard's
+    /// URL); `fill`, for a sparse local copy, fetches a sample's record bytes before
+    /// [`Shard::sample`] hands it out.
+    pub(crate) fn open_file(file: File, path: &Path, fill: Option<Arc<dyn Fill>>) -> Result<Shard> {
         let map = map_file(&file, path)?;
         // The index is about to be checksummed whole: read it ahead rather than page by page.
         if let Ok(f) = Footer::decode(&map) {
@@ -72,6 +82,7 @@ impl Shard {
             file: Arc::new(file),
             bytes: Arc::new(bytes),
             dicts: Arc::new(dicts),
+            fill,
         })
     }
 
@@ -104,8 +115,41 @@ impl Shard {
         Error::corrupt(&self.path, e)
     }
 
-    /// Sample `local` of this shard; `global` is its dataset-wide index.
+    /// Sample `local` of this shard; `global` is its dataset-wide index. For a shard streamed
+    /// from a remote store, the sample's records are fetched first (one ranged GET).
     pub fn sample(&self, local: u64, global: u64) -> Result<Sample<'_>> {
+        let s = self.sample_index(local, global)?;
+        if let Some(fill) = &self.fill {
+            if s.record_count > 0 {
+                let first = self
+                    .bytes
+                    .record(s.first_record)
+                    .map_err(|e| self.corrupt(e))?;
+                let last = self
+                    .bytes
+                    .record(s.first_record + s.record_count as u64 - 1)
+                    .map_err(|e| self.corrupt(e))?;
+                let end = last.offset.saturating_add(last.stored_len);
+                fill.fill(first.offset, end)
+                    .map_err(|e| Error::io(&self.path, "read", e))?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// For a shard streamed from a remote store, fetches all of it into the local copy.
+    fn fill_all(&self) -> Result<()> {
+        match &self.fill {
+            Some(fill) => fill
+                .fill(0, self.bytes.bytes().len() as u64)
+                .map_err(|e| Error::io(&self.path, "read", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sample `local` as its index entry describes it, without fetching the records of a
+    /// streamed remote shard (for a reader that reads the bytes itself, like the Loader).
+    pub fn sample_index(&self, local: u64, global: u64) -> Result<Sample<'_>> {
         if local >= self.len() {
             return Err(Error::OutOfRange {
                 index: local,
@@ -274,6 +318,8 @@ pub struct Dataset {
     /// Every shard touched: the usable ones and the damaged ones, in manifest order.
     all: OnceLock<(Vec<Shard>, Vec<DamagedShard>)>,
     starts: Vec<u64>,
+    /// Where the shards come from when the dataset is not a local directory (a URL).
+    source: Option<Arc<dyn DatasetSource>>,
 }
 
 impl Dataset {
@@ -312,9 +358,44 @@ impl Dataset {
         check: IndexCheck,
     ) -> Result<Dataset> {
         let dir = dir.as_ref();
+        if let Some(url) = crate::storage::url_of(dir) {
+            return Dataset::open_url(url, opts, check);
+        }
         let manifest = read_manifest(dir)?;
+        Dataset::open_parts(dir.to_path_buf(), manifest, None, opts, check)
+    }
+
+    /// Opens a dataset given as a URL (`s3://`, `http(s)://`, `file://`).
+    #[cfg(feature = "remote")]
+    fn open_url(url: &str, opts: &OpenOptions, check: IndexCheck) -> Result<Dataset> {
+        let ropts = crate::storage::remote::RemoteOptions::from_env();
+        Dataset::open_remote(url, &ropts, opts, check)
+    }
+
+    #[cfg(not(feature = "remote"))]
+    fn open_url(url: &str, opts: &OpenOptions, check: IndexCheck) -> Result<Dataset> {
+        if let Some(path) = url.strip_prefix("file://") {
+            return Dataset::open_checked(path, opts, check);
+        }
+        Err(Error::manifest(
+            Path::new(url),
+            "is a URL, and this build of shardpack reads local directories only (build it with \
+             the cargo feature `remote` to read s3:// and http(s):// datasets)",
+        ))
+    }
+
+    /// The opening common to local and remote datasets: footers, index checks, cells.
+    pub(crate) fn open_parts(
+        dir: PathBuf,
+        manifest: Manifest,
+        source: Option<Arc<dyn DatasetSource>>,
+        opts: &OpenOptions,
+        check: IndexCheck,
+    ) -> Result<Dataset> {
+        let dir = dir.as_path();
+        let src = source.as_deref();
         let mark = opts.damaged == DamagedShards::Mark;
-        let light = read_footers(dir, &manifest);
+        let light = read_footers(dir, &manifest, src);
         let index_bytes = light
             .iter()
             .flatten()
@@ -333,7 +414,7 @@ impl Dataset {
                 Ok((_, footer)) => {
                     footers.push(Some(footer));
                     if eager {
-                        match open_listed_shard(dir, &manifest, i, meta) {
+                        match open_listed_shard(dir, &manifest, i, meta, src) {
                             Ok(s) => drop(cell.set(Ok(s))),
                             Err(e) if mark => drop(cell.set(Err(failure(dir, i, meta, e)))),
                             Err(e) => return Err(e),
@@ -357,7 +438,38 @@ impl Dataset {
             cells,
             all: OnceLock::new(),
             starts,
+            source,
         })
+    }
+
+    /// A reader of manifest shard `i`'s byte ranges for the Loader, and whether it bypasses
+    /// the page cache: the local file (opened for direct I/O when `direct` is asked and the
+    /// filesystem allows it), or for a remote dataset its object (streaming: one ranged GET
+    /// per read) or its cached copy (downloaded on first use).
+    pub fn range_reader(&self, i: usize, direct: bool) -> Result<(Box<dyn ReadAt>, bool)> {
+        let meta = self.manifest.shards.get(i).ok_or(Error::OutOfRange {
+            index: i as u64,
+            len: self.manifest.shards.len() as u64,
+        })?;
+        if let Some(src) = &self.source {
+            return src.range_reader(i).map(|r| (r, false));
+        }
+        let path = self.dir.join(&meta.file);
+        let (f, d) = crate::storage::open_local(&path, direct)
+            .map_err(|e| Error::io(&path, "open shard", e))?;
+        Ok((Box::new(f), d))
+    }
+
+    /// For a dataset opened from a URL, the number of requests made to the store so far
+    /// (every attempt, retries included); `None` for a local directory.
+    pub fn remote_requests(&self) -> Option<u64> {
+        self.source.as_ref().map(|s| s.requests())
+    }
+
+    /// For a dataset opened from a URL, where its shards are read from: `"stream"` or
+    /// `"cache: DIR"`; `None` for a local directory.
+    pub fn remote_mode(&self) -> Option<String> {
+        self.source.as_ref().map(|s| s.describe())
     }
 
     /// The dataset directory.
@@ -376,7 +488,7 @@ impl Dataset {
         let cell = self.cells.get(i)?;
         let got = cell.get_or_init(|| {
             let meta = &self.manifest.shards[i];
-            open_listed_shard(&self.dir, &self.manifest, i, meta)
+            open_listed_shard(&self.dir, &self.manifest, i, meta, self.source.as_deref())
                 .map_err(|e| failure(&self.dir, i, meta, e))
         });
         Some(got.as_ref().map_err(|f| &**f))
@@ -603,7 +715,11 @@ impl Dataset {
         for i in 0..self.cells.len() {
             let meta = &self.manifest.shards[i];
             match self.cell(i) {
-                Some(Ok(shard)) => v.shard(i, shard, meta),
+                Some(Ok(shard)) => match shard.fill_all() {
+                    // Streamed: the whole file is checked, so all of it is fetched first.
+                    Ok(()) => v.shard(i, shard, meta),
+                    Err(e) => v.unopened(meta, &e),
+                },
                 Some(Err(f)) => v.unopened(meta, &self.failed(f, None)),
                 None => {}
             }
@@ -620,13 +736,17 @@ const FOOTER_THREADS: usize = 16;
 
 /// [`open_listed_footer`] for every listed shard, in manifest order (on a few threads for many
 /// shards; the outcome does not depend on it).
-fn read_footers(dir: &Path, manifest: &Manifest) -> Vec<Result<(Header, Footer)>> {
+fn read_footers(
+    dir: &Path,
+    manifest: &Manifest,
+    src: Option<&dyn DatasetSource>,
+) -> Vec<Result<(Header, Footer)>> {
     let shards = &manifest.shards;
-    if shards.len() < PARALLEL_FOOTERS_FROM {
+    if shards.len() < PARALLEL_FOOTERS_FROM || src.is_some() {
         return shards
             .iter()
             .enumerate()
-            .map(|(i, meta)| open_listed_footer(dir, i, meta))
+            .map(|(i, meta)| open_listed_footer(dir, i, meta, src))
             .collect();
     }
     let per = shards.len().div_ceil(FOOTER_THREADS);
@@ -638,7 +758,7 @@ fn read_footers(dir: &Path, manifest: &Manifest) -> Vec<Result<(Header, Footer)>
                 sc.spawn(move || {
                     part.iter()
                         .enumerate()
-                        .map(|(j, meta)| open_listed_footer(dir, k * per + j, meta))
+                        .map(|(j, meta)| open_listed_footer(dir, k * per + j, meta, None))
                         .collect::<Vec<_>>()
                 })
             })
@@ -765,12 +885,26 @@ fn mismatch<T>(path: &Path, what: String) -> Result<T> {
 /// The checks of listed shard `i` that need only its header and footer: those of
 /// `format-spec/shard.md` 9.1 (1-18) and the manifest's position, index checksum, counts and
 /// size. Reads the file's first 64 and last 96 bytes with positioned reads.
-fn open_listed_footer(dir: &Path, i: usize, meta: &ShardMeta) -> Result<(Header, Footer)> {
+fn open_listed_footer(
+    dir: &Path,
+    i: usize,
+    meta: &ShardMeta,
+    src: Option<&dyn DatasetSource>,
+) -> Result<(Header, Footer)> {
     let path = dir.join(&meta.file);
     let read = || -> Result<(Header, Footer)> {
-        let (file, _) = crate::storage::open_local(&path, false)
-            .map_err(|e| Error::io(&path, "open shard", e))?;
-        let obj: &dyn ReadAt = &file;
+        let file: Box<dyn ReadAt> = match src {
+            // Remote: the header and footer fetched at open (in parallel).
+            Some(src) => src
+                .footer_object(i)
+                .map_err(|e| Error::io(&path, "open shard", e))?,
+            None => Box::new(
+                crate::storage::open_local(&path, false)
+                    .map_err(|e| Error::io(&path, "open shard", e))?
+                    .0,
+            ),
+        };
+        let obj: &dyn ReadAt = &*file;
         let len = obj.len().map_err(|e| Error::io(&path, "open shard", e))?;
         let mut head = [0u8; Header::SIZE];
         let n = obj
@@ -860,9 +994,22 @@ fn check_against_manifest(
 /// Opens listed shard `i` with every check of open: [`Shard::open`] (header, footer, index,
 /// dictionaries) and the manifest's (position, index checksum, counts, first sample, size,
 /// field table).
-fn open_listed_shard(dir: &Path, manifest: &Manifest, i: usize, meta: &ShardMeta) -> Result<Shard> {
+fn open_listed_shard(
+    dir: &Path,
+    manifest: &Manifest,
+    i: usize,
+    meta: &ShardMeta,
+    src: Option<&dyn DatasetSource>,
+) -> Result<Shard> {
     let path = dir.join(&meta.file);
-    let shard = Shard::open(&path).map_err(|e| listed_open_error(&path, i, meta, e))?;
+    let shard = match src {
+        Some(src) => {
+            let (file, fill) = src.local_shard(i)?;
+            Shard::open_file(file, &path, fill)
+        }
+        None => Shard::open(&path),
+    }
+    .map_err(|e| listed_open_error(&path, i, meta, e))?;
     let b = shard.bytes();
     let mismatch = |what: String| mismatch(&path, what);
     if b.header().shard_index != i as u64 {
@@ -1487,15 +1634,19 @@ impl VerifyReport {
 /// through the memory map or copied whole).
 pub fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     let dir = dir.as_ref();
+    if crate::storage::url_of(dir).is_some() {
+        // A URL: every shard is read (downloaded to the cache, or streamed) and checked.
+        return Ok(Dataset::open_with(dir, &OpenOptions::mark_damaged())?.verify());
+    }
     let manifest = read_manifest(dir)?;
     let mut v = Verifier::new(&manifest);
     for (i, meta) in manifest.shards.iter().enumerate() {
-        match open_listed_shard(dir, &manifest, i, meta) {
+        match open_listed_shard(dir, &manifest, i, meta, None) {
             Ok(shard) => v.shard(i, &shard, meta),
             Err(e) => v.unopened(meta, &e),
         }
     }
-    Ok(v.finish(|i| open_listed_shard(dir, &manifest, i, &manifest.shards[i]).ok()))
+    Ok(v.finish(|i| open_listed_shard(dir, &manifest, i, &manifest.shards[i], None).ok()))
 }
 
 /// The dataset-wide state of one verification: the report, per-field sums, key hashes.
@@ -1901,12 +2052,12 @@ mod tests {
         let mut v = Verifier::new(&manifest);
         v.large = large;
         for (i, meta) in manifest.shards.iter().enumerate() {
-            match open_listed_shard(dir, &manifest, i, meta) {
+            match open_listed_shard(dir, &manifest, i, meta, None) {
                 Ok(shard) => v.shard(i, &shard, meta),
                 Err(e) => v.unopened(meta, &e),
             }
         }
-        v.finish(|i| open_listed_shard(dir, &manifest, i, &manifest.shards[i]).ok())
+        v.finish(|i| open_listed_shard(dir, &manifest, i, &manifest.shards[i], None).ok())
     }
 
     /// The bounded-memory path (pieces read with pread, zstd streamed) finds what the map

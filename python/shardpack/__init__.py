@@ -51,8 +51,18 @@ __all__ = [
 ]
 
 
-def open(path: str | os.PathLike[str]) -> Dataset:  # noqa: A001 (the API name is fixed)
-    """Opens the dataset in ``path`` (a directory holding ``manifest.json`` and shards).
+def open(  # noqa: A001 (the API name is fixed)
+    path: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | None = None,
+    mode: str | None = None,
+) -> Dataset:
+    """Opens the dataset in ``path`` (a directory holding ``manifest.json`` and shards), or at
+    a URL: ``s3://bucket/prefix`` or ``http(s)://host/path`` (see the README's "Remote
+    datasets"). For a URL, ``mode="cache"`` (the default) downloads each shard on first use
+    into ``cache_dir`` (shared safely by DataLoader workers and ranks; least recently used
+    shards evicted above ``cache_limit`` bytes) and ``mode="stream"`` reads records with
+    ranged GETs, keeping only the indexes locally.
 
     Maps every shard and checks its header and footer (O(shards)), and each shard's index at
     open too when all indexes total at most 64 MiB (else on the shard's first use); records
@@ -61,6 +71,13 @@ def open(path: str | os.PathLike[str]) -> Dataset:  # noqa: A001 (the API name i
     damaged shard (at open, or for a large dataset's damaged index on first use of that
     shard) and ``ShardpackError`` for a bad manifest.
     """
+    if cache_dir is not None or cache_limit is not None or mode is not None:
+        return _native._open_remote(
+            os.fspath(path),
+            mode=mode or "cache",
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+            cache_limit=cache_limit,
+        )
     return _native.Dataset(path)
 
 

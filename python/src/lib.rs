@@ -12,6 +12,8 @@
 //!   dataset's memory map, the loader's pooled read buffer, or the decoded `Vec`) and exports
 //!   them through the buffer protocol.
 
+mod remote;
+
 use std::os::raw::c_int;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1629,5 +1631,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_sample_from_parts, m)?)?;
     m.add_function(wrap_pyfunction!(_version, m)?)?;
     plan::register(m)?;
+    remote::register(m)?; // shardpack.open(url, mode=..., cache_dir=..., cache_limit=...)
     Ok(())
 }

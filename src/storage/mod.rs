@@ -10,12 +10,73 @@
 //! index as one range read at its first use (the reader already reads it only then, see
 //! [`crate::reader::IndexCheck`]).
 //!
-//! No new dependencies: the local backend is [`std::fs::File`] itself.
+//! No new dependencies: the local backend is [`std::fs::File`] itself. Datasets given as URLs
+//! (`s3://bucket/prefix`, `http(s)://host/path`) are read by [`remote`] (cargo feature
+//! `remote`: object_store and tokio), which answers the reader through [`DatasetSource`].
 
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+
+#[cfg(feature = "remote")]
+pub mod remote;
+
+/// The URL in `dir` when it names a dataset by URL (`s3://`, `http://`, `https://`,
+/// `file://`), `None` for a plain path.
+pub fn url_of(dir: &Path) -> Option<&str> {
+    let s = dir.to_str()?;
+    ["s3://", "http://", "https://", "file://"]
+        .iter()
+        .any(|p| s.len() > p.len() && s[..p.len()].eq_ignore_ascii_case(p))
+        .then_some(s)
+}
+
+/// A dataset that is not a local directory, as the reader sees it (implemented by
+/// [`remote`]): the shards' headers and footers fetched at open, a local file per shard
+/// that memory maps (a cached copy, or a sparse file holding the header and index), and
+/// range readers for the Loader.
+pub(crate) trait DatasetSource: Send + Sync + fmt::Debug {
+    /// Shard `i`'s first and last bytes (header and footer), fetched at open.
+    fn footer_object(&self, i: usize) -> io::Result<Box<dyn ReadAt>>;
+    /// A local file of shard `i`'s full length to map, and the filler that fetches record
+    /// bytes into it when it is sparse (streaming).
+    fn local_shard(&self, i: usize) -> crate::Result<(File, Option<Arc<dyn Fill>>)>;
+    /// The Loader's reader of shard `i`'s ranges.
+    fn range_reader(&self, i: usize) -> crate::Result<Box<dyn ReadAt>>;
+    /// Requests made so far.
+    fn requests(&self) -> u64;
+    /// The read mode, for people.
+    fn describe(&self) -> String;
+}
+
+/// Fetches a byte range of a shard into its sparse local copy before it is read.
+pub(crate) trait Fill: Send + Sync + fmt::Debug {
+    /// Makes bytes `start..end` of the local copy hold the shard's bytes.
+    fn fill(&self, start: u64, end: u64) -> io::Result<()>;
+}
+
+/// A shared reader is a reader.
+impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+}
 
 /// An immutable object whose byte ranges can be read: a shard file, or a shard in a store.
 /// Implementations must be safe to share between threads (the Loader's I/O threads read

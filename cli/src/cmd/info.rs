@@ -16,7 +16,8 @@ use crate::util::human_bytes;
 /// and why) after the description of the rest, and the exit code is then 1.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The dataset directory.
+    /// The dataset: a directory, or a URL (s3://bucket/prefix, http(s)://host/path; see
+    /// "Remote datasets" in the README).
     pub dataset: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -35,7 +36,16 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     // Opening validates every shard's header and footer against the manifest (and each index,
     // at open or, for large datasets, when `damaged()` below first asks); a shard that fails is
     // marked damaged, and the manifest still describes the rest.
+    let t0 = std::time::Instant::now();
     let ds = Dataset::open_with(&a.dataset, &OpenOptions::mark_damaged())?;
+    // A URL: what opening cost (the manifest plus a few ranged GETs per shard, in parallel).
+    let remote = ds.remote_requests().map(|n| {
+        (
+            n,
+            t0.elapsed().as_secs_f64(),
+            ds.remote_mode().unwrap_or_default(),
+        )
+    });
     let m = ds.manifest();
     let damaged: Vec<_> = ds
         .damaged()
@@ -66,12 +76,23 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             "skipped": m.skipped.len(),
             "options": m.options,
             "damaged": damaged,
+            "remote_open": remote.as_ref().map(|(n, secs, mode)| json!({
+                "requests": n, "seconds": secs, "mode": mode,
+            })),
         });
         serde_json::to_writer_pretty(&mut *out, &v)?;
         writeln!(out)?;
         return damage_verdict(&ds);
     }
     writeln!(out, "dataset:        {}", a.dataset.display())?;
+    if let Some((n, secs, mode)) = &remote {
+        writeln!(
+            out,
+            "remote open:    {n} requests in {:.1} ms ({} shards; read mode {mode})",
+            secs * 1e3,
+            m.shards.len()
+        )?;
+    }
     writeln!(out, "format version: {}", m.format_version)?;
     if let Some(w) = &m.writer {
         writeln!(

@@ -1,0 +1,59 @@
+//! The CLI on datasets given as URLs (nginx from `scripts/testsrv.py`; needs
+//! `scripts/remote-env.sh`): `info` prints the open's request count, `cat`, `ls` and `verify`
+//! read through both modes.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+mod util;
+
+use util::*;
+
+#[test]
+fn commands_take_urls_in_both_modes() {
+    let t = tmp();
+    let root = t.path().join("www");
+    support::make_dataset(&root.join("ds"), 120);
+    let srv = support::http(&root);
+    let url = format!("{}/ds", srv.url);
+    let shards = shardpack::Dataset::open(root.join("ds"))
+        .unwrap()
+        .shard_count();
+    for mode in ["cache", "stream"] {
+        let cache = t.path().join(format!("cache-{mode}"));
+        let run = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+            let out = shardpack(args)
+                .into_command()
+                .env("SHARDPACK_REMOTE_MODE", mode)
+                .env("SHARDPACK_CACHE_DIR", &cache)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{mode}: {err}");
+            out.stdout
+        };
+        let info: serde_json::Value =
+            serde_json::from_slice(&run(&[&"info", &"--json", &url])).unwrap();
+        let per = if mode == "stream" { 3 } else { 2 };
+        assert_eq!(
+            info["remote_open"]["requests"].as_u64(),
+            Some(1 + per * shards as u64),
+            "{info}"
+        );
+        let text = String::from_utf8(run(&[&"info", &url])).unwrap();
+        assert!(text.contains("remote open:"), "{text}");
+        assert_eq!(
+            run(&[&"cat", &url, &"s/00077", &"bin"]),
+            support::content(77),
+            "{mode}"
+        );
+        let ls = String::from_utf8(run(&[&"ls", &url])).unwrap();
+        assert!(ls.contains("s/00119"), "{ls}");
+        run(&[&"verify", &url]);
+    }
+    // A URL with nothing there: the error names it.
+    let bad = format!("{}/nope", srv.url);
+    shardpack(&[&"info", &bad])
+        .run()
+        .code(1)
+        .stderr_has(&[&format!("{bad}/manifest.json"), "404"]);
+}
