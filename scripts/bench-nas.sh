@@ -2,8 +2,8 @@
 # The NAS story on one machine: a trainer fed by loose files over a file system whose every
 # operation pays a latency, against the same trainer fed by shardpack over the same file system.
 #
-#   scripts/bench-nas.sh [--files 3000] [--kib 100] [--latency-ms 2] [--batch 64]
-#                        [--step-ms 40] [--threads 32] [--epochs 2] [--work DIR] [--json]
+#   scripts/bench-nas.sh [--files 6000] [--kib 100] [--latency-ms 2] [--batch 64]
+#                        [--step-ms 35] [--threads 32] [--epochs 2] [--work DIR] [--json]
 #
 # 1. writes an image-like tree (scripts/gen-tree.py: --files incompressible files of about
 #    --kib KiB in 10 class folders, fixed seed) and packs it (`shardpack pack`);
@@ -28,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-files=3000 kib=100 latency=2 batch=64 step=40 threads=32 epochs=2 work="" json=""
+files=6000 kib=100 latency=2 batch=64 step=35 threads=32 epochs=2 work="" json=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --files) files=$2; shift 2 ;;
