@@ -71,7 +71,9 @@ tmp=$(mktemp -d /tmp/shardpack-nas.XXXXXX)
 [ -n "$work" ] || work=$tmp/work
 mkdir -p "$work"
 fs_pids=()
+bench_pid=""
 cleanup() {
+  if [ -n "$bench_pid" ]; then kill -TERM "$bench_pid" 2>/dev/null || true; wait "$bench_pid" 2>/dev/null || true; fi
   exec 8>&- 9>&- 2>/dev/null || true # the FUSE programs see end of file and unmount
   for pid in "${fs_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${fs_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -117,8 +119,13 @@ samples=$(find "$tree" -type f | wc -l)
 mb=$(du -sm --apparent-size "$tree" | cut -f1)
 echo "bench-nas: $samples files, $mb MB; every getattr, open and read pays $latency ms" \
   "(loose tree: direct_io; dataset: page cache dropped at each open, loader O_DIRECT)" >&2
+# In the background and waited for, so that a SIGINT/SIGTERM runs the trap at once (bash defers
+# traps while a foreground child runs); the trap stops it before unmounting.
 "$bin" bench "$tmp/mnt-ds" --loose "$tmp/mnt-tree" --threads "$threads" --batch "$batch" \
-  --step-ms "$step" --epochs "$epochs" $json
+  --step-ms "$step" --epochs "$epochs" $json &
+bench_pid=$!
+wait "$bench_pid"
+bench_pid=""
 
 # Unmount now (not in the trap) to print what each file system served.
 exec 8>&- 9>&-
