@@ -22,7 +22,8 @@ all of them) gets the fault instead of a normal answer:
     403, 404  answers 403 Forbidden / 404 Not Found the same way; not forwarded
     reset     closes the connection without answering (with SO_LINGER 0: a TCP reset)
     truncate  forwards the request, sends the status and headers (the full Content-Length),
-              then only the first half of the body, then closes the connection
+              then only the first half of the body, then closes the connection (a response
+              without a body, to HEAD say: the head, then the close)
     stall     sends nothing for --stall-seconds (default 300), then closes: a client's timeout
               fires first; not forwarded
 
