@@ -791,7 +791,8 @@ pub(crate) fn pools(opts: &PackOptions) -> Result<(rayon::ThreadPool, rayon::Thr
 }
 
 /// What decides the bytes besides the catalog, fixed before anything is written: each field's
-/// spec (policy trials, dictionaries), the notes that explain them, and the sample order.
+/// spec (policy trials, dictionaries; the notes explaining them go to the progress) and the
+/// sample order.
 pub(crate) struct Prepared {
     pub(crate) specs: Vec<FieldSpec>,
     pub(crate) order: Vec<u32>,
