@@ -1098,7 +1098,7 @@ impl DatasetSource for RemoteSource {
                 // A second descriptor of the same open file: it shares the shared lock.
                 let f = f
                     .try_clone()
-                    .map_err(|e| Error::io(&self.shard_url(i), "open", e))?;
+                    .map_err(|e| Error::io(self.shard_url(i), "open", e))?;
                 Ok((f, None))
             }
         }
