@@ -243,7 +243,13 @@ fn build(
         .map(|c| std::str::from_utf8(c.as_bytes()).ok())
         .collect();
     for local in locals {
-        let sample = shard.sample(local, first_global + local)?;
+        // The index alone unless metadata columns need the `__meta__.json` records: on a
+        // dataset streamed from a URL, `sample` fetches a sample's records first.
+        let sample = if metacols.is_empty() {
+            shard.sample_index(local, first_global + local)?
+        } else {
+            shard.sample(local, first_global + local)?
+        };
         index.append_value(sample.index());
         key.append_value(sample.key());
         key_utf8.append_option(std::str::from_utf8(sample.key()).ok());

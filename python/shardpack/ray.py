@@ -43,7 +43,7 @@ def plan(
     threads: int | None = None,
     io_threads: int | None = None,
     labels: str = "imagefolder",
-    key: str = "first-dot",
+    key: str = "auto",
     symlinks: str = "follow",
     max_skipped_share: float | str = 0.01,
     unlabeled: str = "allow",

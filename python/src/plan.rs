@@ -74,11 +74,7 @@ fn _plan(
             "none" => LabelMode::None,
             _ => return Err(value_error(py, format!("labels {labels:?} is unknown"))),
         },
-        key: match key {
-            "first-dot" => KeyMode::FirstDot,
-            "last-dot" => KeyMode::LastDot,
-            _ => return Err(value_error(py, format!("key {key:?} is unknown"))),
-        },
+        key: key.parse::<KeyMode>().map_err(|e| value_error(py, e))?,
         symlinks: symlinks
             .parse::<SymlinkPolicy>()
             .map_err(|e| value_error(py, e))?,

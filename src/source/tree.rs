@@ -157,7 +157,8 @@ fn choose_key(tree: &mut Tree) -> (KeyMode, Option<String>) {
         return (KeyMode::FirstDot, None);
     }
     let why = format!(
-        "splitting names at the first dot made {} samples with {} distinct fields, {} of them in          a single sample",
+        "splitting names at the first dot made {} samples with {} distinct fields, {} of them in \
+         a single sample",
         first.samples, first.fields, first.single
     );
     tree.resplit(KeyMode::LastDot);
@@ -166,7 +167,8 @@ fn choose_key(tree: &mut Tree) -> (KeyMode, Option<String>) {
         return (
             KeyMode::LastDot,
             Some(format!(
-                "key: {why}; using the last dot instead ({} samples, {} fields; --key picks a                  rule)",
+                "key: {why}; using the last dot instead ({} samples, {} fields; --key picks a \
+         rule)",
                 last.samples, last.fields
             )),
         );
@@ -175,7 +177,8 @@ fn choose_key(tree: &mut Tree) -> (KeyMode, Option<String>) {
     (
         KeyMode::Whole,
         Some(format!(
-            "key: {why}, and the last dot fits no better ({} fields); using whole file names              instead, one sample per file (--key picks a rule)",
+            "key: {why}, and the last dot fits no better ({} fields); using whole file names \
+         instead, one sample per file (--key picks a rule)",
             last.fields
         )),
     )
@@ -509,7 +512,9 @@ pub(crate) fn scan(
         return Err(Error::input(
             src,
             format!(
-                "the names split into {} distinct fields with --key {} (at most {MAX_FIELDS};                  e.g. field {:?}): the key rule cuts names in the wrong place for this tree;                  pass --key last-dot or --key whole (or --key auto, the default, which picks one)",
+                "the names split into {} distinct fields with --key {} (at most {MAX_FIELDS}; \
+         e.g. field {:?}): the key rule cuts names in the wrong place for this tree; \
+         pass --key last-dot or --key whole (or --key auto, the default, which picks one)",
                 cat.fields.len(),
                 key_mode.name(),
                 lossy(example)

@@ -15,7 +15,8 @@ use serde_json::json;
 use shardpack::loader::{epoch_order, DirectIo, Loader, LoaderOptions, Shuffle};
 use shardpack::quality::{score, ShuffleQuality};
 use shardpack::rng::SplitMix64;
-use shardpack::sys::{evict_from_cache, open_read, read_full_at, AlignedBuf};
+use shardpack::storage::ReadAt;
+use shardpack::sys::{evict_from_cache, AlignedBuf};
 use shardpack::Dataset;
 
 /// Measure, in one run and with a cold page cache for every phase: (1) the limit: the shard
@@ -127,10 +128,11 @@ fn limit(
     let mut files = Vec::new();
     let mut all_direct = true;
     for i in 0..ds.shard_count() {
-        let s = ds.shard(i)?;
-        let (f, direct) = open_read(s.path(), true)
-            .with_context(|| format!("cannot open {}", s.path().display()))?;
-        all_direct &= direct;
+        // Through the storage seam, so a dataset on a URL measures its link (ranged GETs).
+        let (f, direct) = ds
+            .range_reader(i, true)
+            .with_context(|| format!("cannot open shard {i}"))?;
+        all_direct &= direct || ds.remote_mode().is_some();
         files.push(f);
         let len = ds.manifest().shards[i].bytes;
         let mut off = 0;
@@ -159,7 +161,7 @@ fn limit(
                     let Some(&(f, off)) = blocks.get(k) else {
                         return Ok(());
                     };
-                    let n = read_full_at(&files[f], buf.resize(block as usize), off)?;
+                    let n = files[f].read_at(buf.resize(block as usize), off)?;
                     total.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }));
@@ -501,7 +503,13 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     }
     let ds = Arc::new(Dataset::open(&a.dataset)?);
     let mut notes = Vec::new();
-    let shard_paths: Vec<PathBuf> = ds.shards().iter().map(|s| s.path().to_path_buf()).collect();
+    // A dataset on a URL has no local shard files to evict (and listing its shards would
+    // fetch them): its reads go over the link every time.
+    let shard_paths: Vec<PathBuf> = if ds.remote_mode().is_some() {
+        Vec::new()
+    } else {
+        ds.shards().iter().map(|s| s.path().to_path_buf()).collect()
+    };
     let shard_refs = || shard_paths.iter().map(PathBuf::as_path);
     let mut evicted = true;
     let step = a.step_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
