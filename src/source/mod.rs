@@ -21,7 +21,7 @@
 //! A catalog may also carry **per-sample metadata** ([`CatalogBuilder::push_with_metadata`]):
 //! a compact JSON object per sample, stored as one more field of the sample named
 //! [`METADATA_FIELD`](crate::metadata::METADATA_FIELD) (see [`crate::metadata`] for its
-//! encoding). Its bytes live in the catalog, not in the source: [`scan`] wraps the source so
+//! encoding). Its bytes live in the catalog, not in the source: `scan` wraps the source so
 //! that the pipeline reads them like any member.
 //!
 //! Everything the pipeline does after the scan (trials, parallel read and compress, ordered

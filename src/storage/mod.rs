@@ -12,7 +12,7 @@
 //!
 //! No new dependencies: the local backend is [`std::fs::File`] itself. Datasets given as URLs
 //! (`s3://bucket/prefix`, `http(s)://host/path`) are read by [`remote`] (cargo feature
-//! `remote`: object_store and tokio), which answers the reader through [`DatasetSource`].
+//! `remote`: object_store and tokio), which answers the reader through its `DatasetSource` trait.
 
 use std::fmt;
 use std::fs::File;

@@ -257,7 +257,7 @@ fn runtime() -> io::Result<Arc<tokio::runtime::Runtime>> {
 }
 
 /// One remote location's client, with a request counter. The object_store client is built
-/// per process (see [`runtime`]).
+/// per process (see `runtime`).
 pub struct Store {
     loc: Location,
     opts: RemoteOptions,
