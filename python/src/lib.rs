@@ -1475,23 +1475,15 @@ fn parse_policy(py: Python<'_>, s: &str) -> PyResult<Policy> {
     s.parse::<Policy>().map_err(|e| value_error(py, e))
 }
 
-/// Packs the folder tree `src` into a dataset at `out` and returns the summary as JSON text
-/// (the keys of `shardpack pack --json`). Runs on a Rust thread with the GIL released; every
-/// ~100 ms the calling thread checks for Ctrl-C (which cancels the pack: what it wrote is
-/// removed, then `KeyboardInterrupt` is raised) and calls `progress(dict)` when given.
-#[pyfunction]
-#[pyo3(signature = (src, out, *, shard_size, max_samples_per_shard, compress, field_compress,
-                    align, shuffle_seed, threads, io_threads, labels, key, symlinks,
-                    max_skipped_share, unlabeled, skip_errors, force, progress))]
+/// The pack options `_pack` and `_plan` take, checked and converted (the Python side has
+/// normalised sizes and shares already).
 #[allow(clippy::too_many_arguments)]
-fn _pack(
+pub(crate) fn pack_options(
     py: Python<'_>,
-    src: PathBuf,
-    out: PathBuf,
     shard_size: u64,
     max_samples_per_shard: Option<u64>,
     compress: &str,
-    field_compress: Vec<(String, String)>,
+    field_compress: &[(String, String)],
     align: u64,
     shuffle_seed: Option<u64>,
     threads: usize,
@@ -1502,11 +1494,9 @@ fn _pack(
     max_skipped_share: f64,
     unlabeled: &str,
     skip_errors: bool,
-    force: bool,
-    progress: Option<Py<PyAny>>,
-) -> PyResult<String> {
+) -> PyResult<PackOptions> {
     let mut fc = std::collections::BTreeMap::new();
-    for (ext, pol) in &field_compress {
+    for (ext, pol) in field_compress {
         let ext = ext.trim_start_matches('.');
         if fc
             .insert(ext.as_bytes().to_vec(), parse_policy(py, pol)?)
@@ -1518,7 +1508,7 @@ fn _pack(
             ));
         }
     }
-    let opts = PackOptions {
+    Ok(PackOptions {
         writer: WriterOptions {
             shard_size,
             max_samples_per_shard,
@@ -1555,8 +1545,59 @@ fn _pack(
             .parse::<UnlabeledPolicy>()
             .map_err(|e| value_error(py, e))?,
         skip_errors,
-        force,
         ..PackOptions::default()
+    })
+}
+
+/// Packs the folder tree `src` into a dataset at `out` and returns the summary as JSON text
+/// (the keys of `shardpack pack --json`). Runs on a Rust thread with the GIL released; every
+/// ~100 ms the calling thread checks for Ctrl-C (which cancels the pack: what it wrote is
+/// removed, then `KeyboardInterrupt` is raised) and calls `progress(dict)` when given.
+#[pyfunction]
+#[pyo3(signature = (src, out, *, shard_size, max_samples_per_shard, compress, field_compress,
+                    align, shuffle_seed, threads, io_threads, labels, key, symlinks,
+                    max_skipped_share, unlabeled, skip_errors, force, progress))]
+#[allow(clippy::too_many_arguments)]
+fn _pack(
+    py: Python<'_>,
+    src: PathBuf,
+    out: PathBuf,
+    shard_size: u64,
+    max_samples_per_shard: Option<u64>,
+    compress: &str,
+    field_compress: Vec<(String, String)>,
+    align: u64,
+    shuffle_seed: Option<u64>,
+    threads: usize,
+    io_threads: usize,
+    labels: &str,
+    key: &str,
+    symlinks: &str,
+    max_skipped_share: f64,
+    unlabeled: &str,
+    skip_errors: bool,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    let opts = PackOptions {
+        force,
+        ..pack_options(
+            py,
+            shard_size,
+            max_samples_per_shard,
+            compress,
+            &field_compress,
+            align,
+            shuffle_seed,
+            threads,
+            io_threads,
+            labels,
+            key,
+            symlinks,
+            max_skipped_share,
+            unlabeled,
+            skip_errors,
+        )?
     };
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel();

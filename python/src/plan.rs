@@ -2,21 +2,12 @@
 //! `shardpack.ray.pack`, which runs the parts as Ray tasks). Each runs with the GIL released
 //! and returns its summary as JSON text (the keys of the CLI's `--json`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use shardpack::codec::Policy;
-use shardpack::compile::{
-    self, KeyMode, LabelMode, MergeOptions, NoProgress, PackOptions, SymlinkPolicy, UnlabeledPolicy,
-};
-use shardpack::writer::WriterOptions;
+use shardpack::compile::{self, MergeOptions, NoProgress, PackOptions};
 
-use crate::{to_py, value_error};
-
-fn policy(py: Python<'_>, s: &str) -> PyResult<Policy> {
-    s.parse::<Policy>().map_err(|e| value_error(py, e))
-}
+use crate::to_py;
 
 /// Plans a pack of `src` into `out` over `parts` parts; the options are those of `_pack`
 /// (already normalised by the Python side).
@@ -45,46 +36,23 @@ fn _plan(
     unlabeled: &str,
     skip_errors: bool,
 ) -> PyResult<String> {
-    let mut fc = BTreeMap::new();
-    for (ext, pol) in &field_compress {
-        let ext = ext.trim_start_matches('.');
-        if fc
-            .insert(ext.as_bytes().to_vec(), policy(py, pol)?)
-            .is_some()
-        {
-            return Err(value_error(
-                py,
-                format!("field_compress names field {ext:?} twice"),
-            ));
-        }
-    }
-    let opts = PackOptions {
-        writer: WriterOptions {
-            shard_size,
-            max_samples_per_shard,
-            record_align: align,
-        },
-        compress: policy(py, compress)?,
-        field_compress: fc,
+    let opts = crate::pack_options(
+        py,
+        shard_size,
+        max_samples_per_shard,
+        compress,
+        &field_compress,
+        align,
         shuffle_seed,
         threads,
         io_threads,
-        labels: match labels {
-            "imagefolder" => LabelMode::ImageFolder,
-            "none" => LabelMode::None,
-            _ => return Err(value_error(py, format!("labels {labels:?} is unknown"))),
-        },
-        key: key.parse::<KeyMode>().map_err(|e| value_error(py, e))?,
-        symlinks: symlinks
-            .parse::<SymlinkPolicy>()
-            .map_err(|e| value_error(py, e))?,
+        labels,
+        key,
+        symlinks,
         max_skipped_share,
-        unlabeled: unlabeled
-            .parse::<UnlabeledPolicy>()
-            .map_err(|e| value_error(py, e))?,
+        unlabeled,
         skip_errors,
-        ..PackOptions::default()
-    };
+    )?;
     py.detach(|| compile::plan(&src, &out, parts, &opts, &NoProgress))
         .map(|s| serde_json::to_string(&s).expect("a summary serializes"))
         .map_err(to_py)
