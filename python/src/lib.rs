@@ -1124,31 +1124,24 @@ impl NativeLoader {
         read_next_epoch: bool,
     ) -> PyResult<NativeLoader> {
         let opts = LoaderOptions {
-            seed,
-            epoch,
-            rank,
-            world_size,
-            batch_size,
-            shuffle: parse_shuffle(shuffle).map_err(|e| value_error(py, e))?,
-            chunk_bytes,
-            window_chunks,
-            io_threads,
-            prefetch_bytes,
-            direct_io: parse_direct(direct_io).map_err(|e| value_error(py, e))?,
-            drop_last,
-            on_error: match on_error {
-                "fail" => ErrorPolicy::Fail,
-                "skip" => ErrorPolicy::Skip,
-                _ => {
-                    return Err(value_error(
-                        py,
-                        format!("on_error must be \"fail\" or \"skip\", not {on_error:?}"),
-                    ))
-                }
-            },
             subset: indices.map(shardpack::loader::Subset::new),
             read_next_epoch,
-            ..LoaderOptions::default()
+            ..loader_options(
+                py,
+                seed,
+                epoch,
+                rank,
+                world_size,
+                batch_size,
+                shuffle,
+                chunk_bytes,
+                window_chunks,
+                io_threads,
+                prefetch_bytes,
+                direct_io,
+                drop_last,
+                on_error,
+            )?
         };
         let ds = dataset.get().inner.clone();
         // Validates the options and computes the epoch's length without starting threads.
@@ -1469,6 +1462,51 @@ fn progress_dict<'py>(py: Python<'py>, c: &Counters) -> PyResult<Bound<'py, PyDi
         .unwrap_or_default();
     d.set_item("notes", notes)?;
     Ok(d)
+}
+
+/// The Loader options `NativeLoader` and `NativeMixedLoader` take, checked and converted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn loader_options(
+    py: Python<'_>,
+    seed: u64,
+    epoch: u64,
+    rank: u32,
+    world_size: u32,
+    batch_size: usize,
+    shuffle: &str,
+    chunk_bytes: u64,
+    window_chunks: usize,
+    io_threads: usize,
+    prefetch_bytes: u64,
+    direct_io: &str,
+    drop_last: bool,
+    on_error: &str,
+) -> PyResult<LoaderOptions> {
+    Ok(LoaderOptions {
+        seed,
+        epoch,
+        rank,
+        world_size,
+        batch_size,
+        shuffle: parse_shuffle(shuffle).map_err(|e| value_error(py, e))?,
+        chunk_bytes,
+        window_chunks,
+        io_threads,
+        prefetch_bytes,
+        direct_io: parse_direct(direct_io).map_err(|e| value_error(py, e))?,
+        drop_last,
+        on_error: match on_error {
+            "fail" => ErrorPolicy::Fail,
+            "skip" => ErrorPolicy::Skip,
+            _ => {
+                return Err(value_error(
+                    py,
+                    format!("on_error must be \"fail\" or \"skip\", not {on_error:?}"),
+                ))
+            }
+        },
+        ..LoaderOptions::default()
+    })
 }
 
 fn parse_policy(py: Python<'_>, s: &str) -> PyResult<Policy> {

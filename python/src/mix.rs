@@ -8,10 +8,10 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
-use shardpack::loader::{ErrorPolicy, MixedLoader, MixedState, Weight};
+use shardpack::loader::{MixedLoader, MixedState, Weight};
 use shardpack::{Error, LoaderOptions};
 
-use super::{loaded_sample, parse_direct, parse_shuffle, to_py, value_error, Dataset, Names};
+use super::{loaded_sample, loader_options, to_py, value_error, Dataset, Names};
 
 struct MixInner {
     loader: Option<MixedLoader>,
@@ -106,31 +106,22 @@ impl NativeMixedLoader {
             sources.push((d.get().inner.clone(), w));
             names.push(d.get().names.clone());
         }
-        let opts = LoaderOptions {
+        let opts = loader_options(
+            py,
             seed,
             epoch,
             rank,
             world_size,
             batch_size,
-            shuffle: parse_shuffle(shuffle).map_err(|e| value_error(py, e))?,
+            shuffle,
             chunk_bytes,
             window_chunks,
             io_threads,
             prefetch_bytes,
-            direct_io: parse_direct(direct_io).map_err(|e| value_error(py, e))?,
+            direct_io,
             drop_last,
-            on_error: match on_error {
-                "fail" => ErrorPolicy::Fail,
-                "skip" => ErrorPolicy::Skip,
-                _ => {
-                    return Err(value_error(
-                        py,
-                        format!("on_error must be \"fail\" or \"skip\", not {on_error:?}"),
-                    ))
-                }
-            },
-            ..LoaderOptions::default()
-        };
+            on_error,
+        )?;
         // Checks the weights and options now (no thread, no I/O).
         shardpack::loader::mixed_epoch_order(&sources, epoch_samples, &opts, None)
             .map_err(to_py)?;
