@@ -74,7 +74,8 @@ fn is_lower_hex(s: &str) -> bool {
         .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
-fn from_hex(s: &str) -> Option<Vec<u8>> {
+/// The bytes of lowercase hex `s` ([`to_hex`]'s inverse); `None` when it is not that.
+pub(crate) fn from_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 || !is_lower_hex(s) {
         return None;
     }

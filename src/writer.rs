@@ -1103,14 +1103,16 @@ fn pad_to(s: &mut OpenShard, target: u64) -> Result<()> {
     write_zeros(s, n)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Creates `path` holding `bytes`, synced to disk.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(path).map_err(|e| Error::io(path, "create", e))?;
     f.write_all(bytes)
         .map_err(|e| Error::io(path, "write", e))?;
     f.sync_all().map_err(|e| Error::io(path, "sync", e))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// Syncs a directory (so a rename or create in it is durable).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         let d = File::open(dir).map_err(|e| Error::io(dir, "open", e))?;

@@ -236,20 +236,6 @@ pub(crate) struct PartRun {
     pub(crate) output: Option<PartOutput>,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn name_path(n: &Name) -> PathBuf {
     #[cfg(unix)]
     {
@@ -535,7 +521,7 @@ fn write_plan(
                 name: Name(s.name.clone()),
                 codec: s.codec.as_u32(),
                 level: s.level,
-                dict: s.dict.as_deref().map(hex),
+                dict: s.dict.as_deref().map(crate::manifest::to_hex),
             })
             .collect(),
         imagefolder_labels: cat.imagefolder_labels,
@@ -569,17 +555,12 @@ fn write_plan(
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("{}.{}.tmp", std::process::id(), run_nonce()));
     let res = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io(&tmp, "write", e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, "sync", e))?;
+        crate::writer::write_synced(&tmp, bytes)?;
         fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename into", e))?;
-        if let Some(d) = path.parent() {
-            if let Ok(d) = File::open(d) {
-                let _ = d.sync_all();
-            }
+        match path.parent() {
+            Some(d) => crate::writer::sync_dir(d),
+            None => Ok(()),
         }
-        Ok(())
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -638,7 +619,7 @@ fn specs_of(doc: &PlanDoc, path: &Path) -> Result<Vec<FieldSpec>> {
                 level: f.level,
                 dict: match &f.dict {
                     None => None,
-                    Some(h) => Some(unhex(h).ok_or_else(|| bad("damaged dictionary"))?),
+                    Some(h) => Some(crate::manifest::from_hex(h).ok_or_else(|| bad("damaged dictionary"))?),
                 },
             })
         })
