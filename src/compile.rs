@@ -745,20 +745,7 @@ fn pack_into(
     cancel: &Cancel<'_>,
     started: Instant,
 ) -> Result<PackSummary> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = if opts.threads == 0 {
-        cores
-    } else {
-        opts.threads
-    };
-    let io_threads = if opts.io_threads == 0 {
-        16.max(threads)
-    } else {
-        opts.io_threads
-    };
-    let cpu = pool(threads, "compress")?;
-    let io = pool(io_threads, "read")?;
-
+    let (cpu, io) = pools(opts)?;
     let (source, cat, warnings) = crate::source::scan(input, opts, progress, cancel)?;
     pack_catalog(
         &*source,

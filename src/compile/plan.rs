@@ -619,7 +619,9 @@ fn specs_of(doc: &PlanDoc, path: &Path) -> Result<Vec<FieldSpec>> {
                 level: f.level,
                 dict: match &f.dict {
                     None => None,
-                    Some(h) => Some(crate::manifest::from_hex(h).ok_or_else(|| bad("damaged dictionary"))?),
+                    Some(h) => Some(
+                        crate::manifest::from_hex(h).ok_or_else(|| bad("damaged dictionary"))?,
+                    ),
                 },
             })
         })

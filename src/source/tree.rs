@@ -96,6 +96,14 @@ pub(crate) fn split_name(name: &[u8], mode: KeyMode) -> (usize, usize) {
     }
 }
 
+/// Where a relative path's last component splits ([`split_name`]): (key length, field start),
+/// counted from the start of the path (the directories belong to the key).
+fn split_path(rel: &[u8], mode: KeyMode) -> (u32, u32) {
+    let name_start = rel.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
+    let (k, f) = split_name(&rel[name_start..], mode);
+    ((name_start + k) as u32, (name_start + f) as u32)
+}
+
 /// The most distinct fields a tree may split into. Thousands of field names are a sign that the
 /// key rule cuts names in the wrong place (every field gets a table entry in every shard and a
 /// line in `info`); the error names `--key`.
@@ -114,10 +122,7 @@ impl Tree {
     fn resplit(&mut self, mode: KeyMode) {
         for f in &mut self.files {
             let path = &self.arena[f.path_off as usize..f.path_off as usize + f.path_len as usize];
-            let name_start = path.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
-            let (k, s) = split_name(&path[name_start..], mode);
-            f.key_len = (name_start + k) as u32;
-            f.field_start = (name_start + s) as u32;
+            (f.key_len, f.field_start) = split_path(path, mode);
         }
     }
 
@@ -324,13 +329,12 @@ fn walk(
         if rel.len() > u32::MAX as usize {
             return Err(Error::input(entry.path(), "path too long"));
         }
-        let name_start = rel.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
-        let (k, f) = split_name(&rel[name_start..], opts.key);
+        let (key_len, field_start) = split_path(&rel, opts.key);
         tree.files.push(FileEnt {
             path_off: tree.arena.len() as u64,
             path_len: rel.len() as u32,
-            key_len: (name_start + k) as u32,
-            field_start: (name_start + f) as u32,
+            key_len,
+            field_start,
             size,
         });
         tree.arena.extend_from_slice(&rel);
