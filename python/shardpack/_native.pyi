@@ -146,3 +146,39 @@ def _plan(
 def _pack_part(out: str, part: int, *, threads: int = 0, io_threads: int = 0) -> str: ...
 def _merge(out: str, *, verify: bool = False) -> str: ...
 def _plan_parts(out: str) -> int: ...
+def _open_remote(
+    url: str,
+    mode: str = "cache",
+    cache_dir: str | None = None,
+    cache_limit: int | None = None,
+) -> Dataset: ...
+def _remote_requests(ds: Dataset) -> int | None: ...
+
+class _MixedLoader:
+    def __init__(
+        self,
+        datasets: list[Dataset],
+        weights: list[tuple[str, float]],
+        *,
+        epoch_samples: int | None,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world_size: int,
+        shuffle: str,
+        drop_last: bool,
+        chunk_bytes: int,
+        window_chunks: int,
+        io_threads: int,
+        prefetch_bytes: int,
+        direct_io: str,
+        on_error: str,
+    ) -> None: ...
+    def next_batch(self) -> list[tuple[int, Sample]] | None: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def state_json(self) -> str: ...
+    def load_state(self, json: str) -> None: ...
+    @property
+    def counts(self) -> list[int]: ...
+    def close(self) -> None: ...
