@@ -5,7 +5,8 @@ a latency and a bandwidth cap (scripts/faultproxy.py), read as loose objects (on
 
     scripts/bench-remote.py [--files 10000] [--kib 16] [--latency-ms 20] [--bandwidth-mbps 1600]
                             [--inflight 32] [--batch 256] [--step-ms MS] [--store http|s3|both]
-                            [--open-shards 1000] [--work DIR] [--json]
+                            [--open-shards 1000] [--chunk-size 8MiB] [--loader-threads N]
+                            [--work DIR] [--json]
 
 Steps, each printed as it ends:
   1. writes an image-like tree (scripts/gen-tree.py: --files incompressible files of about --kib
@@ -17,10 +18,13 @@ Steps, each printed as it ends:
   4. the baseline: every loose file fetched in a random order, one GET per sample, --inflight
      GETs in flight on kept-alive connections, in samples/s and MB/s; with --step-ms, a simulated
      trainer (a sleep per batch of --batch) fed by it, and its busy fraction;
-  5. shardpack: `shardpack bench URL --json` (with --step-ms, its trainer too), run only when the
-     binary opens URLs; otherwise it prints "skipped: this shardpack cannot open URLs";
+  5. shardpack: `shardpack bench URL --json` (with --step-ms, its trainer too) in stream mode (the
+     loader's every byte crosses the link: its MB/s is compared with the link's) and in cache mode
+     from an empty cache (the whole run's time and requests, downloads included), each with a
+     cache directory of its own; run only when the binary opens URLs; otherwise it prints
+     "skipped: this shardpack cannot open URLs";
   6. the open of a remote dataset of --open-shards shards (tiny samples, 4 per shard):
-     `shardpack info URL`, with the requests the proxy counted and the time.
+     `shardpack info URL` in both modes, with the requests the proxy counted and the time.
 
 The proxy's request counter gives each phase's request count. Over S3 the shardpack side gets
 AWS_ENDPOINT_URL (the proxy), AWS_ALLOW_HTTP=true and test credentials in its environment.
@@ -257,8 +261,29 @@ json.dump(out, sys.stdout)
 
 
 def shardpack_side(a, bin_, url, proxy, env, report, label):
-    """`shardpack bench URL` and the open of the 1,000-shard dataset, or 'skipped'."""
-    probe = run([bin_, "info", url + "/ds"], env=env)
+    """`shardpack bench URL` in stream and in cache mode, and the open of the 1,000-shard dataset,
+    or 'skipped'.
+
+    Every shardpack command gets a cache directory of its own, created empty, so no phase reads
+    what an earlier one downloaded: in cache mode the shard downloads are inside the measured run
+    (the bench's own loader phase then reads the local copy, so its MB/s is the cache's: the
+    figure for the link is the whole run's time), and in stream mode every byte the loader reads
+    crosses the link (its loader MB/s is the one to compare with the link's)."""
+    import shutil
+    import tempfile
+
+    def fresh_env(mode):
+        e = dict(env)
+        e["SHARDPACK_REMOTE_MODE"] = mode
+        e["SHARDPACK_CACHE_DIR"] = tempfile.mkdtemp(prefix="cache-", dir=a.work)
+        return e
+
+    def drop(e):
+        shutil.rmtree(e["SHARDPACK_CACHE_DIR"], ignore_errors=True)
+
+    e = fresh_env("stream")
+    probe = run([bin_, "info", url + "/ds"], env=e)
+    drop(e)
     if probe.returncode != 0:
         why = (probe.stderr.strip().splitlines() or ["?"])[-1]
         msg = f"skipped: this shardpack cannot open URLs ({why})"
@@ -269,17 +294,26 @@ def shardpack_side(a, bin_, url, proxy, env, report, label):
     cmd = [bin_, "bench", url + "/ds", "--json", "--batch", str(a.batch)]
     if a.step_ms:
         cmd += ["--step-ms", str(a.step_ms)]
-    proxy.control("reset")
-    t = time.monotonic()
-    r = run(cmd, env=env)
-    took = time.monotonic() - t
-    if r.returncode:
-        report["shardpack"] = f"failed: {r.stderr.strip()[-1000:]}"
-        log(f"{label}: shardpack bench failed: {r.stderr.strip()[-1000:]}")
-    else:
+    if a.chunk_size:
+        cmd += ["--chunk-size", a.chunk_size]
+    if a.loader_threads:
+        cmd += ["--loader-threads", str(a.loader_threads)]
+    for mode in ("stream", "cache"):
+        key = "shardpack" if mode == "stream" else "shardpack_cache"
+        e = fresh_env(mode)
+        proxy.control("reset")
+        t = time.monotonic()
+        r = run(cmd, env=e)
+        took = time.monotonic() - t
+        drop(e)
+        if r.returncode:
+            report[key] = f"failed: {r.stderr.strip()[-1000:]}"
+            log(f"{label}: shardpack bench ({mode} mode) failed: {r.stderr.strip()[-1000:]}")
+            continue
         v = json.loads(r.stdout)
         st = proxy.control("stats")
-        report["shardpack"] = {
+        report[key] = {
+            "mode": mode,
             "loader_samples_s": v.get("loader_samples_s"),
             "loader_mb_s": v.get("loader_mb_s"),
             "trainer_busy": v.get("trainer_busy_loader"),
@@ -287,21 +321,30 @@ def shardpack_side(a, bin_, url, proxy, env, report, label):
             "seconds": took,
             "bench": v,
         }
-        log(f"{label}: shardpack loader {v.get('loader_mb_s') or 0:.1f} MB/s, "
-            f"{v.get('loader_samples_s') or 0:.0f} samples/s"
-            + (f", trainer busy {100 * v['trainer_busy_loader']:.1f}%" if v.get("trainer_busy_loader") else "")
-            + f" ({st['requests']} requests for the whole bench run)")
-    proxy.control("reset")
-    t = time.monotonic()
-    r = run([bin_, "info", url + "/ds-open"], env=env)
-    took = time.monotonic() - t
-    st = proxy.control("stats")
-    if r.returncode:
-        report["open"] = f"failed: {r.stderr.strip()[-1000:]}"
-    else:
-        report["open"] = {"shards": a.open_shards, "requests": st["requests"], "seconds": took,
-                          "requests_per_shard": st["requests"] / a.open_shards}
-        log(f"{label}: open (`info`) of {a.open_shards} shards: {st['requests']} requests "
+        if mode == "stream":
+            log(f"{label}: shardpack loader, stream mode: {v.get('loader_mb_s') or 0:.1f} MB/s, "
+                f"{v.get('loader_samples_s') or 0:.0f} samples/s"
+                + (f", trainer busy {100 * v['trainer_busy_loader']:.1f}%" if v.get("trainer_busy_loader") else "")
+                + f" ({st['requests']} requests and {took:.1f} s for the whole bench run)")
+        else:
+            log(f"{label}: shardpack bench, cache mode from an empty cache: {took:.1f} s and "
+                f"{st['requests']} requests for the whole run (downloads included; its loader phase "
+                f"reads the local copy: {v.get('loader_mb_s') or 0:.1f} MB/s)")
+    for mode in ("stream", "cache"):
+        e = fresh_env(mode)
+        proxy.control("reset")
+        t = time.monotonic()
+        r = run([bin_, "info", url + "/ds-open"], env=e)
+        took = time.monotonic() - t
+        drop(e)
+        st = proxy.control("stats")
+        key = "open" if mode == "stream" else "open_cache"
+        if r.returncode:
+            report[key] = f"failed: {r.stderr.strip()[-1000:]}"
+            continue
+        report[key] = {"mode": mode, "shards": a.open_shards, "requests": st["requests"], "seconds": took,
+                       "requests_per_shard": st["requests"] / a.open_shards}
+        log(f"{label}: open (`info`, {mode} mode) of {a.open_shards} shards: {st['requests']} requests "
             f"({st['requests'] / a.open_shards:.2f} per shard) in {took:.2f} s")
 
 
@@ -380,6 +423,8 @@ def main():
     ap.add_argument("--step-ms", type=float)
     ap.add_argument("--store", choices=["http", "s3", "both"], default="http")
     ap.add_argument("--open-shards", type=int, default=1000)
+    ap.add_argument("--chunk-size", help="passed to `shardpack bench --chunk-size` (e.g. 8MiB)")
+    ap.add_argument("--loader-threads", type=int, help="passed to `shardpack bench --loader-threads`")
     ap.add_argument("--work", default="/tmp/shardpack-bench-remote")
     ap.add_argument("--json", action="store_true", help="print the whole report as JSON on stdout")
     a = ap.parse_args()
