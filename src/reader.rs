@@ -616,6 +616,18 @@ impl Dataset {
         }
     }
 
+    /// The class label of sample `i` (`None` when it has none), read from its shard's index
+    /// alone: unlike [`Dataset::get`], it never fetches records of a shard streamed from a
+    /// remote store, so a pass over every label costs no request beyond the indexes.
+    pub fn label(&self, i: u64) -> Result<Option<u32>> {
+        let (s, local) = self.locate(i)?;
+        match self.cell(s) {
+            Some(Ok(shard)) => Ok(shard.sample_index(local, i)?.label()),
+            Some(Err(f)) => Err(self.failed(f, Some(i))),
+            None => unreachable!("locate returns a listed shard"),
+        }
+    }
+
     /// The sample with key `key`, found through each shard's key-hash table (binary search,
     /// no scan). When the key is in none of the usable shards but a shard cannot be used, the
     /// answer is not "absent" but that shard's error ([`Error::DamagedShard`] under

@@ -310,3 +310,30 @@ fn two_processes_share_a_cache() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn labels_of_a_streamed_dataset_cost_no_request() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("www");
+    make_dataset(&root.join("ds"), N);
+    let srv = http(&root);
+    let ds = open(
+        &format!("{}/ds", srv.url),
+        ReadMode::Stream,
+        &t.path().join("cache"),
+    )
+    .unwrap();
+    let after_open = ds.remote_requests();
+    let labels: Vec<Option<u32>> = (0..N).map(|i| ds.label(i).unwrap()).collect();
+    let want: Vec<Option<u32>> = (0..N).map(|i| Some((i % 3) as u32)).collect();
+    assert_eq!(labels, want);
+    assert_eq!(
+        ds.remote_requests(),
+        after_open,
+        "labels come from the indexes fetched at open, not from the records"
+    );
+    assert!(matches!(
+        ds.label(N),
+        Err(shardpack::Error::OutOfRange { .. })
+    ));
+}

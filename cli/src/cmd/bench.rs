@@ -483,8 +483,10 @@ fn quality(ds: &Dataset, opts: &LoaderOptions) -> Result<Option<ShuffleQuality>>
     if ds.manifest().classes.is_empty() {
         return Ok(None);
     }
+    // Labels from the indexes alone: `get` would fetch every sample's records of a streamed
+    // remote dataset, one request each.
     let labels: Vec<Option<u32>> = (0..ds.len())
-        .map(|i| ds.get(i).map(|s| s.label()))
+        .map(|i| ds.label(i))
         .collect::<Result<_, _>>()?;
     let order = epoch_order(ds, opts)?;
     let q = score(&order, &labels, opts.batch_size as u64);
