@@ -19,7 +19,12 @@ use shardpack::reader::OpenOptions as DatasetOptions;
 use shardpack::{Dataset, Field};
 
 /// Write every record back as a file at its original relative path (key + "." + field),
-/// byte-identical to what was packed. DIR must be new or empty; existing files are never
+/// its contents byte-identical to what was packed. Only regular files' paths and contents
+/// round-trip: file modes (permission and executable bits) are not recorded, so files are
+/// written with the default mode (0644 under umask 022); mtimes are not kept (files get the
+/// time of the extract); empty directories and symbolic links that were not followed are not
+/// in the dataset (pack follows links by default, storing the target's contents as a file).
+/// DIR must be new or empty; existing files are never
 /// overwritten. The tree appears in DIR only when it is complete: on an error nothing is kept
 /// and DIR is left as it was. Records are checked (checksums) before they are written and
 /// copied in bounded memory, however large.
