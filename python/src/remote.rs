@@ -68,7 +68,10 @@ pub fn reduce<'py>(py: Python<'py>, ds: &Arc<shardpack::Dataset>) -> PyResult<Bo
                 ReadMode::Cache => "cache",
                 ReadMode::Stream => "stream",
             };
-            (open, (dir, ro.cache_dir, ro.cache_limit, mode)).into_pyobject(py)
+            // A str, not a path: pyo3 turns a PathBuf into a pathlib.Path, which folds the
+            // URL's "//" into "/".
+            let url = dir.to_string_lossy().into_owned();
+            (open, (url, ro.cache_dir, ro.cache_limit, mode)).into_pyobject(py)
         }
         None => (open, (dir,)).into_pyobject(py),
     }
