@@ -472,6 +472,14 @@ impl Dataset {
         self.source.as_ref().map(|s| s.describe())
     }
 
+    /// For a dataset opened from a URL, the options it reads with (mode, the resolved cache
+    /// directory, cache limit, retries); `None` for a local directory. Reopening the URL with
+    /// them reads it the same way (what Python's pickling does).
+    #[cfg(feature = "remote")]
+    pub fn remote_options(&self) -> Option<crate::storage::remote::RemoteOptions> {
+        self.source.as_ref().map(|s| s.options())
+    }
+
     /// The dataset directory.
     pub fn dir(&self) -> &Path {
         &self.dir

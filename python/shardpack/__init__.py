@@ -556,7 +556,9 @@ class Loader:
     # -- pickling -------------------------------------------------------------------------
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore_loader, (os.fspath(self._ds.path), self._options, self.state_dict()))
+        # The dataset itself (not its path): one opened from a URL pickles with its read
+        # options (mode, cache_dir, cache_limit), so the copy reads the same way.
+        return (_restore_loader, (self._ds, self._options, self.state_dict()))
 
     def __repr__(self) -> str:
         seed, epoch, rank, world, consumed = self._native.position
@@ -706,7 +708,7 @@ def check_state(state: Mapping[str, Any], *_unused: Any) -> None:
         )
 
 
-def _restore_loader(path: str, options: dict[str, Any], state: dict[str, Any]) -> Loader:
+def _restore_loader(path: str | Dataset, options: dict[str, Any], state: dict[str, Any]) -> Loader:
     o = dict(options)
     batch_size = o.pop("batch_size")
     loader = Loader(path, batch_size=batch_size, epoch=state["epoch"], **o)

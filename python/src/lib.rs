@@ -484,8 +484,7 @@ impl Dataset {
     }
 
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let open = py.import("shardpack")?.getattr("open")?;
-        (open, (self.inner.dir().to_path_buf(),)).into_pyobject(py)
+        remote::reduce(py, &self.inner)
     }
 }
 

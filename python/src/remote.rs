@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 use shardpack::reader::{IndexCheck, OpenOptions};
 use shardpack::storage::remote::{ReadMode, RemoteOptions};
 
@@ -53,6 +54,27 @@ pub fn _open_remote(
 #[pyfunction]
 pub fn _remote_requests(ds: &Dataset) -> Option<u64> {
     ds.inner.remote_requests()
+}
+
+/// What a `Dataset` pickles as: `shardpack.open(url, cache_dir, cache_limit, mode)` for one
+/// opened from a URL (the unpickled copy reads the same way: same mode, same cache and limit),
+/// else `shardpack.open(path)`.
+pub fn reduce<'py>(py: Python<'py>, ds: &Arc<shardpack::Dataset>) -> PyResult<Bound<'py, PyTuple>> {
+    let open = py.import("shardpack")?.getattr("open")?;
+    let dir = ds.dir().to_path_buf();
+    match ds.remote_options() {
+        Some(ro) => {
+            let mode = match ro.mode {
+                ReadMode::Cache => "cache",
+                ReadMode::Stream => "stream",
+            };
+            // A str, not a path: pyo3 turns a PathBuf into a pathlib.Path, which folds the
+            // URL's "//" into "/".
+            let url = dir.to_string_lossy().into_owned();
+            (open, (url, ro.cache_dir, ro.cache_limit, mode)).into_pyobject(py)
+        }
+        None => (open, (dir,)).into_pyobject(py),
+    }
 }
 
 /// Adds this module's functions to `_native`.

@@ -49,6 +49,10 @@ pub(crate) trait DatasetSource: Send + Sync + fmt::Debug {
     fn requests(&self) -> u64;
     /// The read mode, for people.
     fn describe(&self) -> String;
+    /// The options it was opened with, the cache directory resolved (what a copy reopened in
+    /// another process needs to read it the same way).
+    #[cfg(feature = "remote")]
+    fn options(&self) -> remote::RemoteOptions;
 }
 
 /// Fetches a byte range of a shard into its sparse local copy before it is read.

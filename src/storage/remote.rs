@@ -1130,6 +1130,14 @@ impl DatasetSource for RemoteSource {
             ReadMode::Cache => format!("cache: {}", self.inner.dir.display()),
         }
     }
+
+    fn options(&self) -> RemoteOptions {
+        let mut o = self.inner.store.opts.clone();
+        o.mode = self.inner.mode;
+        o.cache_dir = Some(self.inner.root.clone());
+        o.cache_limit = self.inner.limit;
+        o
+    }
 }
 
 /// Cached mode's reader for the Loader: the local copy (downloaded on first read).
