@@ -8,12 +8,17 @@
 # crash, a timeout or an out-of-memory, and prints the path of the input that caused it; see
 # fuzz/README.md for turning that into a regression test.
 #
+# The mutations are seeded (FUZZ_SEED, default 1), so a run on the same binary and corpus
+# explores the same inputs: a CI run passes or fails for a reason, not by luck. A longer local
+# campaign should vary it: FUZZ_SEED=0 lets libFuzzer pick a random seed (it prints it).
+#
 # Usage: scripts/fuzz.sh [TARGET...]        (default: every target)
-#        FUZZ_SECONDS=180 scripts/fuzz.sh   (a longer local run)
+#        FUZZ_SECONDS=180 FUZZ_SEED=0 scripts/fuzz.sh   (a longer local run, random seed)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-15}
+seed=${FUZZ_SEED:-1}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(shard_bytes manifest record_decode shard_mutate)
@@ -74,7 +79,7 @@ for t in "${targets[@]}"; do
     extra+=("-dict=fuzz/dicts/$t.dict")
   fi
   cargo +nightly fuzz run "$t" "fuzz/corpus/$t" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -max_len="$(max_len "$t")" \
+    -max_total_time="$seconds" -seed="$seed" -rss_limit_mb=2048 -timeout=10 -max_len="$(max_len "$t")" \
     "${extra[@]}" >"$log" 2>&1
   rc=$?
   # libFuzzer's last line on success is "Done N runs in T second(s)"; after a crash, the last
@@ -84,7 +89,7 @@ for t in "${targets[@]}"; do
     runs=$(sed -nE 's/^#([0-9]+)[[:space:]].*/\1/p' "$log" | tail -n 1)
   fi
   if [ $rc -eq 0 ]; then
-    echo "fuzz: $t: ${runs:-?} runs in $seconds s, no crash"
+    echo "fuzz: $t: ${runs:-?} runs in $seconds s (seed $seed), no crash"
   else
     failed+=("$t")
     echo "fuzz: $t: FAILED (exit $rc) after ${runs:-?} runs"
@@ -93,6 +98,11 @@ for t in "${targets[@]}"; do
     artifact=$(sed -nE 's/.*Test unit written to (.*)$/\1/p' "$log" | tail -n 1)
     if [ -n "$artifact" ]; then
       echo "fuzz: $t: input that fails: $artifact"
+      # The artifact stays on the machine that ran it; a small one is printed so that a CI
+      # log alone reproduces it (echo ... | base64 -d > crash).
+      if [ -f "$artifact" ] && [ "$(stat -c %s "$artifact")" -le 16384 ]; then
+        echo "fuzz: $t: the input as base64: $(base64 -w0 "$artifact")"
+      fi
       echo "fuzz: reproduce with: cargo +nightly fuzz run $t $artifact"
     fi
     echo "fuzz: $t: full log: $log"

@@ -320,6 +320,123 @@ pub struct FrameHeader {
     pub dict_id: u32,
 }
 
+/// The largest block any zstd frame may hold (RFC 8878 section 3.1.1.2.4: 128 KiB).
+const BLOCK_SIZE_MAX: u64 = 128 << 10;
+
+impl FrameHeader {
+    /// The largest block this frame may hold: its window, at most 128 KiB (RFC 8878
+    /// `Block_Maximum_Size`). zstd's streaming decoder refuses a larger block; its one-shot
+    /// decoder does not check raw and RLE blocks. The format requires it of both (checked by
+    /// [`check_frame`], [`walk_frame`] and [`FrameDecoder`]), so a record `verify` accepts is
+    /// a record every read path accepts.
+    pub fn block_max(&self) -> u64 {
+        self.window.min(BLOCK_SIZE_MAX)
+    }
+}
+
+/// The length of the frame header whose descriptor byte (the fifth byte of the frame) is
+/// `fhd`: magic, descriptor, window descriptor, dictionary id and content size fields.
+fn header_len(fhd: u8) -> u64 {
+    let single_segment = fhd & 0x20 != 0;
+    let did_len = [0u64, 1, 2, 4][(fhd & 3) as usize];
+    let fcs_len = match fhd >> 6 {
+        0 if single_segment => 1,
+        0 => 0,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    5 + u64::from(!single_segment) + did_len + fcs_len
+}
+
+/// The length of the content checksum that ends a frame whose descriptor byte is `fhd`.
+fn checksum_len(fhd: u8) -> u64 {
+    if fhd & 0x04 != 0 {
+        4
+    } else {
+        0
+    }
+}
+
+/// One block header (RFC 8878 section 3.1.1.2): the bytes the block's body takes in the frame,
+/// and whether it is the frame's last block. Refuses what either of zstd's decoders refuses
+/// without decoding: a reserved block type, a block larger than `block_max` (an RLE block's
+/// regenerated size and its one body byte both count, as zstd's streaming decoder counts
+/// them), and an empty compressed block (the one-shot decoder refuses it, the streaming one
+/// skips it).
+fn block_header(bh: [u8; 3], block_max: u64) -> Result<(u64, bool), DecodeError> {
+    let bh = u32::from_le_bytes([bh[0], bh[1], bh[2], 0]);
+    let size = u64::from(bh >> 3);
+    let body = match (bh >> 1) & 3 {
+        0 => size,
+        1 => 1,
+        2 if size == 0 => return Err(DecodeError::Zstd("an empty compressed block")),
+        2 => size,
+        _ => return Err(DecodeError::Zstd("reserved block type")),
+    };
+    if size.max(body) > block_max {
+        return Err(DecodeError::Zstd(
+            "a block larger than the frame's window allows (RFC 8878 Block_Maximum_Size)",
+        ));
+    }
+    Ok((body, bh & 1 != 0))
+}
+
+/// The frame's block headers, checked as the stored bytes go by in order (one piece at a
+/// time, in any piece size): what [`FrameDecoder`] needs to apply [`block_header`]'s rules
+/// while it streams, and what [`check_frame`] runs over a record in memory.
+#[derive(Debug, Clone)]
+struct BlockWalk {
+    block_max: u64,
+    checksum_len: u64,
+    /// Where the next block header starts (record offset).
+    next: u64,
+    /// The bytes of that header seen so far.
+    hdr: [u8; 3],
+    have: usize,
+    /// Where the frame ends, once its last block header was seen.
+    end: Option<u64>,
+}
+
+impl BlockWalk {
+    fn new(header: &FrameHeader, fhd: u8) -> BlockWalk {
+        BlockWalk {
+            block_max: header.block_max(),
+            checksum_len: checksum_len(fhd),
+            next: header_len(fhd),
+            hdr: [0; 3],
+            have: 0,
+            end: None,
+        }
+    }
+
+    /// Takes the stored bytes `bytes`, which start at record offset `at`; bytes before the
+    /// next header (block bodies, or bytes already seen) are skipped.
+    fn feed(&mut self, at: u64, bytes: &[u8]) -> Result<(), DecodeError> {
+        let end = at + bytes.len() as u64;
+        while self.end.is_none() {
+            let pos = self.next + self.have as u64;
+            if pos < at || pos >= end {
+                return Ok(());
+            }
+            let from = (pos - at) as usize;
+            let take = (3 - self.have).min(bytes.len() - from);
+            self.hdr[self.have..self.have + take].copy_from_slice(&bytes[from..from + take]);
+            self.have += take;
+            if self.have < 3 {
+                return Ok(());
+            }
+            let (body, last) = block_header(self.hdr, self.block_max)?;
+            self.next += 3 + body;
+            self.have = 0;
+            if last {
+                self.end = Some(self.next + self.checksum_len);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a record's stored bytes do not decode. [`decode_into`] gives the same as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -467,13 +584,15 @@ pub fn frame_header(b: &[u8]) -> Result<FrameHeader, DecodeError> {
 /// nothing after it, without decoding it.
 pub fn check_frame(stored: &[u8]) -> Result<FrameHeader, DecodeError> {
     let h = frame_header(stored)?;
-    match zstd_safe::find_frame_compressed_size(stored) {
-        Ok(n) if n == stored.len() => Ok(h),
-        Ok(n) => Err(DecodeError::TrailingBytes {
-            frame_len: n as u64,
+    let mut walk = BlockWalk::new(&h, stored[4]);
+    walk.feed(0, stored)?;
+    match walk.end {
+        Some(n) if n == stored.len() as u64 => Ok(h),
+        Some(n) if n < stored.len() as u64 => Err(DecodeError::TrailingBytes {
+            frame_len: n,
             stored_len: stored.len() as u64,
         }),
-        Err(code) => Err(DecodeError::Zstd(zstd_safe::get_error_name(code))),
+        _ => Err(DecodeError::Zstd("the frame ends early (truncated record)")),
     }
 }
 
@@ -494,21 +613,13 @@ pub fn walk_frame(
     let mut win = vec![0u8; WIN.min(stored_len) as usize];
     let mut win_start = 0u64;
     read_at(0, &mut win)?;
-    if let Err(e) = frame_header(&win) {
-        return Ok(Err(e));
-    }
-    let fhd = win[4];
-    let single_segment = fhd & 0x20 != 0;
-    let did_len = [0u64, 1, 2, 4][(fhd & 3) as usize];
-    let fcs_len = match fhd >> 6 {
-        0 if single_segment => 1,
-        0 => 0,
-        1 => 2,
-        2 => 4,
-        _ => 8,
+    let header = match frame_header(&win) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
     };
-    let checksum_len = if fhd & 0x04 != 0 { 4 } else { 0 };
-    let mut pos = 5 + u64::from(!single_segment) + did_len + fcs_len;
+    let fhd = win[4];
+    let block_max = header.block_max();
+    let mut pos = header_len(fhd);
     loop {
         if pos + 3 > stored_len {
             return Ok(Err(cut));
@@ -520,19 +631,16 @@ pub fn walk_frame(
             win_start = pos;
         }
         let at = (pos - win_start) as usize;
-        let bh = u32::from_le_bytes([win[at], win[at + 1], win[at + 2], 0]);
-        let size = u64::from(bh >> 3);
-        let body = match (bh >> 1) & 3 {
-            0 | 2 => size,
-            1 => 1,
-            _ => return Ok(Err(DecodeError::Zstd("reserved block type"))),
+        let (body, last) = match block_header([win[at], win[at + 1], win[at + 2]], block_max) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
         };
         pos += 3 + body;
-        if bh & 1 != 0 {
+        if last {
             break;
         }
     }
-    pos += checksum_len;
+    pos += checksum_len(fhd);
     if pos > stored_len {
         return Ok(Err(cut));
     }
@@ -646,6 +754,8 @@ pub struct FrameDecoder<'d> {
     decoded: u64,
     /// Where the frame ended, once it has.
     frame_end: Option<u64>,
+    /// The block headers checked as the stored bytes go by (from the first piece on).
+    blocks: Option<BlockWalk>,
 }
 
 impl fmt::Debug for FrameDecoder<'_> {
@@ -690,6 +800,7 @@ impl<'d> FrameDecoder<'d> {
             fed: 0,
             decoded: 0,
             frame_end: None,
+            blocks: None,
         })
     }
 
@@ -699,8 +810,12 @@ impl<'d> FrameDecoder<'d> {
     /// it flushes what zstd still holds. `written` is 0 with input left only when `out` is
     /// empty.
     pub fn decode(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), DecodeError> {
-        if self.fed == 0 && self.frame_end.is_none() && !input.is_empty() {
-            frame_header(input)?;
+        if self.blocks.is_none() && !input.is_empty() {
+            let header = frame_header(input)?;
+            self.blocks = Some(BlockWalk::new(&header, input[4]));
+        }
+        if let Some(blocks) = &mut self.blocks {
+            blocks.feed(self.fed, input)?;
         }
         if let Some(end) = self.frame_end {
             if !input.is_empty() {

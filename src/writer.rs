@@ -1064,7 +1064,8 @@ pub(crate) fn build_manifest(
 }
 
 /// Writes `manifest` into `dir` the way a pack commits: a temporary name, synced, renamed,
-/// the directory synced.
+/// the directory synced. Used by `merge` (compile feature).
+#[cfg(feature = "compile")]
 pub(crate) fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
     let dst = dir.join(MANIFEST_FILE);

@@ -381,3 +381,76 @@ fn streaming_check_agrees_with_one_shot_decoding() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finding 3: the one-shot and streaming zstd decoders disagree on a frame's block limits
+// ---------------------------------------------------------------------------------------------
+//
+// Found by `record_decode` in CI ("the streaming check disagrees with the one-shot decoder").
+// RFC 8878 limits every block to Block_Maximum_Size = min(window, 128 KiB). zstd's streaming
+// decoder (`verify`'s `StreamCheck`, `cat`/`extract`'s `Field::reader`) refuses a larger block
+// and skips an empty compressed block; its one-shot decoder (every other read) decodes a raw or
+// RLE block of any size and refuses an empty compressed block. So `verify` could refuse a
+// record that reads fine, and pass one that fails to read. `codec::block_header`, applied by
+// every path, refuses all three.
+
+/// A zstd frame with no content size and a 1 KiB window, then `blocks`.
+fn frame_1k_window(blocks: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00];
+    f.extend_from_slice(blocks);
+    f
+}
+
+/// A block header: `size`, `kind` (0 raw, 1 RLE, 2 compressed), `last`.
+fn block(size: u32, kind: u32, last: bool) -> [u8; 3] {
+    let v = (size << 3) | (kind << 1) | u32::from(last);
+    let b = v.to_le_bytes();
+    [b[0], b[1], b[2]]
+}
+
+#[test]
+fn one_shot_and_streaming_decoders_agree_on_block_limits() {
+    let names = [
+        "raw-block-over-window",
+        "rle-block-over-window",
+        "empty-compressed-block",
+    ];
+    for name in names {
+        let data = fs::read(regressions("record_decode").join(name)).unwrap();
+        let r = RecordInput::parse(&data).unwrap();
+        let one_shot = r.decode();
+        assert!(
+            one_shot.is_err(),
+            "{name}: the one-shot decoder accepted it"
+        );
+        for piece in [1, 7, 18, 4096] {
+            let streamed = r.streamed(None, piece);
+            assert!(
+                streamed.is_err(),
+                "{name}, piece {piece}: streamed {streamed:?}"
+            );
+        }
+    }
+    // At the limit: a raw block as large as the window, and an RLE block as large, read.
+    let body: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut raw_blocks = block(1024, 0, true).to_vec();
+    raw_blocks.extend_from_slice(&body);
+    let mut rle_blocks = block(1024, 1, false).to_vec();
+    rle_blocks.push(b'x');
+    rle_blocks.extend_from_slice(&block(0, 0, true));
+    for (stored, expect) in [
+        (frame_1k_window(&raw_blocks), body.clone()),
+        (frame_1k_window(&rle_blocks), vec![b'x'; 1024]),
+    ] {
+        let r = RecordInput {
+            codec: Codec::Zstd,
+            raw_len: expect.len() as u64,
+            dict: None,
+            stored: &stored,
+        };
+        assert_eq!(r.decode().unwrap(), expect);
+        for piece in [1, 7, 18, 4096] {
+            r.streamed(None, piece).unwrap();
+        }
+    }
+}
