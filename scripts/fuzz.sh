@@ -89,7 +89,7 @@ for t in "${targets[@]}"; do
     runs=$(sed -nE 's/^#([0-9]+)[[:space:]].*/\1/p' "$log" | tail -n 1)
   fi
   if [ $rc -eq 0 ]; then
-    echo "fuzz: $t: ${runs:-?} runs in $seconds s (seed $seed), no crash"
+    echo "fuzz: $t: ${runs:-?} runs in $seconds s (seed ${seed/#0/random}), no crash"
   else
     failed+=("$t")
     echo "fuzz: $t: FAILED (exit $rc) after ${runs:-?} runs"

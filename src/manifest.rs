@@ -260,6 +260,34 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The permission bits `shardpack pack` recorded for the executable files of a tree (the
+    /// `file_modes` option, `format-spec/manifest.md` section 2.5), by path relative to the
+    /// tree; empty when the option is absent (no file had an execute bit, or the dataset was
+    /// not packed from a tree). An option of another shape is an error naming it.
+    pub fn file_modes(&self) -> std::result::Result<Vec<(Vec<u8>, u32)>, String> {
+        let Some(v) = self.options.get("file_modes") else {
+            return Ok(Vec::new());
+        };
+        let bad = |why: &str| format!("the manifest's options.file_modes {why}");
+        let obj = v.as_object().ok_or_else(|| bad("is not an object"))?;
+        let mut out = Vec::new();
+        for (mode, paths) in obj {
+            let bits = (mode.len() == 4)
+                .then(|| u32::from_str_radix(mode, 8).ok())
+                .flatten()
+                .ok_or_else(|| bad(&format!("has a key {mode:?} that is not 4 octal digits")))?;
+            let paths = paths
+                .as_array()
+                .ok_or_else(|| bad(&format!("maps {mode} to something other than a list")))?;
+            for p in paths {
+                let name: Name = serde_json::from_value(p.clone())
+                    .map_err(|e| bad(&format!("lists a path that is not a name: {e}")))?;
+                out.push((name.0, bits));
+            }
+        }
+        Ok(out)
+    }
+
     /// Serializes the manifest as pretty JSON with a trailing newline (deterministic).
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");

@@ -227,3 +227,93 @@ fn pack_help_lists_the_json_keys() {
         r = r.stdout_has(k);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15 item 3: what a round trip keeps (execute bits, empty folders said)
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(unix)]
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Executable files come back executable, with the bits they had (setuid dropped); other files
+/// get the default mode; the manifest lists only the executables, so a tree without one packs
+/// to the bytes it always did.
+#[cfg(unix)]
+#[test]
+fn extract_restores_the_modes_of_executable_files() {
+    let t = tmp();
+    let (src, out, back) = (
+        t.path().join("src"),
+        t.path().join("ds"),
+        t.path().join("back"),
+    );
+    put(&src, b"bin/rustc", b"\x7fELF not really");
+    put(&src, b"tools/run.sh", b"#!/bin/sh\necho hi\n");
+    put(&src, b"tools/private.sh", b"#!/bin/sh\n");
+    put(&src, b"tools/setuid", b"suid");
+    put(&src, b"lib/a.py", b"print(1)\n");
+    chmod(&at(&src, b"bin/rustc"), 0o755);
+    chmod(&at(&src, b"tools/run.sh"), 0o755);
+    chmod(&at(&src, b"tools/private.sh"), 0o700);
+    chmod(&at(&src, b"tools/setuid"), 0o4755);
+    chmod(&at(&src, b"lib/a.py"), 0o600);
+    packed(&src, &out);
+    let m = manifest(&out);
+    assert_eq!(
+        m["options"]["file_modes"],
+        serde_json::json!({
+            "0700": ["tools/private.sh"],
+            "0755": ["bin/rustc", "tools/run.sh"],
+            "4755": ["tools/setuid"],
+        })
+    );
+    sp(&[&"extract", &out, &back])
+        .ok()
+        .stdout_has("gave 4 executable files the permission bits recorded when packed");
+    assert_eq!(mode_of(&at(&back, b"bin/rustc")), 0o755);
+    assert_eq!(mode_of(&at(&back, b"tools/run.sh")), 0o755);
+    assert_eq!(mode_of(&at(&back, b"tools/private.sh")), 0o700);
+    assert_eq!(
+        mode_of(&at(&back, b"tools/setuid")),
+        0o755,
+        "setuid is not restored"
+    );
+    // Not executable: not recorded, written with the default mode (not 0600).
+    assert_eq!(mode_of(&at(&back, b"lib/a.py")) & 0o111, 0);
+    assert_eq!(read_tree(&back), read_tree(&src));
+
+    // The same tree without execute bits: no file_modes option at all.
+    for p in [
+        &b"bin/rustc"[..],
+        b"tools/run.sh",
+        b"tools/private.sh",
+        b"tools/setuid",
+    ] {
+        chmod(&at(&src, p), 0o644);
+    }
+    let plain = t.path().join("plain");
+    packed(&src, &plain);
+    assert!(manifest(&plain)["options"].get("file_modes").is_none());
+}
+
+/// Empty folders cannot be stored (a dataset holds files); pack says which it left out.
+#[test]
+fn pack_names_the_empty_folders_it_leaves_out() {
+    let t = tmp();
+    let (src, out) = (t.path().join("src"), t.path().join("ds"));
+    put(&src, b"a/x.txt", b"x");
+    for d in ["empty1", "a/empty2", "b/c/empty3"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    // Exactly the empty ones, in walk order: not `a` (it holds a file), not `b` or `b/c` (they
+    // hold a folder).
+    sp(&[&"pack", &"--labels", &"none", &src, &out])
+        .ok()
+        .stderr_has(&[
+            "left out 3 empty folders (a dataset holds files only; extract does \
+                       not recreate them): a/empty2, b/c/empty3, empty1",
+        ]);
+}

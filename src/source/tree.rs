@@ -58,6 +58,8 @@ struct FileEnt {
     key_len: u32,
     field_start: u32,
     size: u64,
+    /// Permission bits (`st_mode & 0o7777`; 0 where the platform has none).
+    mode: u32,
 }
 
 struct Tree {
@@ -66,6 +68,52 @@ struct Tree {
     skipped: Vec<Skipped>,
     /// The folders at the first level (the class folders under ImageFolder labels).
     class_dirs: Vec<Vec<u8>>,
+    /// Folders with nothing in them (relative paths, in walk order): a dataset holds files
+    /// only, so pack says it leaves them out.
+    empty_dirs: Vec<Vec<u8>>,
+}
+
+/// A file's permission bits, as [`FileEnt::mode`] keeps them.
+fn mode_bits(m: &fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o7777
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        0
+    }
+}
+
+/// The manifest option `file_modes` (`format-spec/manifest.md` section 2.5) for the files of
+/// `tree`: the permission bits of every file with an execute bit, as an object from the mode
+/// (four octal digits) to the sorted paths that have it. `None` when no file is executable,
+/// so a tree without one packs to the bytes it always did. Only files with an execute bit are
+/// listed: that is the bit a round trip must not lose (a script, `bin/rustc`), it is what git
+/// keeps (so a checkout packs the same on every machine, whatever its umask), and other files
+/// get the extracting user's default mode.
+fn file_modes(tree: &Tree) -> Option<serde_json::Value> {
+    let mut by_mode: std::collections::BTreeMap<u32, Vec<&[u8]>> = Default::default();
+    for f in &tree.files {
+        if f.mode & 0o111 != 0 {
+            by_mode.entry(f.mode).or_default().push(tree.path(f));
+        }
+    }
+    if by_mode.is_empty() {
+        return None;
+    }
+    let mut obj = serde_json::Map::new();
+    for (mode, mut paths) in by_mode {
+        paths.sort_unstable();
+        let names: Vec<serde_json::Value> = paths
+            .into_iter()
+            .map(|p| serde_json::to_value(Name(p.to_vec())).expect("a name serializes"))
+            .collect();
+        obj.insert(format!("{mode:04o}"), serde_json::Value::Array(names));
+    }
+    Some(serde_json::Value::Object(obj))
 }
 
 impl Tree {
@@ -252,7 +300,11 @@ fn walk(
         files: Vec::new(),
         skipped: Vec::new(),
         class_dirs: Vec::new(),
+        empty_dirs: Vec::new(),
     };
+    // The last folder seen, and its depth, until an entry inside it shows it is not empty
+    // (the walk lists a folder's entries right after it).
+    let mut open_dir: Option<(Vec<u8>, usize)> = None;
     let policy = opts.symlink_policy();
     let walker = walkdir::WalkDir::new(src)
         .min_depth(1)
@@ -263,6 +315,8 @@ fn walk(
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
+                // Not empty, just unreadable (or holding something unreadable).
+                open_dir = None;
                 let path = e
                     .path()
                     .map(Path::to_path_buf)
@@ -277,9 +331,15 @@ fn walk(
                 return Err(Error::input(&path, walk_error_reason(src, &path, &e, true)));
             }
         };
+        if let Some((dir, depth)) = open_dir.take() {
+            if entry.depth() <= depth {
+                tree.empty_dirs.push(dir);
+            }
+        }
         let ft = entry.file_type();
         let rel = rel_bytes(src, entry.path());
         if ft.is_dir() {
+            open_dir = Some((rel.clone(), entry.depth()));
             if entry.depth() == 1 {
                 tree.class_dirs.push(rel);
             }
@@ -308,8 +368,8 @@ fn walk(
             });
             continue;
         }
-        let size = match entry.metadata() {
-            Ok(m) => m.len(),
+        let (size, mode) = match entry.metadata() {
+            Ok(m) => (m.len(), mode_bits(&m)),
             Err(e) => {
                 let reason = format!(
                     "cannot stat: {}",
@@ -336,11 +396,15 @@ fn walk(
             key_len,
             field_start,
             size,
+            mode,
         });
         tree.arena.extend_from_slice(&rel);
         if tree.files.len() % 4096 == 0 {
             progress.walking(tree.files.len() as u64);
         }
+    }
+    if let Some((dir, _)) = open_dir {
+        tree.empty_dirs.push(dir);
     }
     progress.walking(tree.files.len() as u64);
     tree.arena.shrink_to_fit();
@@ -457,6 +521,21 @@ pub(crate) fn scan(
             "more than 4 billion files; split the tree",
         ));
     }
+    let modes = file_modes(&tree);
+    if !tree.empty_dirs.is_empty() {
+        let n = tree.empty_dirs.len();
+        let mut shown: Vec<String> = tree.empty_dirs.iter().take(3).map(|d| lossy(d)).collect();
+        if n > shown.len() {
+            shown.push("...".into());
+        }
+        notes.push(format!(
+            "left out {n} empty folder{} (a dataset holds files only; extract does not \
+             recreate {}): {}",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it" } else { "them" },
+            shown.join(", ")
+        ));
+    }
     let mut files = std::mem::take(&mut tree.files);
     files.sort_unstable_by(|a, b| {
         tree.key(a)
@@ -528,6 +607,9 @@ pub(crate) fn scan(
     cat.skipped = std::mem::take(&mut tree.skipped);
     cat.options
         .insert("key".into(), serde_json::json!(key_mode.name()));
+    if let Some(m) = modes {
+        cat.options.insert("file_modes".into(), m);
+    }
     cat.notes.extend(notes);
 
     let mut warnings = Vec::new();

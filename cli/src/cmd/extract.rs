@@ -7,6 +7,7 @@
 //! removed (and DIR too, if extract created it), so DIR is left as it was. After an extract
 //! that was killed, DIR holds only those two names; the next extract into DIR removes them.
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,11 +20,13 @@ use shardpack::reader::OpenOptions as DatasetOptions;
 use shardpack::{Dataset, Field};
 
 /// Write every record back as a file at its original relative path (key + "." + field),
-/// its contents byte-identical to what was packed. Only regular files' paths and contents
-/// round-trip: file modes (permission and executable bits) are not recorded, so files are
-/// written with the default mode (0644 under umask 022); mtimes are not kept (files get the
-/// time of the extract); empty directories and symbolic links that were not followed are not
-/// in the dataset (pack follows links by default, storing the target's contents as a file).
+/// its contents byte-identical to what was packed. Regular files' paths and contents
+/// round-trip, and so do the permission bits of executable files (pack records the mode of
+/// every file with an execute bit; extract restores it, without setuid/setgid/sticky bits);
+/// other files get the default mode (0644 under umask 022); mtimes are not kept (files get
+/// the time of the extract); empty directories (pack notes them) and symbolic links that were
+/// not followed are not in the dataset (pack follows links by default, storing the target's
+/// contents as a file).
 /// DIR must be new or empty; existing files are never
 /// overwritten. The tree appears in DIR only when it is complete: on an error nothing is kept
 /// and DIR is left as it was. Records are checked (checksums) before they are written and
@@ -142,6 +145,16 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         left_out_samples = w.left_out_samples;
         return report_left_out(&a.dir, &left_out, left_out_samples, out);
     }
+    // The permission bits pack recorded for executable files (options.file_modes), without
+    // setuid, setgid and sticky bits: a dataset from elsewhere should not install those.
+    let modes: HashMap<Vec<u8>, u32> = ds
+        .manifest()
+        .file_modes()
+        .map_err(|e| anyhow!("{}: {e}", a.dataset.display()))?
+        .into_iter()
+        .map(|(p, m)| (p, m & 0o777))
+        .collect();
+    let mut with_mode = 0u64;
     let mut written: Vec<PathBuf> = Vec::new();
     for s in 0..ds.shard_count() {
         // The first touch checks the shard's index (datasets with large indexes defer that
@@ -202,7 +215,13 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                     break;
                 }
                 let path = join_bytes(&staging, &rel);
-                match write_field(&f, &part, &path, &mut buf) {
+                let mode = modes.get(rel.as_slice()).copied();
+                match write_field(&f, &part, &path, mode, &mut buf) {
+                    Ok(n) if mode.is_some() => {
+                        written.push(path);
+                        with_mode += 1;
+                        result = result.map(|t| t + n);
+                    }
                     Ok(n) => {
                         written.push(path);
                         result = result.map(|t| t + n);
@@ -254,6 +273,13 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         ds.len(),
         a.dir.display()
     )?;
+    if with_mode > 0 {
+        writeln!(
+            out,
+            "gave {with_mode} executable file{} the permission bits recorded when packed",
+            if with_mode == 1 { "" } else { "s" }
+        )?;
+    }
     report_left_out(&a.dir, &left_out, left_out_samples, out)
 }
 
@@ -353,7 +379,15 @@ fn prepare_dir(dir: &Path) -> Result<Cleanup> {
 }
 
 /// Writes one record to `part` and renames it to `path`; returns the bytes written.
-fn write_field(f: &Field<'_>, part: &Path, path: &Path, buf: &mut [u8]) -> Result<u64, Failure> {
+/// Writes `f` to `path` (through `part`); `mode`: the permission bits to give the file (the
+/// ones pack recorded), instead of the default.
+fn write_field(
+    f: &Field<'_>,
+    part: &Path,
+    path: &Path,
+    mode: Option<u32>,
+    buf: &mut [u8],
+) -> Result<u64, Failure> {
     // Where the file will be, for messages: under DIR, not in the staging folder.
     let staging = part.with_file_name(STAGING);
     let shown = match path.strip_prefix(&staging) {
@@ -398,6 +432,17 @@ fn write_field(f: &Field<'_>, part: &Path, path: &Path, buf: &mut [u8]) -> Resul
         }
         n += k as u64;
     };
+    #[cfg(unix)]
+    if let (Ok(_), Some(bits)) = (&res, mode) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = file.set_permissions(fs::Permissions::from_mode(bits)) {
+            drop(file);
+            let _ = fs::remove_file(part);
+            return Err(write_err("set the permissions of", e));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
     drop(file);
     let res = res.and_then(|n| match n == f.raw_len() {
         true => fs::rename(part, path)
