@@ -409,6 +409,46 @@ mod tests {
         assert!(serde_json::from_str::<Name>(r#"{"hex":"FF"}"#).is_err());
     }
 
+    /// `options.file_modes` (manifest.md 2.5): each mode's paths, names in either encoding;
+    /// any other shape is an error that names the option.
+    #[test]
+    fn file_modes_parse_and_refuse_other_shapes() {
+        let with = |opts: &str| Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            writer: None,
+            features: None,
+            samples: 0,
+            records: 0,
+            shards: vec![],
+            fields: vec![],
+            labels: "none".into(),
+            classes: vec![],
+            options: serde_json::from_str(opts).unwrap(),
+            skipped: vec![],
+        };
+        assert_eq!(with("{}").file_modes(), Ok(vec![]));
+        assert_eq!(
+            with(r#"{"file_modes": {"0700": ["a.sh"], "0755": ["bin/x", {"hex": "ff"}]}}"#)
+                .file_modes(),
+            Ok(vec![
+                (b"a.sh".to_vec(), 0o700),
+                (b"bin/x".to_vec(), 0o755),
+                (vec![0xff], 0o755)
+            ])
+        );
+        for bad in [
+            r#"{"file_modes": []}"#,
+            r#"{"file_modes": {"755": ["a"]}}"#,
+            r#"{"file_modes": {"0789": ["a"]}}"#,
+            r#"{"file_modes": {"0755": "a"}}"#,
+            r#"{"file_modes": {"0755": [7]}}"#,
+        ] {
+            let e = with(bad).file_modes().unwrap_err();
+            assert!(e.contains("options.file_modes"), "{bad}: {e}");
+        }
+    }
+
     /// format-spec/manifest.md 2.1.1: the exact serialization, escapes included.
     #[test]
     fn serialization_is_the_specified_one() {
