@@ -466,6 +466,12 @@ impl Dataset {
         self.source.as_ref().map(|s| s.requests())
     }
 
+    /// Whether the dataset was opened from a URL in stream mode, where every Loader read is
+    /// a request over the link.
+    pub(crate) fn streams_remotely(&self) -> bool {
+        self.source.as_ref().is_some_and(|s| s.streams())
+    }
+
     /// For a dataset opened from a URL, where its shards are read from: `"stream"` or
     /// `"cache: DIR"`; `None` for a local directory.
     pub fn remote_mode(&self) -> Option<String> {

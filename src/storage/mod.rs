@@ -49,6 +49,8 @@ pub(crate) trait DatasetSource: Send + Sync + fmt::Debug {
     fn requests(&self) -> u64;
     /// The read mode, for people.
     fn describe(&self) -> String;
+    /// Whether the Loader's reads are requests over the link (stream mode), not local reads.
+    fn streams(&self) -> bool;
     /// The options it was opened with, the cache directory resolved (what a copy reopened in
     /// another process needs to read it the same way).
     #[cfg(feature = "remote")]

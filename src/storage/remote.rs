@@ -1131,6 +1131,10 @@ impl DatasetSource for RemoteSource {
         }
     }
 
+    fn streams(&self) -> bool {
+        self.inner.mode == ReadMode::Stream
+    }
+
     fn options(&self) -> RemoteOptions {
         let mut o = self.inner.store.opts.clone();
         o.mode = self.inner.mode;
