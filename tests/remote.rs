@@ -394,3 +394,32 @@ fn a_streamed_loader_keeps_enough_requests_in_flight() {
         );
     }
 }
+
+/// Cache mode: what needs every shard ([`Dataset::verify`], `shards()`, an open that checks
+/// every index) downloads them several at a time, not one after another; each once.
+#[test]
+fn cache_mode_downloads_what_verify_needs_together() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("www");
+    make_dataset(&root.join("ds"), N);
+    let shards = Dataset::open(root.join("ds")).unwrap().shard_count();
+    assert!(shards > 3, "{shards} shards");
+    let srv = http(&root);
+    let p = proxy(&srv.url, &["--latency-ms", "50"]);
+    let url = format!("{}/ds", p.url);
+    let cache = t.path().join("cache");
+    let ds = open(&url, ReadMode::Cache, &cache).unwrap();
+    proxy_control(&p.url, "reset");
+    let r = ds.verify();
+    assert!(r.is_ok(), "{r:?}");
+    let st = proxy_control(&p.url, "stats");
+    assert_eq!(
+        st["requests"].as_u64(),
+        Some(shards as u64),
+        "one GET per shard: {st}"
+    );
+    let max = st["max_in_flight"].as_u64().unwrap();
+    assert!(max >= 2, "downloads in flight together: {max}");
+    assert_eq!(cached(&cache), shards);
+    check_all(ds);
+}

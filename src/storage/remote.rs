@@ -45,7 +45,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -1135,6 +1135,31 @@ impl DatasetSource for RemoteSource {
         self.inner.mode == ReadMode::Stream
     }
 
+    fn prepare(&self, shards: &[usize]) {
+        if self.inner.mode != ReadMode::Cache || shards.len() < 2 {
+            return;
+        }
+        // Under a cache limit, shards downloaded together could evict each other before
+        // their use: together only when they all fit.
+        let total: u64 = shards
+            .iter()
+            .map(|&i| self.inner.shards[i].meta.bytes)
+            .sum();
+        if self.inner.limit.is_some_and(|l| total > l) {
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..shards.len().min(DOWNLOADS_IN_FLIGHT) {
+                sc.spawn(|| {
+                    while let Some(&i) = shards.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let _ = self.cached_copy(i); // an error is reported by the open
+                    }
+                });
+            }
+        });
+    }
+
     fn options(&self) -> RemoteOptions {
         let mut o = self.inner.store.opts.clone();
         o.mode = self.inner.mode;
@@ -1143,6 +1168,11 @@ impl DatasetSource for RemoteSource {
         o
     }
 }
+
+/// Cache mode: shards downloaded together when several are needed at once (an open that
+/// checks every index, [`Dataset::shards`], [`Dataset::verify`]); each download is one ranged
+/// GET per 16 MiB, in order, into a buffer of its own.
+const DOWNLOADS_IN_FLIGHT: usize = 8;
 
 /// Cached mode's reader for the Loader: the local copy (downloaded on first read).
 #[derive(Debug)]
