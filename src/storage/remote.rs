@@ -18,12 +18,15 @@
 //!   (least recently used first, by modification time, which each use refreshes) removes only
 //!   shards whose exclusive lock it can take, so a shard another process (a DataLoader worker,
 //!   a DDP rank) has open is never removed. A failed download removes its `.part`; one left by
-//!   a killed process is removed by the next download of that shard.
+//!   a killed process is removed by the next download of that shard. What needs every shard
+//!   at once ([`Dataset::verify`], [`Dataset::shards`], an open with [`IndexCheck::AtOpen`])
+//!   downloads up to 8 together (in turn under a cache limit smaller than them all).
 //! - *Stream*: nothing but indexes on local disk. Each shard is a sparse local file (removed
 //!   from the directory as soon as it is created) holding its header, dictionaries and index
 //!   at their offsets, so every index accessor works unchanged; the Loader reads each piece
-//!   with one ranged GET ([`RemoteObject`]), and [`crate::Dataset::get`] fetches the sample's
-//!   records into the sparse file first.
+//!   with one ranged GET ([`RemoteObject`]), [`crate::loader::STREAM_IO_THREADS`] of them in
+//!   flight by default, and [`crate::Dataset::get`] fetches the sample's records into the
+//!   sparse file first.
 //!
 //! **Faults.** Every GET is retried with exponential backoff on 5xx answers, timeouts and
 //! connection errors ([`RemoteOptions::retries`]); a body cut short is resumed from the byte
@@ -1365,7 +1368,7 @@ impl Dataset {
     /// plain path) reading it as `ropts` says (see [`crate::storage::remote`]). [`Dataset::open`]
     /// of a URL is this with [`RemoteOptions::from_env`]. In cache mode the indexes are checked
     /// on each shard's first use (when it is downloaded) unless `check` is
-    /// [`IndexCheck::AtOpen`], which downloads every shard at open.
+    /// [`IndexCheck::AtOpen`], which downloads every shard at open (8 at a time).
     pub fn open_remote(
         url: &str,
         ropts: &RemoteOptions,
