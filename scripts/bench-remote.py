@@ -355,6 +355,7 @@ def shardpack_side(a, bin_, url, proxy, env, report, label):
     took = time.monotonic() - t
     drop(e)
     st = proxy.control("stats")
+    st["max_in_flight"] = proxy.control("in_flight")["max_in_flight"]
     if r.returncode:
         report["verify_cache"] = f"failed: {r.stderr.strip()[-1000:]}"
     else:

@@ -33,10 +33,12 @@ response bodies sent to all clients together at N megabits per second (10^6 bit/
 bucket shared by every connection; N=80 is 10 MB/s).
 
 Control endpoints (answered by the proxy itself, not counted as requests):
-    GET /__proxy__/stats   {"requests": n, "faults": m, "bytes": b, "max_in_flight": k}:
-                           proxied requests, faults injected, response body bytes sent to
-                           clients, the most requests being answered at one time
-    GET /__proxy__/reset   zeroes the four counters (and restarts the every-N count)
+    GET /__proxy__/stats   {"requests": n, "faults": m, "bytes": b}: proxied requests, faults
+                           injected, response body bytes sent to clients
+    GET /__proxy__/in_flight  {"max_in_flight": k}: the most requests waiting for their
+                           answer's first byte at one time (at most the client's concurrent
+                           requests: each is counted off before its answer's first byte)
+    GET /__proxy__/reset   zeroes the counters (and restarts the every-N count)
     GET /__proxy__/set?fault=KIND&every=N&latency_ms=MS&bandwidth_mbps=N
                            changes any of the settings at run time (fault=none: no fault);
                            restarts the every-N count. Answers the new settings as JSON.
@@ -125,7 +127,7 @@ class State:
             return None
 
     def answered(self):
-        """A request counted by next_request is done (answered, failed or dropped)."""
+        """A request counted by next_request no longer waits (its answer starts, or it is dropped)."""
         with self.lock:
             self.in_flight -= 1
 
@@ -135,8 +137,7 @@ class State:
 
     def stats(self):
         with self.lock:
-            return {"requests": self.requests, "faults": self.faults, "bytes": self.bytes,
-                    "max_in_flight": self.max_in_flight}
+            return {"requests": self.requests, "faults": self.faults, "bytes": self.bytes}
 
     def settings(self):
         with self.lock:
@@ -308,6 +309,9 @@ def handle_control(state, sock, target):
     url = urllib.parse.urlsplit(target)
     if url.path == "/__proxy__/stats":
         body = json.dumps(state.stats()).encode()
+    elif url.path == "/__proxy__/in_flight":
+        with state.lock:
+            body = json.dumps({"max_in_flight": state.max_in_flight}).encode()
     elif url.path == "/__proxy__/reset":
         with state.lock:
             state.requests = state.faults = state.bytes = state.since_set = 0
@@ -403,7 +407,7 @@ def serve_client(state, client):
     client.settimeout(600)
     f = client.makefile("rb", buffering=BLOCK)
     up = Upstream(state)
-    counted = False  # a request counted by next_request is being answered
+    counted = False  # a request counted by next_request waits for its answer
     try:
         while not state.stop.is_set():
             if counted:
@@ -442,6 +446,8 @@ def serve_client(state, client):
                 status = int(fault)
                 if state.latency:
                     time.sleep(state.latency)
+                state.answered()
+                counted = False
                 client.sendall(simple_response(status, error_body(status, target), close=expect))
                 if expect or not client_keep:
                     return
@@ -449,6 +455,10 @@ def serve_client(state, client):
             up_head, _, up_headers, status = up.exchange(head + body)
             if state.latency:
                 time.sleep(state.latency)
+            # No longer waiting: counted off before the first byte goes out, so a client's next
+            # request (sent once it has this whole answer) never overlaps this one here.
+            state.answered()
+            counted = False
             keep = relay_response(state, client, up, method, up_head, up_headers, status,
                                   fault == "truncate")
             if not (keep and client_keep):
