@@ -24,7 +24,8 @@ Steps, each printed as it ends:
      cache directory of its own; run only when the binary opens URLs; otherwise it prints
      "skipped: this shardpack cannot open URLs";
   6. the open of a remote dataset of --open-shards shards (tiny samples, 4 per shard):
-     `shardpack info URL` in both modes, with the requests the proxy counted and the time.
+     `shardpack info URL` in both modes, with the requests the proxy counted and the time; then
+     `shardpack verify URL` of it in cache mode from an empty cache (every shard downloaded).
 
 The proxy's request counter gives each phase's request count. Over S3 the shardpack side gets
 AWS_ENDPOINT_URL (the proxy), AWS_ALLOW_HTTP=true and test credentials in its environment.
@@ -346,6 +347,23 @@ def shardpack_side(a, bin_, url, proxy, env, report, label):
                        "requests_per_shard": st["requests"] / a.open_shards}
         log(f"{label}: open (`info`, {mode} mode) of {a.open_shards} shards: {st['requests']} requests "
             f"({st['requests'] / a.open_shards:.2f} per shard) in {took:.2f} s")
+    # What needs every shard in cache mode (`verify` downloads each one, several at a time).
+    e = fresh_env("cache")
+    proxy.control("reset")
+    t = time.monotonic()
+    r = run([bin_, "verify", url + "/ds-open"], env=e)
+    took = time.monotonic() - t
+    drop(e)
+    st = proxy.control("stats")
+    st["max_in_flight"] = proxy.control("in_flight")["max_in_flight"]
+    if r.returncode:
+        report["verify_cache"] = f"failed: {r.stderr.strip()[-1000:]}"
+    else:
+        report["verify_cache"] = {"shards": a.open_shards, "requests": st["requests"], "seconds": took,
+                                  "max_in_flight": st.get("max_in_flight")}
+        log(f"{label}: `verify`, cache mode from an empty cache, of {a.open_shards} shards: "
+            f"{st['requests']} requests (downloads included, at most {st.get('max_in_flight')} in "
+            f"flight) in {took:.2f} s")
 
 
 def bench_store(a, bin_, www, kind, venv_python):

@@ -35,7 +35,10 @@ bucket shared by every connection; N=80 is 10 MB/s).
 Control endpoints (answered by the proxy itself, not counted as requests):
     GET /__proxy__/stats   {"requests": n, "faults": m, "bytes": b}: proxied requests, faults
                            injected, response body bytes sent to clients
-    GET /__proxy__/reset   zeroes the three counters (and restarts the every-N count)
+    GET /__proxy__/in_flight  {"max_in_flight": k}: the most requests waiting for their
+                           answer's first byte at one time (at most the client's concurrent
+                           requests: each is counted off before its answer's first byte)
+    GET /__proxy__/reset   zeroes the counters (and restarts the every-N count)
     GET /__proxy__/set?fault=KIND&every=N&latency_ms=MS&bandwidth_mbps=N
                            changes any of the settings at run time (fault=none: no fault);
                            restarts the every-N count. Answers the new settings as JSON.
@@ -106,6 +109,8 @@ class State:
         self.requests = 0
         self.faults = 0
         self.bytes = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.since_set = 0
         self.stop = threading.Event()
 
@@ -113,11 +118,18 @@ class State:
         """Counts a proxied request; returns the fault it gets, or None."""
         with self.lock:
             self.requests += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.since_set += 1
             if self.fault and self.since_set % self.every == 0:
                 self.faults += 1
                 return self.fault
             return None
+
+    def answered(self):
+        """A request counted by next_request no longer waits (its answer starts, or it is dropped)."""
+        with self.lock:
+            self.in_flight -= 1
 
     def sent(self, n):
         with self.lock:
@@ -297,9 +309,13 @@ def handle_control(state, sock, target):
     url = urllib.parse.urlsplit(target)
     if url.path == "/__proxy__/stats":
         body = json.dumps(state.stats()).encode()
+    elif url.path == "/__proxy__/in_flight":
+        with state.lock:
+            body = json.dumps({"max_in_flight": state.max_in_flight}).encode()
     elif url.path == "/__proxy__/reset":
         with state.lock:
             state.requests = state.faults = state.bytes = state.since_set = 0
+            state.max_in_flight = state.in_flight
         body = json.dumps(state.stats()).encode()
     elif url.path == "/__proxy__/set":
         q = dict(urllib.parse.parse_qsl(url.query))
@@ -391,8 +407,12 @@ def serve_client(state, client):
     client.settimeout(600)
     f = client.makefile("rb", buffering=BLOCK)
     up = Upstream(state)
+    counted = False  # a request counted by next_request waits for its answer
     try:
         while not state.stop.is_set():
+            if counted:
+                state.answered()
+                counted = False
             try:
                 head, first, headers = read_head(f)
             except (Closed, OSError):
@@ -409,6 +429,7 @@ def serve_client(state, client):
             conn = (header(headers, "connection") or "").lower()
             client_keep = "close" not in conn and (version != "HTTP/1.0" or "keep-alive" in conn)
             fault = state.next_request()
+            counted = True
             expect = (header(headers, "expect") or "").lower() == "100-continue"
             if not (fault in ("reset", "stall") or (fault in ("503", "403", "404") and expect)):
                 # (An error for a client that waits for 100 Continue goes before any body.)
@@ -425,6 +446,8 @@ def serve_client(state, client):
                 status = int(fault)
                 if state.latency:
                     time.sleep(state.latency)
+                state.answered()
+                counted = False
                 client.sendall(simple_response(status, error_body(status, target), close=expect))
                 if expect or not client_keep:
                     return
@@ -432,6 +455,10 @@ def serve_client(state, client):
             up_head, _, up_headers, status = up.exchange(head + body)
             if state.latency:
                 time.sleep(state.latency)
+            # No longer waiting: counted off before the first byte goes out, so a client's next
+            # request (sent once it has this whole answer) never overlaps this one here.
+            state.answered()
+            counted = False
             keep = relay_response(state, client, up, method, up_head, up_headers, status,
                                   fault == "truncate")
             if not (keep and client_keep):
@@ -440,6 +467,8 @@ def serve_client(state, client):
         if not state.stop.is_set() and not isinstance(e, (ConnectionError, BrokenPipeError)):
             print(f"faultproxy: {e}", file=sys.stderr, flush=True)
     finally:
+        if counted:
+            state.answered()
         up.close()
         try:
             client.close()

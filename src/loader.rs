@@ -245,6 +245,19 @@ pub struct SkippedSample {
     pub reason: String,
 }
 
+/// The default [`LoaderOptions::io_threads`].
+pub const DEFAULT_IO_THREADS: usize = 8;
+
+/// The reading threads of a loader on a dataset streamed from a URL (remote stream mode) whose
+/// [`LoaderOptions::io_threads`] is left at [`DEFAULT_IO_THREADS`]. There each piece is one
+/// ranged GET that waits a round trip before its first byte, so the link stays busy only with
+/// about latency x bandwidth in flight: 20 ms x 200 MB/s is 4 MB, 16 pieces of 256 KiB; 32
+/// covers twice that. The pieces keep their size ([`LoaderOptions::chunk_bytes`]): a chunk is
+/// the shuffle's unit, so larger remote pieces would give another order for the same seed than
+/// the same dataset read from a local copy (and a state saved on one would not resume on the
+/// other). Local datasets and cache mode keep [`DEFAULT_IO_THREADS`].
+pub const STREAM_IO_THREADS: usize = 32;
+
 /// Loader options. `Default` gives seed 0, epoch 0, rank 0 of 1, batches of 256, the
 /// interleaved shuffle with 256 KiB chunks mixed 256 at a time, 8 I/O threads, a 256 MiB
 /// prefetch budget, automatic direct I/O and failing on a bad sample.
@@ -270,6 +283,8 @@ pub struct LoaderOptions {
     /// decoding what it read, so this is also about twice the I/O queue depth: 8 keeps an
     /// NVMe-class device busy with 4 MiB chunks; with the default 256 KiB chunks a device
     /// that needs more requests in flight wants more (`shardpack bench --loader-threads`).
+    /// On a dataset streamed from a URL the default ([`DEFAULT_IO_THREADS`]) stands for
+    /// [`STREAM_IO_THREADS`]; any other value is used as given.
     pub io_threads: usize,
     /// Memory for samples read ahead of the consumer (see the module docs).
     pub prefetch_bytes: u64,
@@ -317,7 +332,7 @@ impl Default for LoaderOptions {
             shuffle: Shuffle::Interleaved,
             chunk_bytes: 256 << 10,
             window_chunks: 256,
-            io_threads: 8,
+            io_threads: DEFAULT_IO_THREADS,
             prefetch_bytes: 256 << 20,
             direct_io: DirectIo::Auto,
             on_error: ErrorPolicy::Fail,
@@ -847,10 +862,13 @@ impl Loader {
 
     fn start(
         ds: Arc<Dataset>,
-        opts: LoaderOptions,
+        mut opts: LoaderOptions,
         done: Vec<Segment>,
         consumed: u64,
     ) -> Result<Loader> {
+        if opts.io_threads == DEFAULT_IO_THREADS && ds.streams_remotely() {
+            opts.io_threads = STREAM_IO_THREADS; // requests in flight to cover the latency
+        }
         let plan = Plan::new(&ds, &opts, &done)?;
         if consumed > plan.len {
             return Err(past_end(consumed, plan.len));

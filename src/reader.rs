@@ -405,6 +405,11 @@ impl Dataset {
             IndexCheck::FirstUse => false,
             IndexCheck::Auto => index_bytes <= EAGER_INDEX_BYTES,
         };
+        if let (true, Some(src)) = (eager, src) {
+            // Cache mode downloads the shards whose indexes it checks: together, not in turn.
+            let ok: Vec<usize> = (0..light.len()).filter(|&i| light[i].is_ok()).collect();
+            src.prepare(&ok);
+        }
         let mut footers = Vec::with_capacity(light.len());
         let mut cells = Vec::with_capacity(light.len());
         for (i, l) in light.into_iter().enumerate() {
@@ -466,6 +471,12 @@ impl Dataset {
         self.source.as_ref().map(|s| s.requests())
     }
 
+    /// Whether the dataset was opened from a URL in stream mode, where every Loader read is
+    /// a request over the link.
+    pub(crate) fn streams_remotely(&self) -> bool {
+        self.source.as_ref().is_some_and(|s| s.streams())
+    }
+
     /// For a dataset opened from a URL, where its shards are read from: `"stream"` or
     /// `"cache: DIR"`; `None` for a local directory.
     pub fn remote_mode(&self) -> Option<String> {
@@ -521,6 +532,7 @@ impl Dataset {
 
     fn all(&self) -> &(Vec<Shard>, Vec<DamagedShard>) {
         self.all.get_or_init(|| {
+            self.prepare_unopened();
             let (mut ok, mut bad) = (Vec::new(), Vec::new());
             for i in 0..self.cells.len() {
                 match self.cell(i) {
@@ -531,6 +543,17 @@ impl Dataset {
             }
             (ok, bad)
         })
+    }
+
+    /// For a dataset opened from a URL, readies the shards not opened yet before they are
+    /// opened in turn (cache mode: downloads them several at a time).
+    fn prepare_unopened(&self) {
+        if let Some(src) = &self.source {
+            let todo: Vec<usize> = (0..self.cells.len())
+                .filter(|&i| self.cells[i].get().is_none())
+                .collect();
+            src.prepare(&todo);
+        }
     }
 
     /// Number of shards the manifest lists (usable and damaged).
@@ -732,6 +755,7 @@ impl Dataset {
     /// [`ProblemKind`].
     pub fn verify(&self) -> VerifyReport {
         let mut v = Verifier::new(&self.manifest);
+        self.prepare_unopened();
         for i in 0..self.cells.len() {
             let meta = &self.manifest.shards[i];
             match self.cell(i) {

@@ -337,3 +337,98 @@ fn labels_of_a_streamed_dataset_cost_no_request() {
         Err(shardpack::Error::OutOfRange { .. })
     ));
 }
+
+/// Stream mode's Loader defaults cover the link's latency: with `io_threads` left at its
+/// default the Loader keeps more requests in flight than the local default's threads (the
+/// proxy counts them), still one ranged GET per piece, and the pieces, so the order, are
+/// those of the same dataset read locally. An explicit `io_threads` is used as given.
+#[test]
+fn a_streamed_loader_keeps_enough_requests_in_flight() {
+    use shardpack::loader::{epoch_order, DEFAULT_IO_THREADS, STREAM_IO_THREADS};
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("www");
+    make_dataset(&root.join("ds"), 3000);
+    let local = Arc::new(Dataset::open(root.join("ds")).unwrap());
+    let d = LoaderOptions::default();
+    assert_eq!(d.io_threads, DEFAULT_IO_THREADS);
+    // Every shard is smaller than a chunk: one piece, so one ranged GET, per shard.
+    let shards = local.shard_count() as u64;
+    assert!(shards > 2 * STREAM_IO_THREADS as u64, "{shards} shards");
+    assert!(local
+        .manifest()
+        .shards
+        .iter()
+        .all(|s| s.bytes < d.chunk_bytes));
+    let want = epoch_order(&local, &d).unwrap();
+    let srv = http(&root);
+    let p = proxy(&srv.url, &["--latency-ms", "50"]);
+    let url = format!("{}/ds", p.url);
+    let ds = Arc::new(open(&url, ReadMode::Stream, &t.path().join("cache")).unwrap());
+    for (threads, lo, hi) in [
+        (
+            d.io_threads,
+            DEFAULT_IO_THREADS as u64 + 1,
+            STREAM_IO_THREADS as u64,
+        ),
+        (4, 1, 4),
+    ] {
+        proxy_control(&p.url, "reset");
+        let before = ds.remote_requests().unwrap();
+        let o = LoaderOptions {
+            io_threads: threads,
+            ..d.clone()
+        };
+        let got: Vec<u64> = Loader::new(ds.clone(), o.clone())
+            .unwrap()
+            .map(|s| s.unwrap().index)
+            .collect();
+        assert_eq!(got, want, "io_threads {threads}: the local order");
+        assert_eq!(epoch_order(&ds, &o).unwrap(), want);
+        assert_eq!(ds.remote_requests().unwrap() - before, shards);
+        let st = proxy_control(&p.url, "stats");
+        assert_eq!(st["requests"].as_u64(), Some(shards), "{st}");
+        let max = proxy_control(&p.url, "in_flight")["max_in_flight"]
+            .as_u64()
+            .unwrap();
+        eprintln!("io_threads {threads}: {max} requests in flight at most");
+        assert!(
+            (lo..=hi).contains(&max),
+            "io_threads {threads}: {max} requests in flight, not {lo}..={hi}"
+        );
+    }
+}
+
+/// Cache mode: what needs every shard ([`Dataset::verify`], `shards()`, an open that checks
+/// every index) downloads them several at a time, not one after another; each once.
+#[test]
+fn cache_mode_downloads_what_verify_needs_together() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("www");
+    make_dataset(&root.join("ds"), N);
+    let shards = Dataset::open(root.join("ds")).unwrap().shard_count();
+    assert!(shards > 3, "{shards} shards");
+    let srv = http(&root);
+    let p = proxy(&srv.url, &["--latency-ms", "50"]);
+    let url = format!("{}/ds", p.url);
+    let cache = t.path().join("cache");
+    let ds = open(&url, ReadMode::Cache, &cache).unwrap();
+    proxy_control(&p.url, "reset");
+    let r = ds.verify();
+    assert!(r.is_ok(), "{r:?}");
+    let st = proxy_control(&p.url, "stats");
+    assert_eq!(
+        st["requests"].as_u64(),
+        Some(shards as u64),
+        "one GET per shard: {st}"
+    );
+    let max = proxy_control(&p.url, "in_flight")["max_in_flight"]
+        .as_u64()
+        .unwrap();
+    eprintln!("verify, cache mode: {max} downloads in flight at most");
+    assert!(
+        (2..=8).contains(&max),
+        "downloads in flight together, at most 8: {max}"
+    );
+    assert_eq!(cached(&cache), shards);
+    check_all(ds);
+}

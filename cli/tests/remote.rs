@@ -33,14 +33,27 @@ fn commands_take_urls_in_both_modes() {
         };
         let info: serde_json::Value =
             serde_json::from_slice(&run(&[&"info", &"--json", &url])).unwrap();
-        let per = if mode == "stream" { 3 } else { 2 };
+        // In either mode: the manifest and three ranged GETs per shard (header, footer,
+        // index), and no shard downloaded (cache mode used to fetch every one to check it).
         assert_eq!(
             info["remote_open"]["requests"].as_u64(),
-            Some(1 + per * shards as u64),
-            "{info}"
+            Some(1 + 3 * shards as u64),
+            "{mode}: {info}"
         );
         let text = String::from_utf8(run(&[&"info", &url])).unwrap();
         assert!(text.contains("remote open:"), "{text}");
+        let spk = |d: &std::path::Path| {
+            files(d)
+                .iter()
+                .filter(|p| p.extension().is_some_and(|x| x == "spk"))
+                .count()
+        };
+        assert_eq!(
+            spk(&cache),
+            0,
+            "{mode}: info downloaded shards: {:?}",
+            files(&cache)
+        );
         assert_eq!(
             run(&[&"cat", &url, &"s/00077", &"bin"]),
             support::content(77),
@@ -49,6 +62,9 @@ fn commands_take_urls_in_both_modes() {
         let ls = String::from_utf8(run(&[&"ls", &url])).unwrap();
         assert!(ls.contains("s/00119"), "{ls}");
         run(&[&"verify", &url]);
+        if mode == "cache" {
+            assert!(spk(&cache) > 0, "cat and verify use the cache");
+        }
     }
     // A URL with nothing there: the error names it.
     let bad = format!("{}/nope", srv.url);
@@ -56,4 +72,18 @@ fn commands_take_urls_in_both_modes() {
         .run()
         .code(1)
         .stderr_has(&[&format!("{bad}/manifest.json"), "404"]);
+}
+
+/// Every file under `d`.
+fn files(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -49,6 +49,14 @@ pub(crate) trait DatasetSource: Send + Sync + fmt::Debug {
     fn requests(&self) -> u64;
     /// The read mode, for people.
     fn describe(&self) -> String;
+    /// Whether the Loader's reads are requests over the link (stream mode), not local reads.
+    fn streams(&self) -> bool;
+    /// Makes `shards` ready before they are opened one after another (cache mode: downloads
+    /// those not cached yet, several at a time). A failure is left to that open, which
+    /// reports it.
+    fn prepare(&self, shards: &[usize]) {
+        let _ = shards;
+    }
     /// The options it was opened with, the cache directory resolved (what a copy reopened in
     /// another process needs to read it the same way).
     #[cfg(feature = "remote")]

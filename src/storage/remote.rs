@@ -18,12 +18,15 @@
 //!   (least recently used first, by modification time, which each use refreshes) removes only
 //!   shards whose exclusive lock it can take, so a shard another process (a DataLoader worker,
 //!   a DDP rank) has open is never removed. A failed download removes its `.part`; one left by
-//!   a killed process is removed by the next download of that shard.
+//!   a killed process is removed by the next download of that shard. What needs every shard
+//!   at once ([`Dataset::verify`], [`Dataset::shards`], an open with [`IndexCheck::AtOpen`])
+//!   downloads up to 8 together (in turn under a cache limit smaller than them all).
 //! - *Stream*: nothing but indexes on local disk. Each shard is a sparse local file (removed
 //!   from the directory as soon as it is created) holding its header, dictionaries and index
 //!   at their offsets, so every index accessor works unchanged; the Loader reads each piece
-//!   with one ranged GET ([`RemoteObject`]), and [`crate::Dataset::get`] fetches the sample's
-//!   records into the sparse file first.
+//!   with one ranged GET ([`RemoteObject`]), [`crate::loader::STREAM_IO_THREADS`] of them in
+//!   flight by default, and [`crate::Dataset::get`] fetches the sample's records into the
+//!   sparse file first.
 //!
 //! **Faults.** Every GET is retried with exponential backoff on 5xx answers, timeouts and
 //! connection errors ([`RemoteOptions::retries`]); a body cut short is resumed from the byte
@@ -45,7 +48,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -1131,6 +1134,35 @@ impl DatasetSource for RemoteSource {
         }
     }
 
+    fn streams(&self) -> bool {
+        self.inner.mode == ReadMode::Stream
+    }
+
+    fn prepare(&self, shards: &[usize]) {
+        if self.inner.mode != ReadMode::Cache || shards.len() < 2 {
+            return;
+        }
+        // Under a cache limit, shards downloaded together could evict each other before
+        // their use: together only when they all fit.
+        let total: u64 = shards
+            .iter()
+            .map(|&i| self.inner.shards[i].meta.bytes)
+            .sum();
+        if self.inner.limit.is_some_and(|l| total > l) {
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..shards.len().min(DOWNLOADS_IN_FLIGHT) {
+                sc.spawn(|| {
+                    while let Some(&i) = shards.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let _ = self.cached_copy(i); // an error is reported by the open
+                    }
+                });
+            }
+        });
+    }
+
     fn options(&self) -> RemoteOptions {
         let mut o = self.inner.store.opts.clone();
         o.mode = self.inner.mode;
@@ -1139,6 +1171,11 @@ impl DatasetSource for RemoteSource {
         o
     }
 }
+
+/// Cache mode: shards downloaded together when several are needed at once (an open that
+/// checks every index, [`Dataset::shards`], [`Dataset::verify`]); each download is one ranged
+/// GET per 16 MiB, in order, into a buffer of its own.
+const DOWNLOADS_IN_FLIGHT: usize = 8;
 
 /// Cached mode's reader for the Loader: the local copy (downloaded on first read).
 #[derive(Debug)]
@@ -1331,7 +1368,7 @@ impl Dataset {
     /// plain path) reading it as `ropts` says (see [`crate::storage::remote`]). [`Dataset::open`]
     /// of a URL is this with [`RemoteOptions::from_env`]. In cache mode the indexes are checked
     /// on each shard's first use (when it is downloaded) unless `check` is
-    /// [`IndexCheck::AtOpen`], which downloads every shard at open.
+    /// [`IndexCheck::AtOpen`], which downloads every shard at open (8 at a time).
     pub fn open_remote(
         url: &str,
         ropts: &RemoteOptions,

@@ -153,3 +153,21 @@ pub fn opts(mode: shardpack::storage::remote::ReadMode, cache: &Path) -> RemoteO
         ..RemoteOptions::default()
     }
 }
+
+/// A control endpoint of the fault proxy at `url` (`stats`, `reset`): its JSON answer.
+pub fn proxy_control(url: &str, what: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut c = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        c,
+        "GET /__proxy__/{what} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // The proxy keeps the connection for a next request: end ours so it closes after answering.
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("proxy {what}: {resp}"))
+}

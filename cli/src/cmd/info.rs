@@ -1,12 +1,13 @@
 //! `shardpack info DATASET`: what the manifest says.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use serde_json::json;
-use shardpack::reader::OpenOptions;
+use shardpack::reader::{IndexCheck, OpenOptions};
+use shardpack::storage::remote::{ReadMode, RemoteOptions};
 use shardpack::Dataset;
 
 use crate::util::human_bytes;
@@ -37,15 +38,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     // at open or, for large datasets, when `damaged()` below first asks); a shard that fails is
     // marked damaged, and the manifest still describes the rest.
     let t0 = std::time::Instant::now();
-    let ds = Dataset::open_with(&a.dataset, &OpenOptions::mark_damaged())?;
-    // A URL: what opening cost (the manifest plus a few ranged GETs per shard, in parallel).
-    let remote = ds.remote_requests().map(|n| {
-        (
-            n,
-            t0.elapsed().as_secs_f64(),
-            ds.remote_mode().unwrap_or_default(),
-        )
-    });
+    let ds = open(&a.dataset)?;
     let m = ds.manifest();
     let damaged: Vec<_> = ds
         .damaged()
@@ -60,6 +53,15 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             })
         })
         .collect();
+    // A URL: what opening and checking the indexes cost (the manifest plus a few ranged GETs
+    // per shard, in parallel).
+    let remote = ds.remote_requests().map(|n| {
+        (
+            n,
+            t0.elapsed().as_secs_f64(),
+            ds.remote_mode().unwrap_or_default(),
+        )
+    });
     let shard_bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     if a.json {
         let v = json!({
@@ -88,7 +90,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     if let Some((n, secs, mode)) = &remote {
         writeln!(
             out,
-            "remote open:    {n} requests in {:.1} ms ({} shards; read mode {mode})",
+            "remote open:    {n} requests in {:.1} ms ({} shards; read mode {mode}: only the \
+             manifest and the indexes)",
             secs * 1e3,
             m.shards.len()
         )?;
@@ -203,6 +206,21 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         }
     }
     damage_verdict(&ds)
+}
+
+/// Opens the dataset, marking damaged shards. A URL is opened in stream mode whatever
+/// `SHARDPACK_REMOTE_MODE` says: `info` needs only the manifest, the headers, footers and
+/// indexes, and cache mode would download every shard whole to check its index.
+fn open(dataset: &Path) -> Result<Dataset> {
+    let opts = OpenOptions::mark_damaged();
+    if let Some(url) = shardpack::storage::url_of(dataset) {
+        let ropts = RemoteOptions {
+            mode: ReadMode::Stream,
+            ..RemoteOptions::from_env()
+        };
+        return Ok(Dataset::open_remote(url, &ropts, &opts, IndexCheck::Auto)?);
+    }
+    Ok(Dataset::open_with(dataset, &opts)?)
 }
 
 fn ratio(raw: u64, stored: u64) -> f64 {
