@@ -64,10 +64,7 @@ pub fn reduce<'py>(py: Python<'py>, ds: &Arc<shardpack::Dataset>) -> PyResult<Bo
     let dir = ds.dir().to_path_buf();
     match ds.remote_options() {
         Some(ro) => {
-            let mode = match ro.mode {
-                ReadMode::Cache => "cache",
-                ReadMode::Stream => "stream",
-            };
+            let mode = ro.mode.as_str();
             // A str, not a path: pyo3 turns a PathBuf into a pathlib.Path, which folds the
             // URL's "//" into "/".
             let url = dir.to_string_lossy().into_owned();

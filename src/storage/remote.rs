@@ -86,6 +86,14 @@ impl ReadMode {
             _ => None,
         }
     }
+
+    /// The name [`ReadMode::parse`] reads back: `cache` or `stream`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::Cache => "cache",
+            ReadMode::Stream => "stream",
+        }
+    }
 }
 
 /// How a remote dataset is read: mode, cache, retries.
@@ -1392,6 +1400,13 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_mode_names_parse_back() {
+        for m in [ReadMode::Cache, ReadMode::Stream] {
+            assert_eq!(ReadMode::parse(m.as_str()), Some(m));
+        }
+    }
 
     #[test]
     fn locations_parse() {
