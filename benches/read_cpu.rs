@@ -3,7 +3,8 @@
 //! every checksum checked, and prints the process's CPU time per stored GB (user and system,
 //! getrusage), per epoch and the median. For compressed records it also measures zstd's own
 //! single-core decompression of the same stored records (one reused context and buffer), so
-//! the loader's decode path can be compared with it.
+//! the loader's decode path can be compared with it. Unless `--no-compare`, it also times the
+//! record checksums alone (the library's `record_checksum` against xxhash-rust as compiled).
 //!
 //! ```text
 //! cargo bench --bench read_cpu -- [--codec raw|zstd|dict] [--samples N] [--size BYTES]
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shardpack::codec::{decode_into, new_dctx, train_dictionary};
-use shardpack::format::Codec;
+use shardpack::format::{record_checksum, Codec};
 use shardpack::loader::{DirectIo, Loader, LoaderOptions, Shuffle};
 use shardpack::rng::SplitMix64;
 use shardpack::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
@@ -68,6 +69,49 @@ fn cpu() -> f64 {
 fn split_cpu() -> (f64, f64) {
     let (u, s) = shardpack::sys::cpu_time().expect("getrusage");
     (u.as_secs_f64(), s.as_secs_f64())
+}
+
+/// The record checksums alone: every stored record of `ds` hashed warm on this thread, by the
+/// library's [`record_checksum`] (src/hash.rs: AVX2 chosen at run time when the CPU has it)
+/// and by xxhash-rust as compiled (SSE2 only in a default x86_64 build), alternately, 5 passes
+/// each; prints the medians in GB/s.
+fn checksum_rates(ds: &Dataset) {
+    let mut recs: Vec<(&[u8], u64)> = Vec::new();
+    for s in ds.shards() {
+        for l in 0..s.len() {
+            for f in s.sample(l, 0).expect("sample").fields() {
+                let f = f.expect("field");
+                recs.push((f.stored(), f.checksum()));
+            }
+        }
+    }
+    let total: usize = recs.iter().map(|r| r.0.len()).sum();
+    // A small dataset (one that fits in the CPU caches) is hashed several times per pass, so a
+    // pass hashes at least 256 MiB and lasts long enough to time.
+    let reps = ((256usize << 20) / total.max(1)).max(1);
+    let (mut lib, mut xr) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        for pass in 0..2 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                for &(d, want) in &recs {
+                    let got = if pass == 0 {
+                        record_checksum(d)
+                    } else {
+                        xxhash_rust::xxh3::xxh3_64(d)
+                    };
+                    assert_eq!(got, want, "a record's checksum differs");
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            [&mut lib, &mut xr][pass].push((reps * total) as f64 / 1e9 / secs);
+        }
+    }
+    let (a, b) = (median(lib), median(xr));
+    println!(
+        "checksums alone (warm, one core, median of 5): record_checksum {a:.1} GB/s, xxhash-rust {b:.1} GB/s ({:.2}x)",
+        a / b
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -181,6 +225,10 @@ fn main() {
         median(per_gb),
         median(decode_rate.clone())
     );
+
+    if !args.iter().any(|a| a == "--no-compare") {
+        checksum_rates(&ds);
+    }
 
     if codec != Codec::Raw && !args.iter().any(|a| a == "--no-compare") {
         // zstd's own speed on the same stored records: one context, one reused buffer, one core.

@@ -16,7 +16,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use xxhash_rust::xxh3::xxh3_64;
+use crate::hash::xxh3_64;
 
 /// The 8 bytes that start every shard file and end its footer.
 pub const MAGIC: [u8; 8] = *b"SHRDPACK";

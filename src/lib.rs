@@ -46,6 +46,7 @@ pub mod codec;
 pub mod compile;
 pub mod error;
 pub mod format;
+mod hash;
 pub mod loader;
 pub mod manifest;
 pub mod metadata;

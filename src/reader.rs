@@ -7,8 +7,8 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use crate::hash::Xxh3;
 use memmap2::Mmap;
-use xxhash_rust::xxh3::Xxh3;
 use zstd::zstd_safe::DCtx;
 
 use crate::codec::{

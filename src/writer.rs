@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use crate::hash::{xxh3_64, Xxh3};
 
 use crate::codec::{new_cctx, FieldEncoder, DEFAULT_LEVEL, STREAM_PIECE};
 use crate::error::{Error, Result};

@@ -46,9 +46,9 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::hash::Xxh3;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use xxhash_rust::xxh3::Xxh3;
 
 use super::{policy_options, SymlinkPolicy, UnlabeledPolicy};
 use super::{pools, prepare, Cancel, KeyMode, LabelMode, PackOptions, Progress, ShardCut};

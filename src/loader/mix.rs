@@ -22,8 +22,8 @@
 
 use std::sync::Arc;
 
+use crate::hash::xxh3_64;
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::{
     epoch_order_from, resume_point, ErrorPolicy, LoadedSample, Loader, LoaderOptions, LoaderState,

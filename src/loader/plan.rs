@@ -2,7 +2,7 @@
 //! (and, after a change of world size, of the state's history of segments). No I/O: only the
 //! manifest's per-shard sample counts and sizes are used, never the shards' indexes.
 
-use xxhash_rust::xxh3::xxh3_64;
+use crate::hash::xxh3_64;
 
 use super::state::{LoaderState, Segment};
 use super::{LoaderOptions, Shuffle};

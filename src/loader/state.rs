@@ -8,8 +8,8 @@
 //! of world sizes the epoch ran at ([`LoaderState::segments`]), so that it can resume at any
 //! world size. The JSON layout is in the [loader module docs](super#the-state-as-json).
 
+use crate::hash::xxh3_64;
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::{LoaderOptions, Shuffle};
 use crate::error::{Error, Result};

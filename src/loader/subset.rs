@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::hash::Xxh3;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
 

@@ -224,7 +224,7 @@ fn hash_hex(algo: &str, data: &[u8]) -> Option<String> {
     Some(match algo {
         "sha256" => sha256(data).iter().map(|b| format!("{b:02x}")).collect(),
         "xxh64" => format!("{:016x}", xxhash_rust::xxh64::xxh64(data, 0)),
-        "xxh3_64" => format!("{:016x}", xxhash_rust::xxh3::xxh3_64(data)),
+        "xxh3_64" => format!("{:016x}", crate::hash::xxh3_64(data)),
         "xxh3_128" => format!("{:032x}", xxhash_rust::xxh3::xxh3_128(data)),
         _ => return None,
     })

@@ -52,6 +52,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::hash::Xxh3;
 use object_store::aws::AmazonS3Builder;
 use object_store::http::HttpBuilder;
 use object_store::path::Path as ObjPath;
@@ -59,7 +60,6 @@ use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
     RetryConfig,
 };
-use xxhash_rust::xxh3::Xxh3;
 
 use super::{DatasetSource, Fill, ReadAt};
 use crate::error::{Error, Result};
@@ -786,7 +786,7 @@ impl RemoteSource {
             }
         })?;
         let manifest = Manifest::parse(&bytes, Path::new(&murl))?;
-        let fp = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+        let fp = format!("{:016x}", crate::hash::xxh3_64(&bytes));
         let root = opts.cache_root();
         let dir = root.join(&fp);
 
