@@ -237,3 +237,61 @@ fn webdataset_tars_plan_into_the_bytes_of_pack() {
     );
     assert!(manifest(&out)["shards"].as_array().unwrap().len() >= 3);
 }
+
+/// Regression: `plan` printed every field's compression note (a tree may have thousands of
+/// fields) and ignored `-q`; it now shares pack's notes: the first 20 field notes, then one
+/// closing line counting the rest, and none under `-q`.
+#[test]
+fn plan_notes_are_capped_and_quieted_as_packs_are() {
+    let t = tmp();
+    let src = t.path().join("src");
+    // 120 fields under --key first-dot (`struct.Struct7.html` -> field `Struct7.html`).
+    for (kind, name) in [("struct", "Struct"), ("enum", "Enum"), ("fn", "Fn")] {
+        for i in 0..40u64 {
+            put(
+                &src,
+                format!("std/{kind}.{name}{i}.html").as_bytes(),
+                &text(i, 64),
+            );
+        }
+    }
+    let field_lines = |stderr: &str| -> Vec<String> {
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("shardpack: field "))
+            .map(str::to_string)
+            .collect()
+    };
+    let common = ["--labels", "none", "--key", "first-dot"];
+    let ds = t.path().join("ds");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"pack", &src, &ds];
+    for o in &common {
+        args.push(o);
+    }
+    let packed = sp(&args).ok();
+    let out = t.path().join("planned");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"plan", &src, &out, &"--parts", &"2"];
+    for o in &common {
+        args.push(o);
+    }
+    let planned = sp(&args).ok();
+    let (p, q) = (field_lines(&packed.stderr), field_lines(&planned.stderr));
+    assert_eq!(q.len(), 20, "{}", planned.stderr);
+    assert_eq!(p, q, "plan and pack show the same field notes");
+    for r in [&packed, &planned] {
+        assert!(
+            r.stderr.contains("... and 100 more field notes left out"),
+            "{}",
+            r.stderr
+        );
+    }
+    // -q: no field notes at all.
+    let out = t.path().join("quiet");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+        vec![&"plan", &src, &out, &"--parts", &"2", &"-q"];
+    for o in &common {
+        args.push(o);
+    }
+    let r = sp(&args).ok();
+    assert!(!r.stderr.contains("field "), "{}", r.stderr);
+}

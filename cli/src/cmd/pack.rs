@@ -17,6 +17,7 @@ use shardpack::compile::{
 use shardpack::writer::WriterOptions;
 
 use crate::cmd::info::FIELDS_SHOWN;
+use crate::notes::Notes;
 use crate::util::{human_bytes, parse_size};
 
 /// Pack a folder tree (images, texts, any files), WebDataset tar shards or an MDS dataset into
@@ -200,14 +201,9 @@ fn parse_field_policy(s: &str) -> Result<(String, Policy), String> {
 
 struct Bar {
     bar: ProgressBar,
-    /// `-q`: no field notes.
-    quiet: bool,
-    /// Field notes printed so far (one per field: capped, a tree may have thousands).
-    field_notes: std::sync::atomic::AtomicUsize,
+    /// Which notes are shown (the same rule as `plan`'s).
+    notes: Notes,
 }
-
-/// Field notes (`field "x": ...`) printed before the rest are summed up in one line.
-const MAX_FIELD_NOTES: usize = 20;
 
 impl Progress for Bar {
     fn walking(&self, files: u64) {
@@ -239,28 +235,9 @@ impl Progress for Bar {
         }
     }
     fn note(&self, msg: &str) {
-        // One note per field says how it is compressed; a tree may have thousands of fields, so
-        // `-q` leaves them out and otherwise the first MAX_FIELD_NOTES are shown.
-        if msg.starts_with("field ") {
-            if self.quiet {
-                return;
-            }
-            let n = self
-                .field_notes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n == MAX_FIELD_NOTES {
-                self.bar.suspend(|| {
-                    eprintln!(
-                        "shardpack: (more field notes left out; `shardpack info DS --all-fields` \
-                         lists every field's codec)"
-                    )
-                });
-            }
-            if n >= MAX_FIELD_NOTES {
-                return;
-            }
+        if self.notes.admit(msg) {
+            self.bar.suspend(|| eprintln!("shardpack: {msg}"));
         }
-        self.bar.suspend(|| eprintln!("shardpack: {msg}"));
     }
     fn cancelled(&self) -> bool {
         crate::signal::received().is_some()
@@ -378,14 +355,19 @@ fn run_pack(a: Args, opts: PackOptions, out: &mut impl Write) -> Result<ExitCode
     bar.enable_steady_tick(Duration::from_millis(200));
     let progress = Bar {
         bar,
-        quiet: a.quiet,
-        field_notes: Default::default(),
+        notes: Notes::new(a.quiet),
     };
     let summary = pack_inputs(&a.src, &dst, &opts, &progress).with_context(|| {
         let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
         format!("packing {} into {} failed", srcs.join(" "), dst.display())
     });
     progress.bar.finish_and_clear();
+    if let Some(line) = progress.notes.summary(&format!(
+        "`shardpack info --all-fields {}` lists every field's codec",
+        dst.display()
+    )) {
+        eprintln!("shardpack: {line}");
+    }
     let summary = summary?;
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &summary)?;
