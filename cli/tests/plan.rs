@@ -295,3 +295,74 @@ fn plan_notes_are_capped_and_quieted_as_packs_are() {
     let r = sp(&args).ok();
     assert!(!r.stderr.contains("field "), "{}", r.stderr);
 }
+
+/// Regression: `pack --plan OUT --part I` silently ignored every option the plan fixes
+/// (compression, shard size, key rule, ...); it now refuses them by name and writes nothing.
+#[test]
+fn a_part_refuses_the_options_the_plan_fixes() {
+    let t = tmp();
+    let src = t.path().join("src");
+    text_tree(&src, 12, 200);
+    let out = t.path().join("out");
+    sp(&[&"plan", &src, &out, &"--parts", &"2", &"-q"]).ok();
+    let before = snapshot(&out);
+    for given in [
+        &["--compress", "zstd"][..],
+        &["--shard-size", "1MiB"],
+        &["--field-compress", "json=none"],
+        &["--key", "whole"],
+        &["--no-shuffle"],
+        &["--align", "8"],
+        &["--labels", "imagefolder"],
+        &["--force"],
+    ] {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"pack",
+            &"--plan",
+            &out,
+            &"--part",
+            &"0",
+            &"--threads",
+            &"1",
+        ];
+        for g in given {
+            args.push(g);
+        }
+        // Even a value equal to the default (--align 8) was given, and is refused.
+        sp(&args).code(1).stderr_has(&[
+            &format!("{} cannot be given with --plan", given[0]),
+            "the part takes its options from the plan",
+            "--threads, --io-threads, --json and --quiet",
+        ]);
+        assert_unchanged(&out, &before, &format!("refused part with {given:?}"));
+    }
+    // Several at once are named together.
+    sp(&[
+        &"pack",
+        &"--plan",
+        &out,
+        &"--part",
+        &"1",
+        &"--compress",
+        &"none",
+        &"--max-samples-per-shard",
+        &"3",
+    ])
+    .code(1)
+    .stderr_has(&["--max-samples-per-shard and --compress cannot be given with --plan"]);
+    assert_unchanged(&out, &before, "refused part with two options");
+    // What a part takes is still accepted.
+    sp(&[
+        &"pack",
+        &"--plan",
+        &out,
+        &"--part",
+        &"0",
+        &"--threads",
+        &"1",
+        &"--io-threads",
+        &"2",
+        &"-q",
+    ])
+    .ok();
+}
