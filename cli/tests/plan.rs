@@ -366,3 +366,95 @@ fn a_part_refuses_the_options_the_plan_fixes() {
     ])
     .ok();
 }
+
+/// Holds an exclusive `flock` on `path` (flock(1) on a descriptor of a shell that then
+/// becomes `sleep`, so the child holds it alone) until the child is killed; returns once the
+/// lock is held.
+fn hold_lock(path: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec 9>>\"$1\" && flock -x 9 && echo locked && exec sleep 600")
+        .arg("sh")
+        .arg(path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flock(1) runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    child
+}
+
+/// Regression: `merge` removed the plan's directory whole, with the temporary directory of a
+/// run of a part still going (a duplicate run, a straggler whose first run already finished),
+/// and the temporary shard files in OUT that run was writing. A running part holds a lock on
+/// `.shardpack-plan/tmp-<part>-<run>.lock`; while one is held, merge writes the dataset but
+/// removes none of the plan's files, names the part, and a later merge removes them.
+#[test]
+fn merge_leaves_a_running_parts_files_and_cleans_up_once_it_ends() {
+    let t = tmp();
+    let src = t.path().join("src");
+    text_tree(&src, 60, 1500);
+    let out = t.path().join("out");
+    plan_json(&src, &out, "2");
+    for i in ["0", "1"] {
+        sp(&[&"pack", &"--plan", &out, &"--part", &i, &"-q"]).ok();
+    }
+    // A second run of part 1, still going: its lock, its scratch dir, a shard it is writing.
+    let plan_dir = out.join(".shardpack-plan");
+    let lock = plan_dir.join("tmp-000001-777-abc.lock");
+    std::fs::write(&lock, b"").unwrap();
+    let scratch = plan_dir.join("tmp-000001-777-abc");
+    std::fs::create_dir(&scratch).unwrap();
+    std::fs::write(scratch.join("record.tmp"), b"half a record").unwrap();
+    let writing = out.join("shard-000003.spk.777-abc.tmp");
+    std::fs::write(&writing, b"half a shard").unwrap();
+    // A run that died (its lock is free): what it left goes.
+    let dead = plan_dir.join("tmp-000000-555-def");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(plan_dir.join("tmp-000000-555-def.lock"), b"").unwrap();
+    let mut holder = hold_lock(&lock);
+    let r = sp(&[&"merge", &out]).ok().stdout_has("is a dataset");
+    r.stderr_has(&[
+        "part 1 is still running",
+        "tmp-000001-777-abc",
+        "merge again",
+    ]);
+    assert!(
+        scratch.join("record.tmp").is_file(),
+        "the running part's scratch dir went"
+    );
+    assert!(
+        writing.is_file(),
+        "the running part's shard in progress went"
+    );
+    assert!(
+        plan_dir.join("plan.json").is_file(),
+        "the plan went while a part runs"
+    );
+    // The dataset is complete already.
+    sp(&[&"verify", &out]).ok();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let r = sp(&[&"merge", &out]).ok().stdout_has("is a dataset");
+    assert!(!r.stderr.contains("still running"), "{}", r.stderr);
+    assert!(
+        !plan_dir.exists(),
+        "the plan's files are left after the last merge"
+    );
+    assert!(!writing.exists());
+    let reference = t.path().join("ref");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"pack", &src, &reference, &"-q"];
+    for o in &OPTS {
+        args.push(o);
+    }
+    sp(&args).ok();
+    assert_same_tree(
+        &read_tree(&out),
+        &read_tree(&reference),
+        "merged in two runs vs pack",
+    );
+}
