@@ -84,7 +84,7 @@ mod plan;
 
 pub use plan::{
     merge, pack_part, plan, plan_inputs, plan_parts, MergeOptions, MergeSummary, PartSummary,
-    PlanPart, PlanSummary,
+    PlanPart, PlanSummary, RunningPart,
 };
 
 use large::{prepare_large, CancelRead, Large, LargeError};

@@ -11,7 +11,7 @@ use std::path::Path;
 use common::{random_bytes, snapshot, tempdir, text_bytes, write_tree, Tree};
 use shardpack::codec::Policy;
 use shardpack::compile::{
-    merge, pack, pack_part, plan, MergeOptions, NoProgress, PackOptions, ShardCut,
+    merge, pack, pack_part, plan, MergeOptions, NoProgress, PackOptions, Progress, ShardCut,
 };
 use shardpack::manifest::{Manifest, MANIFEST_FILE};
 use shardpack::rng::SplitMix64;
@@ -232,4 +232,61 @@ fn bad_part_numbers_and_plans_into_used_directories_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("between 1 and"), "{e}");
+}
+
+/// A [`Progress`] that stops the run at its start until released: a part still going (a
+/// straggler) while another run of it finishes and the plan is merged.
+struct Held {
+    started: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Progress for Held {
+    fn start(&self, _files: u64, _bytes: u64) {
+        self.started.lock().unwrap().send(()).unwrap();
+        self.release.lock().unwrap().recv().unwrap();
+    }
+}
+
+/// Regression: `merge` removed the plan's directory whole while a second run of a part was
+/// still going, deleting that run's scratch directory (and its temporary shards, and then
+/// failing it when it wrote its receipt). Now merge writes the dataset, names the running
+/// part and leaves the plan's files; the run then ends well, and a second merge removes them.
+#[test]
+fn merge_leaves_the_files_of_a_part_still_running_to_it() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    write_tree(&src, &tree());
+    let opts = options();
+    let out = tmp.path().join("out");
+    plan(&src, &out, 2, &opts, &NoProgress).unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let held = Held {
+        started: std::sync::Mutex::new(started_tx),
+        release: std::sync::Mutex::new(release_rx),
+    };
+    std::thread::scope(|s| {
+        let straggler = s.spawn(|| pack_part(&out, 1, &opts, &held));
+        started.recv().unwrap();
+        for i in [0, 1] {
+            assert!(!pack_part(&out, i, &opts, &NoProgress).unwrap().already_done);
+        }
+        let m = merge(&out, &MergeOptions::default()).unwrap();
+        assert_eq!(m.running.len(), 1, "{m:?}");
+        assert_eq!(m.running[0].part, 1);
+        assert!(m.running[0].scratch.is_dir(), "{m:?}");
+        assert!(out.join(PLAN_DIR).join("plan.json").is_file());
+        // The dataset is complete already.
+        assert_eq!(Dataset::open(&out).unwrap().len(), 150);
+        release.send(()).unwrap();
+        let s = straggler.join().unwrap().unwrap();
+        assert!(!s.already_done);
+    });
+    let m = merge(&out, &MergeOptions::default()).unwrap();
+    assert!(m.running.is_empty() && m.left.is_empty(), "{m:?}");
+    assert!(!out.join(PLAN_DIR).exists());
+    let reference = tmp.path().join("ref");
+    pack(&src, &reference, &opts, &NoProgress).unwrap();
+    assert_eq!(snapshot(&out), snapshot(&reference));
 }

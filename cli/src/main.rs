@@ -9,9 +9,10 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
+mod notes;
 mod signal;
 mod util;
 
@@ -43,7 +44,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `Cli::parse()`, keeping the matches: `pack --plan` tells options given on the command
+    // line from defaults.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)
+        .map_err(|e| e.format(&mut Cli::command()))
+        .unwrap_or_else(|e| e.exit());
     // Whether a failure prints a JSON error object on stdout: `Lines` after any output (JSON
     // Lines), `Document` only when nothing was printed (one JSON document).
     let json = match &cli.command {
@@ -64,7 +70,10 @@ fn main() -> ExitCode {
         written: 0,
     };
     let res = match cli.command {
-        Command::Pack(a) => cmd::pack::run(a, &mut out),
+        Command::Pack(a) => {
+            let m = matches.subcommand_matches("pack").expect("pack's matches");
+            cmd::pack::run(a, m, &mut out)
+        }
         Command::Info(a) => cmd::info::run(a, &mut out),
         Command::Ls(a) => cmd::ls::run(a, &mut out),
         Command::Cat(a) => cmd::cat::run(a, &mut out),

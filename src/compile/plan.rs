@@ -25,6 +25,9 @@
 //!   shards and byte range of `catalog.bin`). Written last: a plan without it is unfinished.
 //! - `part-NNNNNN.json`: part N's receipt (its shards with sizes and hashes, its per-field
 //!   totals), written by the part after its shards, last.
+//! - `tmp-NNNNNN-<run>.lock` and `tmp-NNNNNN-<run>/`: a run of part N going, and its scratch
+//!   directory. The run holds an exclusive `flock` of the lock file from its start until its
+//!   receipt is written; the file is created before the directory and removed after it.
 //!
 //! A part writes its shards straight into OUT under their final names: each under a
 //! temporary name unique to the run (`shard-000412.spk.<run>.tmp`), synced, renamed. Two runs
@@ -34,6 +37,14 @@
 //! with an error that says so. [`merge`] checks every receipt and shard, names the parts that
 //! are missing or damaged, writes the manifest (the same bytes a one-machine pack writes) and
 //! then removes the plan's files, so OUT ends up holding exactly what `pack` would have made.
+//! While a run's lock is held (a second run of a part already done: a straggler, a requeued
+//! duplicate), merge still writes the manifest but removes nothing: that run still reads the
+//! plan, writes in its scratch directory and its temporary shards, and rewrites its receipt
+//! (the same bytes). [`MergeSummary::running`] names it; a later merge removes the plan's
+//! files. Merge removes only files it knows (the plan, the catalog, receipts, what dead runs
+//! left, temporary files), never a shard under its final name. The lock is seen from other
+//! machines where the shared file system supports `flock` (NFS on Linux, CephFS, Lustre
+//! mounted with `-o flock`).
 //!
 //! # Limits
 //!
@@ -57,6 +68,7 @@ use crate::error::{Error, Result};
 use crate::format::{Codec, Footer, NO_LABEL};
 use crate::manifest::{shard_file_name, Hash64, Name, ShardMeta, Skipped, MANIFEST_FILE};
 use crate::source::{tree::TreeSource, Access, Catalog, Input, Member, Source};
+use crate::sys;
 use crate::writer::{
     build_manifest, commit_manifest, field_meta, DatasetInfo, FieldSpec, PartOutput, RawCutter,
     WriterOptions, PLAN_DIR,
@@ -221,6 +233,14 @@ pub struct MergeSummary {
     pub output_bytes: u64,
     /// Whether every byte was hashed.
     pub verified: bool,
+    /// Runs of parts still going when the merge ended (another run of a part that one run had
+    /// finished already, such as a straggler or a duplicate): the dataset is complete, but
+    /// none of the plan's files is removed while one runs; a later merge, once they have
+    /// ended, removes them.
+    pub running: Vec<RunningPart>,
+    /// What the merge left in the plan's directory and why (files it does not know or could
+    /// not remove); empty when the plan's files are gone, or stay for `running`.
+    pub left: Vec<String>,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -751,6 +771,11 @@ pub fn pack_part(
         )));
     };
     let dir = out.join(PLAN_DIR);
+    // This run's lock, held until its receipt is written: while it is, merge removes none of
+    // the plan's files (see `RunLock`).
+    let tag = format!("{}-{:x}", std::process::id(), run_nonce());
+    let run_name = format!("tmp-{part:06}-{tag}");
+    let _running = RunLock::take(out, &dir, &run_name)?;
     let receipt_path = dir.join(receipt_name(part));
     if let Some(r) = read_receipt(&receipt_path, &doc, part, &p).ok().flatten() {
         let complete = r
@@ -783,9 +808,8 @@ pub fn pack_part(
         Input::Tree(root) => Box::new(TreeSource::at(root.clone())),
         _ => crate::source::scan(&input, &opts, progress, &cancel)?.0,
     };
-    let tag = format!("{}-{:x}", std::process::id(), run_nonce());
-    let scratch = dir.join(format!("tmp-{part:06}-{tag}"));
-    fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, "create", e))?;
+    let scratch = dir.join(&run_name);
+    fs::create_dir(&scratch).map_err(|e| Error::io(&scratch, "create", e))?;
     let mut run = PartRun {
         specs,
         first_shard: p.first_shard,
@@ -850,6 +874,208 @@ pub fn pack_part(
         already_done: false,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The lock a run of a part holds for as long as it runs: an exclusive `flock` of
+/// `tmp-<part>-<run>.lock` in [`PLAN_DIR`], beside its scratch directory `tmp-<part>-<run>`
+/// (the file is created before the directory and removed after it). [`merge`] removes none of
+/// the plan's files while any such lock is held. Dropping it removes the file.
+struct RunLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl RunLock {
+    /// Creates and locks the lock file of the run `name` (`tmp-<part>-<run>`) in `dir`.
+    fn take(out: &Path, dir: &Path, name: &str) -> Result<RunLock> {
+        let path = dir.join(format!("{name}.lock"));
+        let merged = || {
+            Error::input(
+                out,
+                "was merged while this part was starting (the plan's files are gone); the \
+                 dataset is complete, nothing is left to do",
+            )
+        };
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(merged()),
+            Err(e) => return Err(Error::io(&path, "create", e)),
+        };
+        let lock = RunLock {
+            path: path.clone(),
+            _file: file,
+        };
+        // A merge looking at the runs takes a lock it finds free for a moment (and, when it
+        // cleans up, removes the file under it): wait for it to let go, then make sure the
+        // file is still the one at `path`.
+        let waited = Instant::now();
+        while !sys::try_lock(&lock._file).map_err(|e| Error::io(&path, "lock", e))? {
+            if waited.elapsed() > std::time::Duration::from_secs(30) {
+                return Err(Error::input(
+                    &path,
+                    "stays locked by another process (this run's own lock file); run the part \
+                     again",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if !same_file(&lock._file, &path) {
+            return Err(merged());
+        }
+        Ok(lock)
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Removed while still locked (the file closes after this).
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Whether `path` names the open file `f` (not a file created there since, or none).
+fn same_file(f: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (f.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = f;
+        path.exists()
+    }
+}
+
+/// A run of a part that [`merge`] found still going.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunningPart {
+    /// The part.
+    pub part: u64,
+    /// Its scratch directory (`OUT/.shardpack-plan/tmp-<part>-<run>`).
+    pub scratch: PathBuf,
+}
+
+/// The runs of parts that left something in the plan's directory `dir`: those going (their
+/// lock is held) and those gone (with their lock, held now by this process, when they left
+/// one).
+#[allow(clippy::type_complexity)]
+fn runs(dir: &Path) -> Result<(Vec<RunningPart>, Vec<(String, Option<File>)>)> {
+    let rd = fs::read_dir(dir).map_err(|e| Error::io(dir, "read", e))?;
+    let mut names = std::collections::BTreeSet::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::io(dir, "read", e))?;
+        let n = e.file_name();
+        let Some(n) = n.to_str() else { continue };
+        if n.starts_with("tmp-") {
+            names.insert(n.strip_suffix(".lock").unwrap_or(n).to_string());
+        }
+    }
+    let (mut going, mut gone) = (Vec::new(), Vec::new());
+    for n in names {
+        let lock = dir.join(format!("{n}.lock"));
+        match fs::OpenOptions::new().read(true).write(true).open(&lock) {
+            // The lock comes before the scratch directory and goes after it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push((n, None)),
+            Err(e) => return Err(Error::io(&lock, "open", e)),
+            Ok(f) => {
+                if sys::try_lock(&f).map_err(|e| Error::io(&lock, "lock", e))? {
+                    gone.push((n, Some(f)));
+                } else {
+                    let part = n[4..].split('-').next().and_then(|p| p.parse().ok());
+                    going.push(RunningPart {
+                        part: part.unwrap_or(u64::MAX),
+                        scratch: dir.join(&n),
+                    });
+                }
+            }
+        }
+    }
+    Ok((going, gone))
+}
+
+/// Removes the plan's files from `out` after the merge, unless a run of a part is still going:
+/// then nothing is removed (that run still reads the plan, writes in its scratch directory
+/// and its temporary shards, and rewrites its receipt) and the runs are returned. Removes only
+/// what it knows (the plan, the catalog, the receipts, what runs that are gone left, and
+/// temporary files); anything else stays, and is named in the second list.
+fn clean_plan(out: &Path, dir: &Path) -> Result<(Vec<RunningPart>, Vec<String>)> {
+    let (going, gone) = runs(dir)?;
+    if !going.is_empty() {
+        return Ok((going, Vec::new()));
+    }
+    for (n, lock) in gone {
+        let scratch = dir.join(&n);
+        match fs::remove_dir_all(&scratch) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&scratch, "remove", e)),
+        }
+        if lock.is_some() {
+            let p = dir.join(format!("{n}.lock"));
+            fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+        }
+    }
+    let mut ours = Vec::new();
+    let mut left = Vec::new();
+    let rd = fs::read_dir(dir).map_err(|e| Error::io(dir, "read", e))?;
+    for e in rd {
+        let e = e.map_err(|e| Error::io(dir, "read", e))?;
+        let n = e.file_name();
+        let s = n.to_string_lossy();
+        let known = s == CATALOG_FILE
+            || s == PLAN_FILE
+            || (s.starts_with("part-") && s.ends_with(".json"))
+            || (!s.starts_with("tmp-") && s.ends_with(".tmp") && e.path().is_file());
+        if known {
+            ours.push(e.path());
+        } else if !s.starts_with("tmp-") {
+            // (A `tmp-` entry here is a run that started since: it is left to itself.)
+            left.push(format!(
+                "{}: not one of the plan's files (remove it yourself)",
+                e.path().display()
+            ));
+        }
+    }
+    // The plan last: until it goes, `merge` can run again.
+    ours.sort_by_key(|p| p.file_name().is_some_and(|n| n == PLAN_FILE));
+    for p in &ours {
+        fs::remove_file(p).map_err(|e| Error::io(p, "remove", e))?;
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => {}
+        // Files merge does not know, or a run started since: they stay.
+        Err(_) if dir.exists() => {
+            if left.is_empty() {
+                left.push(format!(
+                    "{}: a run of a part started during the merge; merge again once it has \
+                     ended",
+                    dir.display()
+                ));
+            }
+            return Ok((Vec::new(), left));
+        }
+        Err(e) => return Err(Error::io(dir, "remove", e)),
+    }
+    // Temporary shards in OUT of runs that are gone (no run is going: the plan is gone).
+    if let Ok(rd) = fs::read_dir(out) {
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with("shard-") && n.ends_with(".tmp") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok((Vec::new(), left))
 }
 
 /// Reads part `i`'s receipt: `Ok(None)` when there is none, an error string when it is
@@ -937,7 +1163,8 @@ fn check_shard(out: &Path, s: &ShardMeta, verify: bool) -> std::result::Result<(
 
 /// Merges the parts of the plan in `out` into the dataset: checks every part's receipt and
 /// shards, names every part that is missing or damaged (and writes nothing then), writes
-/// `manifest.json` (the bytes a one-machine pack writes), and removes the plan's files.
+/// `manifest.json` (the bytes a one-machine pack writes), and removes the plan's files, unless
+/// a run of a part is still going ([`MergeSummary::running`]; merge again once it has ended).
 pub fn merge(out: &Path, opts: &MergeOptions) -> Result<MergeSummary> {
     let started = Instant::now();
     let doc = read_plan(out)?;
@@ -1034,18 +1261,16 @@ pub fn merge(out: &Path, opts: &MergeOptions) -> Result<MergeSummary> {
     };
     let manifest = build_manifest(samples, records, shards, fields, info);
     commit_manifest(out, &manifest)?;
-    // The dataset is committed; what is left of the plan goes (a stray file would only be
-    // ignored by readers, but OUT should hold what a one-machine pack makes).
-    let _ = fs::remove_dir_all(&dir);
-    if let Ok(rd) = fs::read_dir(out) {
-        for e in rd.flatten() {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            if n.starts_with("shard-") && n.ends_with(".tmp") {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
+    // The dataset is committed; what is left of the plan goes, unless a run of a part is
+    // still going (a stray file would only be ignored by readers, but OUT should hold what a
+    // one-machine pack makes).
+    let (running, left) = match clean_plan(out, &dir) {
+        Ok(x) => x,
+        Err(e) => (
+            Vec::new(),
+            vec![format!("the plan's files stay in {}: {e}", dir.display())],
+        ),
+    };
     let manifest_bytes = fs::metadata(out.join(MANIFEST_FILE)).map_or(0, |m| m.len());
     Ok(MergeSummary {
         out: out.to_path_buf(),
@@ -1054,6 +1279,8 @@ pub fn merge(out: &Path, opts: &MergeOptions) -> Result<MergeSummary> {
         shards: nshards,
         output_bytes: output_shards + manifest_bytes,
         verified: opts.verify,
+        running,
+        left,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

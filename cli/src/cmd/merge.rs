@@ -13,7 +13,9 @@ use crate::util::human_bytes;
 /// receipt and shards (sizes, footers and index checksums; every byte with --verify), name
 /// every part that is missing or damaged (and change nothing then: rerun those parts and
 /// merge again), write manifest.json last, and remove the plan's files. OUT then holds exactly
-/// what `shardpack pack` would have written.
+/// what `shardpack pack` would have written. While another run of a part is still going (a
+/// straggler or a duplicate of a part already done), the plan's files stay and merge names
+/// that part on stderr: merge again once it has ended to remove them.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -23,7 +25,8 @@ pub struct Args {
     #[arg(long)]
     pub verify: bool,
     /// Print the summary as one JSON object: out, parts, samples, shards, output_bytes,
-    /// verified, seconds.
+    /// verified, running (part, scratch: runs still going), left (what stays in the plan's
+    /// directory, and why), seconds.
     #[arg(long)]
     pub json: bool,
     /// No summary.
@@ -35,6 +38,19 @@ pub struct Args {
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     let s = merge(&a.out, &MergeOptions { verify: a.verify })
         .with_context(|| format!("merging the plan in {} failed", a.out.display()))?;
+    for r in &s.running {
+        eprintln!(
+            "shardpack: part {} is still running (another run of it, in {}); the dataset is \
+             complete, but the plan's files stay while it runs: merge again (`shardpack merge \
+             {}`) once it has ended to remove them",
+            r.part,
+            r.scratch.display(),
+            a.out.display()
+        );
+    }
+    for l in &s.left {
+        eprintln!("shardpack: left {l}");
+    }
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &s)?;
         writeln!(out)?;

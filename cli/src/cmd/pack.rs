@@ -17,6 +17,7 @@ use shardpack::compile::{
 use shardpack::writer::WriterOptions;
 
 use crate::cmd::info::FIELDS_SHOWN;
+use crate::notes::Notes;
 use crate::util::{human_bytes, parse_size};
 
 /// Pack a folder tree (images, texts, any files), WebDataset tar shards or an MDS dataset into
@@ -53,7 +54,8 @@ pub struct Args {
     /// Write one part of the plan in this directory (made by `shardpack plan`) instead of
     /// packing SRC: the part's shards under their final names, then its receipt. Safe to run
     /// again after a crash, or at the same time as other parts; the other options come from
-    /// the plan (only --threads, --io-threads, --json and --quiet apply).
+    /// the plan (only --threads, --io-threads, --json and --quiet apply; any other option
+    /// given is refused).
     #[arg(long, value_name = "OUT", conflicts_with_all = ["src", "out"])]
     pub plan: Option<PathBuf>,
     /// The part to write with --plan, from 0. Default: $SLURM_ARRAY_TASK_ID (minus
@@ -200,14 +202,9 @@ fn parse_field_policy(s: &str) -> Result<(String, Policy), String> {
 
 struct Bar {
     bar: ProgressBar,
-    /// `-q`: no field notes.
-    quiet: bool,
-    /// Field notes printed so far (one per field: capped, a tree may have thousands).
-    field_notes: std::sync::atomic::AtomicUsize,
+    /// Which notes are shown (the same rule as `plan`'s).
+    notes: Notes,
 }
-
-/// Field notes (`field "x": ...`) printed before the rest are summed up in one line.
-const MAX_FIELD_NOTES: usize = 20;
 
 impl Progress for Bar {
     fn walking(&self, files: u64) {
@@ -239,28 +236,9 @@ impl Progress for Bar {
         }
     }
     fn note(&self, msg: &str) {
-        // One note per field says how it is compressed; a tree may have thousands of fields, so
-        // `-q` leaves them out and otherwise the first MAX_FIELD_NOTES are shown.
-        if msg.starts_with("field ") {
-            if self.quiet {
-                return;
-            }
-            let n = self
-                .field_notes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n == MAX_FIELD_NOTES {
-                self.bar.suspend(|| {
-                    eprintln!(
-                        "shardpack: (more field notes left out; `shardpack info DS --all-fields` \
-                         lists every field's codec)"
-                    )
-                });
-            }
-            if n >= MAX_FIELD_NOTES {
-                return;
-            }
+        if self.notes.admit(msg) {
+            self.bar.suspend(|| eprintln!("shardpack: {msg}"));
         }
-        self.bar.suspend(|| eprintln!("shardpack: {msg}"));
     }
     fn cancelled(&self) -> bool {
         crate::signal::received().is_some()
@@ -300,9 +278,49 @@ fn steady_eta(elapsed: Duration, done: f64) -> String {
 static FILES_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static FILES_TOTAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Runs `pack`.
-pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
+/// The options of a part (`--plan`); every other one is the plan's.
+const PART_OPTIONS: [&str; 6] = ["plan", "part", "threads", "io_threads", "json", "quiet"];
+
+/// The options given on the command line (`m`: `pack`'s matches) that a part does not take,
+/// as written (`--compress`), in `pack --help`'s order. A value equal to the default counts:
+/// it was given.
+fn fixed_by_the_plan(m: &clap::ArgMatches) -> Vec<String> {
+    let cmd = <Args as clap::Args>::augment_args(clap::Command::new("pack"));
+    cmd.get_arguments()
+        .filter(|arg| !PART_OPTIONS.contains(&arg.get_id().as_str()))
+        .filter(|arg| {
+            m.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .map(|arg| match arg.get_long() {
+            Some(l) => format!("--{l}"),
+            None => arg.get_id().to_string(),
+        })
+        .collect()
+}
+
+/// "a", "a and b", "a, b and c".
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// Runs `pack`; `m` are its matches (which options the command line gave).
+pub fn run(a: Args, m: &clap::ArgMatches, out: &mut impl Write) -> Result<ExitCode> {
     if let Some(plan) = a.plan.clone() {
+        let fixed = fixed_by_the_plan(m);
+        if !fixed.is_empty() {
+            bail!(
+                "{} cannot be given with --plan: the part takes its options from the plan in {}, \
+                 which fixes them for every part (only --threads, --io-threads, --json and \
+                 --quiet apply to a part); drop {}, or plan again with the options you want",
+                and_list(&fixed),
+                plan.display(),
+                if fixed.len() == 1 { "it" } else { "them" }
+            );
+        }
         return crate::cmd::plan::run_part(&plan, &a, out);
     }
     let opts = options(&a)?;
@@ -378,14 +396,19 @@ fn run_pack(a: Args, opts: PackOptions, out: &mut impl Write) -> Result<ExitCode
     bar.enable_steady_tick(Duration::from_millis(200));
     let progress = Bar {
         bar,
-        quiet: a.quiet,
-        field_notes: Default::default(),
+        notes: Notes::new(a.quiet),
     };
     let summary = pack_inputs(&a.src, &dst, &opts, &progress).with_context(|| {
         let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
         format!("packing {} into {} failed", srcs.join(" "), dst.display())
     });
     progress.bar.finish_and_clear();
+    if let Some(line) = progress.notes.summary(&format!(
+        "`shardpack info --all-fields {}` lists every field's codec",
+        dst.display()
+    )) {
+        eprintln!("shardpack: {line}");
+    }
     let summary = summary?;
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &summary)?;

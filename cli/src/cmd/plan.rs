@@ -33,12 +33,28 @@ pub struct Args {
     pub pack: crate::cmd::pack::Args,
 }
 
-/// The CLI's progress for plans and parts: notes on stderr, cancelled by SIGINT/SIGTERM.
-struct Notes;
+/// The CLI's progress for plans and parts: notes on stderr (shown by pack's rule: field
+/// notes capped, none under `-q`), cancelled by SIGINT/SIGTERM.
+struct Notes(crate::notes::Notes);
+
+impl Notes {
+    fn new(quiet: bool) -> Notes {
+        Notes(crate::notes::Notes::new(quiet))
+    }
+
+    /// Prints the closing line of the field notes, if some were left out.
+    fn finish(&self, hint: &str) {
+        if let Some(line) = self.0.summary(hint) {
+            eprintln!("shardpack: {line}");
+        }
+    }
+}
 
 impl Progress for Notes {
     fn note(&self, msg: &str) {
-        eprintln!("shardpack: {msg}");
+        if self.0.admit(msg) {
+            eprintln!("shardpack: {msg}");
+        }
     }
     fn cancelled(&self) -> bool {
         crate::signal::received().is_some()
@@ -90,7 +106,13 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     };
     let opts = crate::cmd::pack::options(p)?;
     let dst = p.out.clone().context("OUT is required")?;
-    let s = plan_inputs(&p.src, &dst, parts, &opts, &Notes).with_context(|| {
+    let notes = Notes::new(p.quiet);
+    let s = plan_inputs(&p.src, &dst, parts, &opts, &notes);
+    notes.finish(&format!(
+        "after `shardpack merge {0}`, `shardpack info --all-fields {0}` lists every field's codec",
+        dst.display()
+    ));
+    let s = s.with_context(|| {
         let srcs: Vec<String> = p.src.iter().map(|x| x.display().to_string()).collect();
         format!("planning {} into {} failed", srcs.join(" "), dst.display())
     })?;
@@ -150,8 +172,13 @@ pub(crate) fn run_part(
         io_threads: a.io_threads.unwrap_or(0) as usize,
         ..PackOptions::default()
     };
-    let s = pack_part(plan, part, &local, &Notes)
-        .with_context(|| format!("part {part} of the plan in {} failed", plan.display()))?;
+    let notes = Notes::new(a.quiet);
+    let s = pack_part(plan, part, &local, &notes);
+    notes.finish(&format!(
+        "`shardpack info --all-fields {}` lists every field's codec once merged",
+        plan.display()
+    ));
+    let s = s.with_context(|| format!("part {part} of the plan in {} failed", plan.display()))?;
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &s)?;
         writeln!(out)?;
