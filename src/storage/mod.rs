@@ -11,7 +11,7 @@
 //! [`crate::reader::IndexCheck`]).
 //!
 //! No new dependencies: the local backend is [`std::fs::File`] itself. Datasets given as URLs
-//! (`s3://bucket/prefix`, `http(s)://host/path`) are read by [`remote`] (cargo feature
+//! (`s3://bucket/prefix`, `http(s)://host/path`) are read by `storage::remote` (cargo feature
 //! `remote`: object_store and tokio), which answers the reader through its `DatasetSource` trait.
 
 use std::fmt;
