@@ -87,3 +87,60 @@ fn files(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `ls URL` needs only the indexes (keys, labels and field sizes are there), in either mode:
+/// the requests the proxy counts are the open's (the manifest, three ranged GETs per shard),
+/// no record GET and no shard downloaded; the listing equals the local one.
+#[test]
+fn ls_of_a_streamed_dataset_fetches_no_record() {
+    let t = tmp();
+    let root = t.path().join("www");
+    support::make_dataset(&root.join("ds"), 120);
+    let shards = shardpack::Dataset::open(root.join("ds"))
+        .unwrap()
+        .shard_count() as u64;
+    assert!(shards > 1, "{shards} shards");
+    let srv = support::http(&root);
+    let p = support::proxy(&srv.url, &[]);
+    let url = format!("{}/ds", p.url);
+    let local = shardpack(&[&"ls", &root.join("ds")])
+        .into_command()
+        .output()
+        .unwrap();
+    assert!(local.status.success());
+    let cache = t.path().join("cache");
+    for (mode, args) in [
+        ("stream", &[][..]),
+        ("stream", &["--json"][..]),
+        ("stream", &["-0"][..]),
+        ("cache", &[][..]),
+    ] {
+        support::proxy_control(&p.url, "reset");
+        let out = shardpack(&[&"ls", &url])
+            .into_command()
+            .args(args)
+            .env("SHARDPACK_REMOTE_MODE", mode)
+            .env("SHARDPACK_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st = support::proxy_control(&p.url, "stats");
+        assert_eq!(
+            st["requests"].as_u64(),
+            Some(1 + 3 * shards),
+            "ls {args:?} ({mode}): only the open's requests: {st}"
+        );
+        let spk = files(&cache)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "spk"))
+            .count();
+        assert_eq!(spk, 0, "{mode}: ls downloaded shards");
+        if args.is_empty() {
+            assert_eq!(out.stdout, local.stdout, "the listing of the local dataset");
+        }
+    }
+}

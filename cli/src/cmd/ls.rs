@@ -1,12 +1,13 @@
 //! `shardpack ls DATASET`: one line per sample (TSV, JSON Lines, or NUL-terminated keys).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use shardpack::manifest::Name;
-use shardpack::reader::OpenOptions;
+use shardpack::reader::{IndexCheck, OpenOptions};
+use shardpack::storage::remote::{ReadMode, RemoteOptions};
 use shardpack::Dataset;
 
 /// List samples, one per line: index, key, label, and each field with its size
@@ -15,7 +16,8 @@ use shardpack::Dataset;
 /// listing: its samples are reported on stderr, the others listed, and the exit code is 1.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The dataset directory.
+    /// The dataset: a directory, or a URL (s3://bucket/prefix, http(s)://host/path; see
+    /// "Remote datasets" in the README).
     pub dataset: PathBuf,
     /// One JSON object per line (JSON Lines): `index`, `key`, `label`, `class`, `fields`
     /// (list of `{"name", "size"}`). A key or name that is UTF-8 is a JSON string, any other
@@ -36,7 +38,7 @@ enum Style {
 
 /// Runs `ls`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
-    let ds = Dataset::open_with(&a.dataset, &OpenOptions::mark_damaged())?;
+    let ds = open(&a.dataset)?;
     let m = ds.manifest();
     let style = if a.json {
         Style::Json
@@ -47,21 +49,26 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     };
     // Shard by shard: each index is checked when its shard is first listed (not all at open
     // for large datasets), so `ls | head` reads only what it shows.
+    // Everything listed lives in the index: each sample is read with `sample_index`, which
+    // (unlike `Dataset::get`) fetches no records of a shard streamed from a remote store.
     let mut damaged = 0usize;
     for shard in 0..ds.shard_count() {
-        if let Err(e) = ds.shard(shard) {
-            damaged += 1;
-            out.flush()?;
-            let meta = &m.shards[shard];
-            eprintln!(
-                "shardpack: error: samples {}..{} not listed: {e}",
-                meta.first_sample,
-                meta.first_sample + meta.samples,
-            );
-            continue;
-        }
-        for s in ds.shard_samples(shard) {
-            let s = s?;
+        let meta = &m.shards[shard];
+        let sh = match ds.shard(shard) {
+            Ok(sh) => sh,
+            Err(e) => {
+                damaged += 1;
+                out.flush()?;
+                eprintln!(
+                    "shardpack: error: samples {}..{} not listed: {e}",
+                    meta.first_sample,
+                    meta.first_sample + meta.samples,
+                );
+                continue;
+            }
+        };
+        for local in 0..sh.len() {
+            let s = sh.sample_index(local, meta.first_sample + local)?;
             match style {
                 Style::Tsv => list(&mut *out, m, s)?,
                 Style::Json => list_json(&mut *out, m, s)?,
@@ -79,6 +86,21 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the dataset, marking damaged shards. A URL is opened in stream mode whatever
+/// `SHARDPACK_REMOTE_MODE` says (as `info` does): the listing needs only the manifest and the
+/// indexes, and cache mode would download every shard whole.
+fn open(dataset: &Path) -> Result<Dataset> {
+    let opts = OpenOptions::mark_damaged();
+    if let Some(url) = shardpack::storage::url_of(dataset) {
+        let ropts = RemoteOptions {
+            mode: ReadMode::Stream,
+            ..RemoteOptions::from_env()
+        };
+        return Ok(Dataset::open_remote(url, &ropts, &opts, IndexCheck::Auto)?);
+    }
+    Ok(Dataset::open_with(dataset, &opts)?)
 }
 
 fn list(out: &mut impl Write, m: &shardpack::Manifest, s: shardpack::Sample<'_>) -> Result<()> {
