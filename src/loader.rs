@@ -695,21 +695,20 @@ fn load_piece(
     if let Err(e) = read_extent(sh, piece, extent, &mut buf) {
         return failed_piece(sh, w, pi, piece, e);
     }
+    // Looked up once per piece (extent_of has opened it), not once per sample.
+    let shard = match sh.ds.shard(piece.shard as usize) {
+        Ok(shard) => shard,
+        Err(e) => return failed_piece(sh, w, pi, piece, e),
+    };
+    let first_sample = sh.ds.manifest().shards[piece.shard as usize].first_sample;
     let buf = Arc::new(buf);
     let mut out = PieceSamples::with_capacity(piece.count as usize);
     for at in 0..piece.count {
         let s = sh.wanted(w, pi, at as usize).then(|| {
             let (keys, fields) = (&mut out.keys, &mut out.fields);
-            decode_sample(
-                sh,
-                piece.shard,
-                piece.first + at,
-                extent.start,
-                &buf,
-                dctx,
-                keys,
-                fields,
-            )
+            let local = piece.first + at;
+            let sample = shard.sample_index(local, first_sample + local)?; // records in `buf`
+            decode_sample(sample, local, extent.start, &buf, dctx, keys, fields)
         });
         out.samples.push(s);
     }
@@ -782,13 +781,11 @@ fn read_extent(sh: &Shared, piece: Piece, e: &Extent, buf: &mut PooledBuf) -> Re
     Ok(())
 }
 
-/// Checks and decodes sample `local` of shard `shard_no`, whose records are in `buf` (read
-/// from file offset `base`), appending its key to `keys` and its fields to `fields` (nothing
-/// on an error).
-#[allow(clippy::too_many_arguments)]
+/// Checks and decodes `sample` (number `local` of its shard), whose records are in `buf` (read
+/// from file offset `base`), appending its key to `keys` and its fields to `fields` (nothing on
+/// an error).
 fn decode_sample(
-    sh: &Shared,
-    shard_no: u32,
+    sample: crate::reader::Sample<'_>,
     local: u64,
     base: u64,
     buf: &Arc<PooledBuf>,
@@ -797,35 +794,29 @@ fn decode_sample(
     fields: &mut Vec<LoadedField>,
 ) -> Result<Slot> {
     let first_field = fields.len();
-    let (key, label) = match decode_fields(sh, shard_no, local, base, buf, dctx, fields) {
-        Ok(kl) => kl,
-        Err(e) => {
-            fields.truncate(first_field); // a sample's fields are all handed out, or none
-            return Err(e);
-        }
-    };
+    if let Err(e) = decode_fields(sample, local, base, buf, dctx, fields) {
+        fields.truncate(first_field); // a sample's fields are all handed out, or none
+        return Err(e);
+    }
     let first_key = keys.len();
-    keys.extend_from_slice(key);
+    keys.extend_from_slice(sample.key());
     Ok(Slot {
-        label,
+        label: sample.label(),
         key: first_key..keys.len(),
         fields: first_field..fields.len(),
     })
 }
 
-/// [`decode_sample`]'s checks and decoding: appends the fields, returns the key and label.
-fn decode_fields<'a>(
-    sh: &'a Shared,
-    shard_no: u32,
+/// [`decode_sample`]'s checks and decoding: appends the fields.
+fn decode_fields(
+    sample: crate::reader::Sample<'_>,
     local: u64,
     base: u64,
     buf: &Arc<PooledBuf>,
     dctx: &mut zstd::zstd_safe::DCtx<'static>,
     fields: &mut Vec<LoadedField>,
-) -> Result<(&'a [u8], Option<u32>)> {
-    let shard = sh.ds.shard(shard_no as usize)?;
-    let global = sh.ds.manifest().shards[shard_no as usize].first_sample + local;
-    let sample = shard.sample_index(local, global)?; // the records are in `buf`
+) -> Result<()> {
+    let shard = sample.shard();
     let data = buf.buf().as_slice();
     for f in sample.fields() {
         let f = f?;
@@ -875,7 +866,7 @@ fn decode_fields<'a>(
             data,
         });
     }
-    Ok((sample.key(), sample.label()))
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
