@@ -6,9 +6,12 @@
 #   scripts/callgrind-read.sh [raw|zstd|dict] [SAMPLES] [SIZE]
 #
 # Prints the instructions (Ir) of the whole run, of the generation (measured by the same run
-# with --epochs 0), their difference per stored byte of one epoch, and the top functions of
-# the epoch run (callgrind_annotate). Defaults: raw, 4000 samples of 16 KiB (64 MiB).
+# with --epochs 0), their difference per stored byte of one epoch, and the functions that
+# difference is spent in: each function's exclusive Ir (callgrind_annotate, inlined code
+# counted where it is inlined) in the epoch run minus the generation run, the top 25.
+# Defaults: raw, 4000 samples of 16 KiB (64 MiB).
 set -euo pipefail
+export LC_ALL=C # sort and join agree on the order
 codec=${1:-raw}
 samples=${2:-4000}
 size=${3:-16384}
@@ -34,4 +37,19 @@ echo "codec $codec, $samples samples of $size bytes, $stored MB stored"
 echo "instructions: generation + open $base, with one epoch $full"
 awk -v a="$full" -v b="$base" -v mb="$stored" \
     'BEGIN { printf "one loader epoch: %.0f instructions, %.3f per stored byte\n", a - b, (a - b) / (mb * 1e6) }'
-callgrind_annotate "$out/epoch.cg" 2>/dev/null | sed -n '1,40p' | grep -v '^$' | tail -25
+# Exclusive Ir per function (summed over the source files its code is listed under), sorted.
+per_fn() {
+    callgrind_annotate --threshold=100 "$1" 2>/dev/null | awk '
+        /file:function/ { on = 1; getline; next }
+        on && /^-+$/ { exit }
+        on && /^ *[0-9,]+ / {
+            ir = $1; gsub(",", "", ir)
+            f = $0; sub(/^ *[0-9,]+ +\([ 0-9.]+%\) +/, "", f); sub(/ \[[^]]*\]$/, "", f)
+            sub(/^[^:]*:/, "", f) # the file
+            s[f] += ir
+        }
+        END { for (k in s) print k "\t" s[k] }' | sort -t "$(printf '\t')" -k1,1
+}
+echo "functions of the epoch (exclusive instructions, epoch run minus generation run):"
+join -t "$(printf '\t')" -a2 -e0 -o '0,1.2,2.2' <(per_fn "$out/gen.cg") <(per_fn "$out/epoch.cg") |
+    awk -F '\t' '$3 - $2 != 0 { printf "%12d  %s\n", $3 - $2, $1 }' | sort -rn | head -25

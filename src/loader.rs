@@ -500,7 +500,69 @@ struct PieceResult {
     piece: usize,
     /// Memory granted to the piece, released when its window is done.
     charge: u64,
-    samples: Vec<Option<Result<LoadedSample>>>,
+    samples: PieceSamples,
+}
+
+/// The decoded samples of one piece, in stored order (`None` for those not handed out).
+///
+/// Their keys and fields lie in two arenas shared by the piece, so a reading thread makes a
+/// few allocations per piece, not two per sample. The [`LoadedSample`] (its key `Vec` and
+/// fields `Vec`, public types) is made by [`PieceSamples::take`] on the consumer's thread as
+/// the sample is handed out, so those two allocations are usually freed by the thread that
+/// made them (the allocator's per-thread cache) instead of crossing threads.
+struct PieceSamples {
+    keys: Vec<u8>,
+    fields: Vec<LoadedField>,
+    samples: Vec<Option<Result<Slot>>>,
+}
+
+/// Where a decoded sample's key and fields lie in its [`PieceSamples`].
+struct Slot {
+    label: Option<u32>,
+    key: std::ops::Range<usize>,
+    fields: std::ops::Range<usize>,
+}
+
+impl PieceSamples {
+    /// Room for `count` samples of one field and a short key each (the arenas grow past it).
+    fn with_capacity(count: usize) -> PieceSamples {
+        PieceSamples {
+            keys: Vec::with_capacity(count.saturating_mul(16)),
+            fields: Vec::with_capacity(count),
+            samples: Vec::with_capacity(count),
+        }
+    }
+
+    /// A piece whose samples are `samples` (errors or `None`), with nothing in the arenas.
+    fn of(samples: Vec<Option<Result<Slot>>>) -> PieceSamples {
+        PieceSamples {
+            keys: Vec::new(),
+            fields: Vec::new(),
+            samples,
+        }
+    }
+
+    /// Sample `at` (in stored order) as handed out, with global index `index`; each wanted
+    /// sample is taken once.
+    fn take(&mut self, at: usize, index: u64) -> Result<LoadedSample> {
+        let slot = self.samples[at]
+            .take()
+            .expect("every wanted sample is loaded and handed out once")?;
+        let fields = self.fields[slot.fields]
+            .iter_mut()
+            .map(|f| LoadedField {
+                field: f.field,
+                // An empty owned placeholder allocates nothing and pins no buffer.
+                data: std::mem::replace(&mut f.data, SampleBytes::from(Vec::new())),
+            })
+            .collect();
+        Ok(LoadedSample {
+            index,
+            key: self.keys[slot.key].to_vec(),
+            label: slot.label,
+            fields,
+        })
+    }
 }
 
 /// Stops the loader if a worker thread panics, so the others do not wait forever for budget
@@ -546,7 +608,7 @@ fn worker(sh: Arc<Shared>, tx: Sender<PieceResult>) {
             return;
         }
         let samples = match extent {
-            _ if !needed => (0..piece.count).map(|_| None).collect(),
+            _ if !needed => PieceSamples::of((0..piece.count).map(|_| None).collect()),
             Ok(e) => load_piece(&sh, w, pi, piece, &e, buf, &mut dctx),
             Err(e) => failed_piece(&sh, w, pi, piece, e),
         };
@@ -629,33 +691,38 @@ fn load_piece(
     extent: &Extent,
     mut buf: PooledBuf,
     dctx: &mut zstd::zstd_safe::DCtx<'static>,
-) -> Vec<Option<Result<LoadedSample>>> {
+) -> PieceSamples {
     if let Err(e) = read_extent(sh, piece, extent, &mut buf) {
         return failed_piece(sh, w, pi, piece, e);
     }
+    // Looked up once per piece (extent_of has opened it), not once per sample.
+    let shard = match sh.ds.shard(piece.shard as usize) {
+        Ok(shard) => shard,
+        Err(e) => return failed_piece(sh, w, pi, piece, e),
+    };
+    let first_sample = sh.ds.manifest().shards[piece.shard as usize].first_sample;
     let buf = Arc::new(buf);
-    (0..piece.count)
-        .map(|at| {
-            sh.wanted(w, pi, at as usize)
-                .then(|| decode_sample(sh, piece.shard, piece.first + at, extent.start, &buf, dctx))
-        })
-        .collect()
+    let mut out = PieceSamples::with_capacity(piece.count as usize);
+    for at in 0..piece.count {
+        let s = sh.wanted(w, pi, at as usize).then(|| {
+            let (keys, fields) = (&mut out.keys, &mut out.fields);
+            let local = piece.first + at;
+            let sample = shard.sample_index(local, first_sample + local)?; // records in `buf`
+            decode_sample(sample, local, extent.start, &buf, dctx, keys, fields)
+        });
+        out.samples.push(s);
+    }
+    out
 }
 
 /// The error of a piece that could not be read, for each of its wanted samples (naming the
 /// sample).
-fn failed_piece(
-    sh: &Shared,
-    w: usize,
-    pi: usize,
-    piece: Piece,
-    e: Error,
-) -> Vec<Option<Result<LoadedSample>>> {
+fn failed_piece(sh: &Shared, w: usize, pi: usize, piece: Piece, e: Error) -> PieceSamples {
     let meta = &sh.ds.manifest().shards[piece.shard as usize];
     let path = sh.ds.dir().join(&meta.file);
     let first = meta.first_sample + piece.first;
     let msg = e.to_string();
-    (0..piece.count as usize)
+    let samples = (0..piece.count as usize)
         .map(|at| {
             let sample = first + at as u64;
             sh.wanted(w, pi, at).then(|| match &e {
@@ -677,7 +744,8 @@ fn failed_piece(
                 }),
             })
         })
-        .collect()
+        .collect();
+    PieceSamples::of(samples)
 }
 
 /// Reads `e` into `buf` with one read.
@@ -713,19 +781,43 @@ fn read_extent(sh: &Shared, piece: Piece, e: &Extent, buf: &mut PooledBuf) -> Re
     Ok(())
 }
 
+/// Checks and decodes `sample` (number `local` of its shard), whose records are in `buf` (read
+/// from file offset `base`), appending its key to `keys` and its fields to `fields` (nothing on
+/// an error).
 fn decode_sample(
-    sh: &Shared,
-    shard_no: u32,
+    sample: crate::reader::Sample<'_>,
     local: u64,
     base: u64,
     buf: &Arc<PooledBuf>,
     dctx: &mut zstd::zstd_safe::DCtx<'static>,
-) -> Result<LoadedSample> {
-    let shard = sh.ds.shard(shard_no as usize)?;
-    let global = sh.ds.manifest().shards[shard_no as usize].first_sample + local;
-    let sample = shard.sample_index(local, global)?; // the records are in `buf`
+    keys: &mut Vec<u8>,
+    fields: &mut Vec<LoadedField>,
+) -> Result<Slot> {
+    let first_field = fields.len();
+    if let Err(e) = decode_fields(sample, local, base, buf, dctx, fields) {
+        fields.truncate(first_field); // a sample's fields are all handed out, or none
+        return Err(e);
+    }
+    let first_key = keys.len();
+    keys.extend_from_slice(sample.key());
+    Ok(Slot {
+        label: sample.label(),
+        key: first_key..keys.len(),
+        fields: first_field..fields.len(),
+    })
+}
+
+/// [`decode_sample`]'s checks and decoding: appends the fields.
+fn decode_fields(
+    sample: crate::reader::Sample<'_>,
+    local: u64,
+    base: u64,
+    buf: &Arc<PooledBuf>,
+    dctx: &mut zstd::zstd_safe::DCtx<'static>,
+    fields: &mut Vec<LoadedField>,
+) -> Result<()> {
+    let shard = sample.shard();
     let data = buf.buf().as_slice();
-    let mut fields = Vec::with_capacity(sample.field_count());
     for f in sample.fields() {
         let f = f?;
         let bad = |detail: String| Error::BadRecord {
@@ -774,12 +866,7 @@ fn decode_sample(
             data,
         });
     }
-    Ok(LoadedSample {
-        index: global,
-        key: sample.key().to_vec(),
-        label: sample.label(),
-        fields,
-    })
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -788,10 +875,39 @@ fn decode_sample(
 
 /// The loaded pieces of one window, waiting for the rest.
 struct PendingWindow {
-    pieces: Vec<Option<Vec<Option<Result<LoadedSample>>>>>,
+    pieces: Vec<Option<PieceSamples>>,
     missing: usize,
     /// Memory granted to the pieces so far.
     charge: u64,
+}
+
+/// The window samples are being taken from: its loaded pieces and the rest of its order
+/// (piece, sample of the shard). Each [`LoadedSample`] is made as it is handed out.
+struct Current {
+    window: usize,
+    pieces: Vec<PieceSamples>,
+    order: std::vec::IntoIter<(u32, u64)>,
+}
+
+impl Default for Current {
+    fn default() -> Current {
+        Current {
+            window: 0,
+            pieces: Vec::new(),
+            order: Vec::new().into_iter(),
+        }
+    }
+}
+
+impl Current {
+    /// The next sample in the window's order, with its global index.
+    fn next(&mut self, sh: &Shared) -> Option<(u64, Result<LoadedSample>)> {
+        let (pi, local) = self.order.next()?;
+        let piece = &sh.plan.windows[self.window].pieces[pi as usize];
+        let index = sh.ds.manifest().shards[piece.shard as usize].first_sample + local;
+        let s = self.pieces[pi as usize].take((local - piece.first) as usize, index);
+        Some((index, s))
+    }
 }
 
 /// Serves one rank's epoch. See the module docs.
@@ -800,8 +916,8 @@ pub struct Loader {
     rx: Option<Receiver<PieceResult>>,
     threads: Vec<JoinHandle<()>>,
     pending: BTreeMap<usize, PendingWindow>,
-    /// The current window's samples in output order, with their global indices.
-    current: std::vec::IntoIter<(u64, Result<LoadedSample>)>,
+    /// The current window's samples, and the rest of its output order.
+    current: Current,
     /// The window samples are being taken from, and the memory granted to it.
     current_window: Option<(usize, u64)>,
     next_window: usize,
@@ -980,7 +1096,7 @@ impl Loader {
             rx: Some(rx),
             threads,
             pending: BTreeMap::new(),
-            current: Vec::new().into_iter(),
+            current: Current::default(),
             current_window: None,
             next_window: first_window,
             consumed,
@@ -1125,7 +1241,7 @@ impl Loader {
             self.maybe_start_next_epoch();
         }
         loop {
-            if let Some((index, s)) = self.current.next() {
+            if let Some((index, s)) = self.current.next(&self.shared) {
                 let position = self.consumed;
                 self.consumed += 1;
                 self.last_index = Some(index);
@@ -1143,6 +1259,7 @@ impl Loader {
                 }
             }
             if let Some((w, charge)) = self.current_window.take() {
+                self.current = Current::default(); // its arenas go before the budget does
                 self.shared.budget.release(w, charge);
             }
             if self.consumed >= self.len() || self.next_window >= self.shared.plan.windows.len() {
@@ -1168,7 +1285,7 @@ impl Loader {
                     None => {
                         // Reported once; the epoch then ends (a `for` over the loader stops).
                         self.next_window = self.shared.plan.windows.len();
-                        self.current = Vec::new().into_iter();
+                        self.current = Current::default();
                         return Some(Err(Error::Options(
                             "the loader's reading threads stopped unexpectedly".into(),
                         )));
@@ -1177,7 +1294,7 @@ impl Loader {
             }
             let p = self.pending.remove(&w).expect("window complete");
             self.current_window = Some((w, p.charge));
-            self.current = self.assemble(w, p.pieces).into_iter();
+            self.current = self.assemble(w, p.pieces);
             self.next_window += 1;
             if self.opts.read_next_epoch && self.next.is_none() {
                 self.maybe_start_next_epoch();
@@ -1185,15 +1302,10 @@ impl Loader {
         }
     }
 
-    /// Puts the loaded samples of window `w` in its output order.
-    fn assemble(
-        &self,
-        w: usize,
-        pieces: Vec<Option<Vec<Option<Result<LoadedSample>>>>>,
-    ) -> Vec<(u64, Result<LoadedSample>)> {
+    /// The loaded samples of window `w`, to be handed out in its output order.
+    fn assemble(&self, w: usize, pieces: Vec<Option<PieceSamples>>) -> Current {
         let sh = &self.shared;
-        let win = &sh.plan.windows[w];
-        let mut pieces: Vec<_> = pieces
+        let pieces = pieces
             .into_iter()
             .map(|p| p.expect("a window is assembled only when all its pieces are in"))
             .collect();
@@ -1201,18 +1313,11 @@ impl Loader {
         if w == sh.first_window {
             order.drain(..sh.skip_first as usize);
         }
-        order
-            .into_iter()
-            .map(|(pi, local)| {
-                let piece = &win.pieces[pi as usize];
-                let at = (local - piece.first) as usize;
-                let index = sh.ds.manifest().shards[piece.shard as usize].first_sample + local;
-                let s = pieces[pi as usize][at]
-                    .take()
-                    .expect("every wanted sample is loaded and handed out once");
-                (index, s)
-            })
-            .collect()
+        Current {
+            window: w,
+            pieces,
+            order: order.into_iter(),
+        }
     }
 
     /// The next batch of up to `batch_size` samples (the last one of an epoch may be shorter),
@@ -1248,5 +1353,92 @@ impl Drop for Loader {
         }
         // Samples the caller still holds keep their own buffers, not the idle ones.
         self.shared.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::{DatasetInfo, DatasetWriter, FieldSpec, WriterOptions};
+
+    fn content(i: u64) -> (Vec<u8>, Vec<u8>) {
+        let raw = (0..(i * 53 % 700) as usize)
+            .map(|k| (k as u64 ^ i) as u8)
+            .collect();
+        let text = format!("sample {i} {}", "ab ".repeat((i % 40) as usize)).into_bytes();
+        (raw, text)
+    }
+
+    /// A sample whose second field fails its checksum is an error (or skipped) while its first
+    /// field already sat in the piece's arena: every other sample of its piece still gets its
+    /// own key, label and fields, in the epoch's order.
+    #[test]
+    fn a_bad_second_field_leaves_the_pieces_other_samples_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields = vec![FieldSpec::raw("bin"), FieldSpec::zstd("txt")];
+        let wopts = WriterOptions {
+            shard_size: 32 << 10,
+            ..WriterOptions::default()
+        };
+        let mut w = DatasetWriter::create(dir.path(), fields, wopts).unwrap();
+        for i in 0..200u64 {
+            let (raw, text) = content(i);
+            let key = format!("key-{i}-{}", "x".repeat((i % 23) as usize));
+            w.append(key.as_bytes(), Some(i as u32 % 5), &[(0, &raw), (1, &text)])
+                .unwrap();
+        }
+        w.finish(DatasetInfo::default()).unwrap();
+        let (path, offset) = {
+            let ds = Dataset::open(dir.path()).unwrap();
+            let s = ds.get(37).unwrap();
+            let f = s.fields().nth(1).unwrap().unwrap();
+            (s.shard().path().to_path_buf(), f.offset())
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offset as usize] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let ds = Arc::new(Dataset::open(dir.path()).unwrap());
+        for on_error in [ErrorPolicy::Fail, ErrorPolicy::Skip] {
+            let opts = LoaderOptions {
+                seed: 3,
+                chunk_bytes: 6 << 10, // several samples per piece
+                window_chunks: 4,
+                io_threads: 2,
+                prefetch_bytes: 64 << 10,
+                direct_io: DirectIo::Off,
+                on_error,
+                ..LoaderOptions::default()
+            };
+            let expected = epoch_order(&ds, &opts).unwrap();
+            let mut loader = Loader::new(ds.clone(), opts).unwrap();
+            let mut got = Vec::new();
+            for s in loader.by_ref() {
+                let Ok(s) = s else {
+                    assert_eq!(on_error, ErrorPolicy::Fail);
+                    got.push(37); // handed out in its place
+                    continue;
+                };
+                let i = s.index;
+                let (raw, text) = content(i);
+                let key = format!("key-{i}-{}", "x".repeat((i % 23) as usize));
+                assert_eq!(s.key, key.into_bytes(), "sample {i}");
+                assert_eq!(s.label, Some(i as u32 % 5));
+                assert_eq!(s.fields.len(), 2);
+                assert_eq!(s.field(0).unwrap(), raw.as_slice(), "sample {i}");
+                assert_eq!(s.field(1).unwrap(), text.as_slice(), "sample {i}");
+                assert!(s.fields[0].data.is_view() || raw.is_empty());
+                got.push(i);
+            }
+            match on_error {
+                ErrorPolicy::Fail => assert_eq!(got, expected),
+                ErrorPolicy::Skip => {
+                    let left: Vec<u64> = expected.into_iter().filter(|&i| i != 37).collect();
+                    assert_eq!(got, left);
+                    assert_eq!(loader.skipped().len(), 1);
+                    assert_eq!(loader.skipped()[0].index, 37);
+                    assert!(loader.skipped()[0].reason.contains("checksum mismatch"));
+                }
+            }
+        }
     }
 }
