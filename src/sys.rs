@@ -39,15 +39,35 @@ pub(crate) fn map_file(file: &File, path: &Path) -> Result<Mmap> {
 /// advised for random access (as [`map_file`] does) would otherwise read a region that is about
 /// to be scanned whole (a shard's index, checksummed on first use) one page fault, and one
 /// synchronous 4 KiB device read, at a time. Best effort: errors are ignored.
+///
+/// Linux reads ahead at most one readahead window per call (`force_page_cache_ra` caps a
+/// request at the larger of the device's `read_ahead_kb` and `max_sectors_kb`, 128 KiB on many
+/// systems), so one call for a 160 MiB index read its first 8 MiB here and the rest faulted in
+/// 4 KiB at a time: 37,098 major faults and 12-17 s for an index `cat` reads in 0.7 s. The
+/// range is advised in [`WILL_NEED_PIECE`]s instead, which queues every read at once (each
+/// call only submits them; about a microsecond each).
 pub(crate) fn will_need(map: &Mmap, offset: u64, len: u64) {
     #[cfg(unix)]
     if let (Ok(off), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) {
-        if off.checked_add(len).is_some_and(|end| end <= map.len()) && len > 0 {
-            let _ = map.advise_range(memmap2::Advice::WillNeed, off, len);
+        if let Some(end) = off
+            .checked_add(len)
+            .filter(|&end| end <= map.len() && len > 0)
+        {
+            let mut at = off;
+            while at < end {
+                let n = WILL_NEED_PIECE.min(end - at);
+                let _ = map.advise_range(memmap2::Advice::WillNeed, at, n);
+                at += n;
+            }
         }
     }
     let _ = (map, offset, len);
 }
+
+/// The range one `MADV_WILLNEED` call of [`will_need`] covers: the smallest readahead cap
+/// common kernels apply (128 KiB).
+#[cfg(unix)]
+const WILL_NEED_PIECE: usize = 128 << 10;
 
 /// Advises the [`HUGE_PAGE`]-aligned part of `buf` for transparent huge pages. Best effort.
 /// Not under miri, which cannot run `madvise` (the buffer code around it is tested there).
@@ -363,6 +383,32 @@ mod tests {
         let f = File::open(&p).unwrap();
         let m = map_file(&f, &p).unwrap();
         assert_eq!(&m[..], b"hello shard");
+    }
+
+    /// Advising ranges (in pieces) leaves the map's contents as they are, whatever the range:
+    /// empty, unaligned, several pieces long, past the end (ignored).
+    #[test]
+    fn will_need_takes_any_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        let m = map_file(&f, &p).unwrap();
+        let n = data.len() as u64;
+        for (off, len) in [
+            (0, n),
+            (1, n - 1),
+            (4095, 300_001),
+            (n - 1, 1),
+            (0, 0),
+            (n, 1),
+            (0, n + 1),
+        ] {
+            will_need(&m, off, len);
+        }
+        will_need(&m, u64::MAX, 2);
+        assert_eq!(&m[..], &data[..]);
     }
 
     #[test]
