@@ -270,6 +270,9 @@ fn extract_restores_the_modes_of_executable_files() {
             "4755": ["tools/setuid"],
         })
     );
+    sp(&[&"info", &out]).ok().stdout_has(
+        "file modes:     4 executable files keep their permission bits (extract restores them)",
+    );
     sp(&[&"extract", &out, &back])
         .ok()
         .stdout_has("gave 4 executable files the permission bits recorded when packed");
@@ -297,6 +300,8 @@ fn extract_restores_the_modes_of_executable_files() {
     let plain = t.path().join("plain");
     packed(&src, &plain);
     assert!(manifest(&plain)["options"].get("file_modes").is_none());
+    let r = sp(&[&"info", &plain]).ok();
+    assert!(!r.out().contains("file modes:"), "{}", r.out());
 }
 
 /// Empty folders cannot be stored (a dataset holds files); pack says which it left out.

@@ -179,6 +179,17 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             shown.join(", ")
         )?;
     }
+    if let Ok(modes) = m.file_modes() {
+        if !modes.is_empty() {
+            writeln!(
+                out,
+                "file modes:     {} executable file{} keep their permission bits (extract \
+                 restores them)",
+                modes.len(),
+                if modes.len() == 1 { "" } else { "s" }
+            )?;
+        }
+    }
     if !m.skipped.is_empty() {
         writeln!(
             out,
