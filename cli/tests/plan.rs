@@ -47,12 +47,18 @@ fn parts_as_processes_from_slurm_and_kubernetes_give_the_bytes_of_pack() {
     let t = tmp();
     let src = t.path().join("src");
     text_tree(&src, 120, 1500);
+    // An executable file: its mode rides in the plan into the merged manifest.
+    chmod(&at(&src, b"b/00004.txt"), 0o755);
     let reference = t.path().join("ref");
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"pack", &src, &reference, &"-q"];
     for o in &OPTS {
         args.push(o);
     }
     sp(&args).ok();
+    assert_eq!(
+        manifest(&reference)["options"]["file_modes"],
+        serde_json::json!({"0755": ["b/00004.txt"]})
+    );
     for parts in ["1", "3", "7"] {
         let out = t.path().join(format!("out{parts}"));
         let p = plan_json(&src, &out, parts);
