@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import _native
 from ._errors import CorruptError, ShardpackError, ShardpackIOError, ShardpackValueError
@@ -173,8 +173,19 @@ def pack(
     skip_errors: bool = False,
     force: bool = False,
     progress: Callable[[dict[str, Any]], Any] | None = None,
+    key_column: str | None = None,
+    label_column: str | None = None,
+    field_columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Packs the folder tree ``src`` into a new dataset ``out``; returns the summary dict.
+    """Packs ``src`` into a new dataset ``out``; returns the summary dict.
+
+    ``src`` is what ``shardpack pack`` takes as one input: a folder tree, WebDataset shards (a
+    ``.tar``/``.tar.gz`` file or a folder of them), an MDS dataset folder, or Parquet files (a
+    ``.parquet`` file or a folder of them). For MDS and Parquet, ``key_column`` names the column
+    that gives each sample's key; for Parquet, ``label_column`` the column of its label (string
+    labels become sorted class ids, integers are kept) and ``field_columns`` the binary or
+    Hugging Face image columns that become fields (default: all of them); other scalar columns
+    are kept as per-sample metadata (``format-spec/metadata.md``).
 
     The summary has the keys of ``shardpack pack --json``: ``out``, ``samples``, ``shards``,
     ``files``, ``input_bytes``, ``output_bytes``, ``ratio``, ``seconds``, ``files_per_s``,
@@ -245,9 +256,21 @@ def pack(
         skip_errors=bool(skip_errors),
         force=bool(force),
         progress=progress,
+        key_column=None if key_column is None else str(key_column),
+        label_column=None if label_column is None else str(label_column),
+        field_columns=_columns(field_columns),
     )
     summary: dict[str, Any] = json.loads(result)
     return summary
+
+
+def _columns(cols: Sequence[str] | None) -> list[str]:
+    """``field_columns`` as a list of names (a lone string is one name, not its letters)."""
+    if cols is None:
+        return []
+    if isinstance(cols, str):
+        return [cols]
+    return [str(c) for c in cols]
 
 
 # The library's compile::DEFAULT_SHUFFLE_SEED ("SHRDPACK"): the CLI's seed when none is given.

@@ -114,6 +114,9 @@ def _pack(
     skip_errors: bool,
     force: bool,
     progress: Callable[[dict[str, Any]], Any] | None,
+    key_column: str | None = ...,
+    label_column: str | None = ...,
+    field_columns: list[str] = ...,
 ) -> str: ...
 def _sample_from_parts(
     ds: Dataset,

@@ -1586,14 +1586,16 @@ pub(crate) fn pack_options(
     })
 }
 
-/// Packs the folder tree `src` into a dataset at `out` and returns the summary as JSON text
+/// Packs `src` (a folder tree, or any source `shardpack pack` takes: WebDataset tars, an MDS
+/// dataset, Parquet files) into a dataset at `out` and returns the summary as JSON text
 /// (the keys of `shardpack pack --json`). Runs on a Rust thread with the GIL released; every
 /// ~100 ms the calling thread checks for Ctrl-C (which cancels the pack: what it wrote is
 /// removed, then `KeyboardInterrupt` is raised) and calls `progress(dict)` when given.
 #[pyfunction]
 #[pyo3(signature = (src, out, *, shard_size, max_samples_per_shard, compress, field_compress,
                     align, shuffle_seed, threads, io_threads, labels, key, symlinks,
-                    max_skipped_share, unlabeled, skip_errors, force, progress))]
+                    max_skipped_share, unlabeled, skip_errors, force, progress,
+                    key_column = None, label_column = None, field_columns = Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn _pack(
     py: Python<'_>,
@@ -1615,8 +1617,11 @@ fn _pack(
     skip_errors: bool,
     force: bool,
     progress: Option<Py<PyAny>>,
+    key_column: Option<String>,
+    label_column: Option<String>,
+    field_columns: Vec<String>,
 ) -> PyResult<String> {
-    let opts = PackOptions {
+    let mut opts = PackOptions {
         force,
         ..pack_options(
             py,
@@ -1636,6 +1641,10 @@ fn _pack(
             skip_errors,
         )?
     };
+    // MDS and Parquet sources (`shardpack pack --key-column/--label-column/--field-column`).
+    opts.source.key_column = key_column;
+    opts.source.label_column = label_column;
+    opts.source.field_columns = field_columns;
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel();
     let rx = Mutex::new(rx); // `detach` needs Sync captures

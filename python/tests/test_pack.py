@@ -155,3 +155,30 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     # Nothing left looking complete: no manifest, and no shard either.
     assert not (out / "manifest.json").exists()
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "parquet"
+
+
+def test_parquet_sources_pack_as_the_cli_does(tmp_path: Path) -> None:
+    """A Parquet file with key, label and field columns: the bytes of `shardpack pack`."""
+    src = FIXTURES / "basic-zstd.parquet"
+    cli = json.loads(
+        run_cli(
+            "pack", src, tmp_path / "cli", "--json", "--quiet", "--key-column", "key",
+            "--label-column", "label",
+        ).stdout
+    )
+    py = shardpack.pack(src, tmp_path / "py", key_column="key", label_column="label")
+    for k in ("samples", "shards", "classes", "fields"):
+        assert py[k] == cli[k], k
+    assert py["samples"] == 20 and py["classes"] == 3
+    assert files_of(tmp_path / "py") == files_of(tmp_path / "cli")
+    # A field column given as one name, and a missing column named in the error.
+    hf = FIXTURES / "hf-image.parquet"
+    run_cli("pack", hf, tmp_path / "hf-cli", "--quiet", "--field-column", "image")
+    shardpack.pack(hf, tmp_path / "hf-py", field_columns="image")
+    assert files_of(tmp_path / "hf-py") == files_of(tmp_path / "hf-cli")
+    with pytest.raises(shardpack.ShardpackError, match="nope"):
+        shardpack.pack(src, tmp_path / "bad", key_column="nope")
+    assert not (tmp_path / "bad" / "manifest.json").exists()
