@@ -1,6 +1,28 @@
-//! Helpers shared by the subcommands: size parsing and formatting, byte output.
+//! Helpers shared by the subcommands: size parsing and formatting, byte output, opening a
+//! dataset for its indexes.
 
 use std::io;
+use std::path::Path;
+
+use shardpack::reader::{IndexCheck, OpenOptions};
+use shardpack::storage::remote::{ReadMode, RemoteOptions};
+use shardpack::Dataset;
+
+/// Opens a dataset for a command that needs only the manifest and the indexes (`info`, `ls`),
+/// marking damaged shards. A URL is opened in stream mode whatever `SHARDPACK_REMOTE_MODE`
+/// says: the headers, footers and indexes are ranged GETs, where cache mode would download
+/// every shard whole to check its index.
+pub fn open_for_index(dataset: &Path) -> anyhow::Result<Dataset> {
+    let opts = OpenOptions::mark_damaged();
+    if let Some(url) = shardpack::storage::url_of(dataset) {
+        let ropts = RemoteOptions {
+            mode: ReadMode::Stream,
+            ..RemoteOptions::from_env()
+        };
+        return Ok(Dataset::open_remote(url, &ropts, &opts, IndexCheck::Auto)?);
+    }
+    Ok(Dataset::open_with(dataset, &opts)?)
+}
 
 /// `true` when the error is a write to a closed pipe (the reader went away: not an error).
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {

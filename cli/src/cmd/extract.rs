@@ -188,6 +188,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                 Err(e) => return Err(stop(e.into(), "a sample that cannot be read".into())),
             };
             written.clear();
+            let mut sample_with_mode = 0u64;
             let mut result = Ok(0u64);
             for f in sample.fields() {
                 let f = match f {
@@ -217,13 +218,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
                 let path = join_bytes(&staging, &rel);
                 let mode = modes.get(rel.as_slice()).copied();
                 match write_field(&f, &part, &path, mode, &mut buf) {
-                    Ok(n) if mode.is_some() => {
-                        written.push(path);
-                        with_mode += 1;
-                        result = result.map(|t| t + n);
-                    }
                     Ok(n) => {
                         written.push(path);
+                        sample_with_mode += u64::from(mode.is_some());
                         result = result.map(|t| t + n);
                     }
                     Err(e) => {
@@ -235,6 +232,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             match result {
                 Ok(n) => {
                     files += written.len() as u64;
+                    with_mode += sample_with_mode;
                     bytes += n;
                     samples += 1;
                 }

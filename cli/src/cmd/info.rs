@@ -1,16 +1,14 @@
 //! `shardpack info DATASET`: what the manifest says.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use serde_json::json;
-use shardpack::reader::{IndexCheck, OpenOptions};
-use shardpack::storage::remote::{ReadMode, RemoteOptions};
 use shardpack::Dataset;
 
-use crate::util::human_bytes;
+use crate::util::{human_bytes, open_for_index};
 
 /// Summarize a dataset: format version, samples, shards, fields with counts, sizes and
 /// compression, classes. A shard that cannot be opened is reported (with the samples it holds
@@ -38,7 +36,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     // at open or, for large datasets, when `damaged()` below first asks); a shard that fails is
     // marked damaged, and the manifest still describes the rest.
     let t0 = std::time::Instant::now();
-    let ds = open(&a.dataset)?;
+    let ds = open_for_index(&a.dataset)?;
     let m = ds.manifest();
     let damaged: Vec<_> = ds
         .damaged()
@@ -217,21 +215,6 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         }
     }
     damage_verdict(&ds)
-}
-
-/// Opens the dataset, marking damaged shards. A URL is opened in stream mode whatever
-/// `SHARDPACK_REMOTE_MODE` says: `info` needs only the manifest, the headers, footers and
-/// indexes, and cache mode would download every shard whole to check its index.
-fn open(dataset: &Path) -> Result<Dataset> {
-    let opts = OpenOptions::mark_damaged();
-    if let Some(url) = shardpack::storage::url_of(dataset) {
-        let ropts = RemoteOptions {
-            mode: ReadMode::Stream,
-            ..RemoteOptions::from_env()
-        };
-        return Ok(Dataset::open_remote(url, &ropts, &opts, IndexCheck::Auto)?);
-    }
-    Ok(Dataset::open_with(dataset, &opts)?)
 }
 
 fn ratio(raw: u64, stored: u64) -> f64 {

@@ -1,14 +1,12 @@
 //! `shardpack ls DATASET`: one line per sample (TSV, JSON Lines, or NUL-terminated keys).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::util::open_for_index;
 use anyhow::{bail, Result};
 use shardpack::manifest::Name;
-use shardpack::reader::{IndexCheck, OpenOptions};
-use shardpack::storage::remote::{ReadMode, RemoteOptions};
-use shardpack::Dataset;
 
 /// List samples, one per line: index, key, label, and each field with its size
 /// (tab-separated; keys are written as their raw bytes, so a key holding a tab or a newline
@@ -38,7 +36,7 @@ enum Style {
 
 /// Runs `ls`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
-    let ds = open(&a.dataset)?;
+    let ds = open_for_index(&a.dataset)?;
     let m = ds.manifest();
     let style = if a.json {
         Style::Json
@@ -86,21 +84,6 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Opens the dataset, marking damaged shards. A URL is opened in stream mode whatever
-/// `SHARDPACK_REMOTE_MODE` says (as `info` does): the listing needs only the manifest and the
-/// indexes, and cache mode would download every shard whole.
-fn open(dataset: &Path) -> Result<Dataset> {
-    let opts = OpenOptions::mark_damaged();
-    if let Some(url) = shardpack::storage::url_of(dataset) {
-        let ropts = RemoteOptions {
-            mode: ReadMode::Stream,
-            ..RemoteOptions::from_env()
-        };
-        return Ok(Dataset::open_remote(url, &ropts, &opts, IndexCheck::Auto)?);
-    }
-    Ok(Dataset::open_with(dataset, &opts)?)
 }
 
 fn list(out: &mut impl Write, m: &shardpack::Manifest, s: shardpack::Sample<'_>) -> Result<()> {
