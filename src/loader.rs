@@ -245,21 +245,23 @@ pub struct SkippedSample {
     pub reason: String,
 }
 
-/// The default [`LoaderOptions::io_threads`].
+/// The reading threads of a loader whose [`LoaderOptions::io_threads`] is 0 (automatic, the
+/// default) on a local dataset or one cached from a URL.
 pub const DEFAULT_IO_THREADS: usize = 8;
 
-/// The reading threads of a loader on a dataset streamed from a URL (remote stream mode) whose
-/// [`LoaderOptions::io_threads`] is left at [`DEFAULT_IO_THREADS`]. There each piece is one
+/// The reading threads of a loader whose [`LoaderOptions::io_threads`] is 0 (automatic, the
+/// default) on a dataset streamed from a URL (remote stream mode). There each piece is one
 /// ranged GET that waits a round trip before its first byte, so the link stays busy only with
 /// about latency x bandwidth in flight: 20 ms x 200 MB/s is 4 MB, 16 pieces of 256 KiB; 32
 /// covers twice that. The pieces keep their size ([`LoaderOptions::chunk_bytes`]): a chunk is
 /// the shuffle's unit, so larger remote pieces would give another order for the same seed than
 /// the same dataset read from a local copy (and a state saved on one would not resume on the
-/// other). Local datasets and cache mode keep [`DEFAULT_IO_THREADS`].
+/// other).
 pub const STREAM_IO_THREADS: usize = 32;
 
 /// Loader options. `Default` gives seed 0, epoch 0, rank 0 of 1, batches of 256, the
-/// interleaved shuffle with 256 KiB chunks mixed 256 at a time, 8 I/O threads, a 256 MiB
+/// interleaved shuffle with 256 KiB chunks mixed 256 at a time, automatic I/O threads (8; 32 on a
+/// dataset streamed from a URL), a 256 MiB
 /// prefetch budget, automatic direct I/O and failing on a bad sample.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoaderOptions {
@@ -283,8 +285,9 @@ pub struct LoaderOptions {
     /// decoding what it read, so this is also about twice the I/O queue depth: 8 keeps an
     /// NVMe-class device busy with 4 MiB chunks; with the default 256 KiB chunks a device
     /// that needs more requests in flight wants more (`shardpack bench --loader-threads`).
-    /// On a dataset streamed from a URL the default ([`DEFAULT_IO_THREADS`]) stands for
-    /// [`STREAM_IO_THREADS`]; any other value is used as given.
+    /// 0 (the default) is automatic: [`DEFAULT_IO_THREADS`], or [`STREAM_IO_THREADS`] on a
+    /// dataset streamed from a URL ([`LoaderOptions::io_threads_for`]); any other value is used
+    /// as given.
     pub io_threads: usize,
     /// Memory for samples read ahead of the consumer (see the module docs).
     pub prefetch_bytes: u64,
@@ -332,7 +335,7 @@ impl Default for LoaderOptions {
             shuffle: Shuffle::Interleaved,
             chunk_bytes: 256 << 10,
             window_chunks: 256,
-            io_threads: DEFAULT_IO_THREADS,
+            io_threads: 0,
             prefetch_bytes: 256 << 20,
             direct_io: DirectIo::Auto,
             on_error: ErrorPolicy::Fail,
@@ -359,10 +362,18 @@ impl LoaderOptions {
         if self.chunk_bytes == 0 || self.window_chunks == 0 {
             return bad("chunk size and window must be at least 1".into());
         }
-        if self.io_threads == 0 {
-            return bad("the loader needs at least 1 I/O thread".into());
-        }
         Ok(())
+    }
+
+    /// The reading threads a loader with these options runs on `ds`: `io_threads`, or when it
+    /// is 0 (automatic) [`STREAM_IO_THREADS`] for a dataset streamed from a URL and
+    /// [`DEFAULT_IO_THREADS`] otherwise.
+    pub fn io_threads_for(&self, ds: &Dataset) -> usize {
+        match self.io_threads {
+            0 if ds.streams_remotely() => STREAM_IO_THREADS,
+            0 => DEFAULT_IO_THREADS,
+            n => n,
+        }
     }
 }
 
@@ -982,9 +993,7 @@ impl Loader {
         done: Vec<Segment>,
         consumed: u64,
     ) -> Result<Loader> {
-        if opts.io_threads == DEFAULT_IO_THREADS && ds.streams_remotely() {
-            opts.io_threads = STREAM_IO_THREADS; // requests in flight to cover the latency
-        }
+        opts.io_threads = opts.io_threads_for(&ds);
         let plan = Plan::new(&ds, &opts, &done)?;
         if consumed > plan.len {
             return Err(past_end(consumed, plan.len));

@@ -354,16 +354,25 @@ fn bad_options_are_errors() {
             ..small(0, 0)
         },
         LoaderOptions {
-            io_threads: 0,
-            ..small(0, 0)
-        },
-        LoaderOptions {
             chunk_bytes: 0,
             ..small(0, 0)
         },
     ] {
         assert!(Loader::new(ds.clone(), bad).is_err());
     }
+    // io_threads 0 is not an error: it is automatic (8 here, a local dataset).
+    let auto = LoaderOptions {
+        io_threads: 0,
+        ..small(0, 0)
+    };
+    assert_eq!(
+        auto.io_threads_for(&ds),
+        shardpack::loader::DEFAULT_IO_THREADS
+    );
+    assert_eq!(
+        Loader::new(ds.clone(), auto).unwrap().count(),
+        ds.len() as usize
+    );
 }
 
 #[test]

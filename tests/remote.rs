@@ -338,10 +338,11 @@ fn labels_of_a_streamed_dataset_cost_no_request() {
     ));
 }
 
-/// Stream mode's Loader defaults cover the link's latency: with `io_threads` left at its
-/// default the Loader keeps more requests in flight than the local default's threads (the
-/// proxy counts them), still one ranged GET per piece, and the pieces, so the order, are
-/// those of the same dataset read locally. An explicit `io_threads` is used as given.
+/// Stream mode's Loader defaults cover the link's latency: with `io_threads` left automatic
+/// (0, the default) the Loader keeps more requests in flight than the local default's threads
+/// (the proxy counts them), still one ranged GET per piece, and the pieces, so the order, are
+/// those of the same dataset read locally. An explicit `io_threads`, 8 included, is used as
+/// given.
 #[test]
 fn a_streamed_loader_keeps_enough_requests_in_flight() {
     use shardpack::loader::{epoch_order, DEFAULT_IO_THREADS, STREAM_IO_THREADS};
@@ -350,7 +351,8 @@ fn a_streamed_loader_keeps_enough_requests_in_flight() {
     make_dataset(&root.join("ds"), 3000);
     let local = Arc::new(Dataset::open(root.join("ds")).unwrap());
     let d = LoaderOptions::default();
-    assert_eq!(d.io_threads, DEFAULT_IO_THREADS);
+    assert_eq!(d.io_threads, 0, "automatic");
+    assert_eq!(d.io_threads_for(&local), DEFAULT_IO_THREADS);
     // Every shard is smaller than a chunk: one piece, so one ranged GET, per shard.
     let shards = local.shard_count() as u64;
     assert!(shards > 2 * STREAM_IO_THREADS as u64, "{shards} shards");
@@ -364,6 +366,7 @@ fn a_streamed_loader_keeps_enough_requests_in_flight() {
     let p = proxy(&srv.url, &["--latency-ms", "50"]);
     let url = format!("{}/ds", p.url);
     let ds = Arc::new(open(&url, ReadMode::Stream, &t.path().join("cache")).unwrap());
+    assert_eq!(d.io_threads_for(&ds), STREAM_IO_THREADS);
     for (threads, lo, hi) in [
         (
             d.io_threads,
@@ -371,6 +374,7 @@ fn a_streamed_loader_keeps_enough_requests_in_flight() {
             STREAM_IO_THREADS as u64,
         ),
         (4, 1, 4),
+        (DEFAULT_IO_THREADS, 1, DEFAULT_IO_THREADS as u64),
     ] {
         proxy_control(&p.url, "reset");
         let before = ds.remote_requests().unwrap();

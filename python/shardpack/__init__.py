@@ -305,7 +305,7 @@ def _share(name: str, value: float | str) -> float:
 _TUNING_DEFAULTS: dict[str, Any] = {
     "chunk_bytes": 256 << 10,
     "window_chunks": 256,
-    "io_threads": 8,
+    "io_threads": None,  # automatic: the library's 0 (8; 32 on a dataset streamed from a URL)
     "prefetch_bytes": 256 << 20,
     "direct_io": "auto",
     "on_error": "fail",
@@ -370,7 +370,7 @@ class Loader:
     - ``drop_last``: equal counts per rank by dropping instead of padding (the library's
       ``LoaderOptions::drop_last``: every rank gets ``floor(len(ds) / world_size)`` distinct
       samples), and this rank's last batch is dropped when it is short.
-    - ``**tuning``: ``chunk_bytes`` (256 KiB), ``window_chunks`` (256), ``io_threads`` (8),
+    - ``**tuning``: ``chunk_bytes`` (256 KiB), ``window_chunks`` (256), ``io_threads`` (automatic: 8, or 32 on a dataset streamed from a URL),
       ``prefetch_bytes`` (256 MiB), ``direct_io`` (``"auto"``, ``"on"``, ``"off"``),
       ``on_error`` (``"fail"``, the default, raises on a corrupt record naming its shard,
       sample, key and field; ``"skip"`` leaves out only that sample, lists it in
@@ -442,7 +442,8 @@ class Loader:
             "drop_last": bool(drop_last),
             "chunk_bytes": _size("chunk_bytes", t["chunk_bytes"]),
             "window_chunks": _count("window_chunks", t["window_chunks"]),
-            "io_threads": _count("io_threads", t["io_threads"]),
+            # None: automatic (the library's 0).
+            "io_threads": _count("io_threads", t["io_threads"], optional=True),
             "prefetch_bytes": _size("prefetch_bytes", t["prefetch_bytes"]),
             "direct_io": str(t["direct_io"]),
             "on_error": str(t["on_error"]),
@@ -462,7 +463,9 @@ class Loader:
                     f"{len(ds)} samples"
                 )
             self._options["indices"] = subset
-        self._native = _native._Loader(ds, epoch=epoch, **self._options)
+        self._native = _native._Loader(
+            ds, epoch=epoch, **{**self._options, "io_threads": self._options["io_threads"] or 0}
+        )
 
     # -- iteration ------------------------------------------------------------------------
 
@@ -664,7 +667,7 @@ class MixedLoader:
             drop_last=bool(drop_last),
             chunk_bytes=_size("chunk_bytes", t["chunk_bytes"]),
             window_chunks=_count("window_chunks", t["window_chunks"]),
-            io_threads=_count("io_threads", t["io_threads"]),
+            io_threads=_count("io_threads", t["io_threads"], optional=True) or 0,
             prefetch_bytes=_size("prefetch_bytes", t["prefetch_bytes"]),
             direct_io=str(t["direct_io"]),
             on_error=str(t["on_error"]),

@@ -34,7 +34,7 @@ pub struct Args {
     /// Threads reading loose files.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub threads: usize,
-    /// Loader I/O threads (also the queue depth of the limit phase) [default: the loader's, 8].
+    /// Loader I/O threads (also the queue depth of the limit phase) [default: the loader's: 8, or 32 on a dataset streamed from a URL].
     #[arg(long, value_name = "N")]
     pub loader_threads: Option<usize>,
     /// Samples per batch (trainer and shuffle quality).
@@ -254,9 +254,14 @@ impl TrainerRun {
 }
 
 impl Args {
-    fn io_threads(&self) -> usize {
-        self.loader_threads
-            .unwrap_or(LoaderOptions::default().io_threads)
+    /// The loader's I/O threads on `ds` (and the limit phase's queue depth): --loader-threads,
+    /// else the loader's automatic choice.
+    fn io_threads(&self, ds: &Dataset) -> usize {
+        LoaderOptions {
+            io_threads: self.loader_threads.unwrap_or(0),
+            ..LoaderOptions::default()
+        }
+        .io_threads_for(ds)
     }
 }
 
@@ -275,7 +280,7 @@ fn loader_opts(a: &Args, epoch: u64) -> LoaderOptions {
             _ => Shuffle::Interleaved,
         },
         prefetch_bytes: a.prefetch.unwrap_or(d.prefetch_bytes),
-        io_threads: a.io_threads(),
+        io_threads: a.loader_threads.unwrap_or(0),
         direct_io: match a.direct.as_str() {
             "off" => DirectIo::Off,
             "auto" => DirectIo::Auto,
@@ -495,7 +500,7 @@ fn quality(ds: &Dataset, opts: &LoaderOptions) -> Result<Option<ShuffleQuality>>
 
 /// Runs `bench`.
 pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
-    if a.batch == 0 || a.threads == 0 || a.io_threads() == 0 || a.epochs == 0 {
+    if a.batch == 0 || a.threads == 0 || a.loader_threads == Some(0) || a.epochs == 0 {
         bail!("--batch, --threads, --loader-threads and --epochs must be at least 1");
     }
     if let Some(ms) = a.step_ms {
@@ -518,13 +523,13 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
 
     // 1. The limit.
     evicted &= evict_all(shard_refs(), &mut notes);
-    let lim = limit(&ds, a.io_threads(), None, 4 << 20, &mut notes)?;
+    let lim = limit(&ds, a.io_threads(&ds), None, 4 << 20, &mut notes)?;
     evicted &= evict_all(shard_refs(), &mut notes);
-    let scattered = limit(&ds, a.io_threads(), Some(a.seed), 4 << 20, &mut notes)?;
+    let scattered = limit(&ds, a.io_threads(&ds), Some(a.seed), 4 << 20, &mut notes)?;
     // The device alone at the loader's read size (its chunks), in random order.
     let chunk = loader_opts(&a, 0).chunk_bytes;
     evicted &= evict_all(shard_refs(), &mut notes);
-    let at_chunk = limit(&ds, a.io_threads(), Some(a.seed), chunk, &mut notes)?;
+    let at_chunk = limit(&ds, a.io_threads(&ds), Some(a.seed), chunk, &mut notes)?;
 
     // 2. One shuffled loader epoch.
     evicted &= evict_all(shard_refs(), &mut notes);
@@ -684,7 +689,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
     writeln!(
         out,
         "  {:<44} {:>12.1} {:>14} {:>10}",
-        format!("limit: O_DIRECT 4 MiB reads, {} threads", a.io_threads()),
+        format!("limit: O_DIRECT 4 MiB reads, {} threads", a.io_threads(&ds)),
         lim.mb_s(),
         "-",
         "1.00"
