@@ -205,6 +205,8 @@ def test_ctrl_c_while_waiting_for_a_batch(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import os, signal, sys, threading, time, shardpack
+        # As in test_pack.py: a background job starts with SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         ds = sys.argv[1]
         for f in os.listdir(ds):
             fd = os.open(os.path.join(ds, f), os.O_RDONLY)

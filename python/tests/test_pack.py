@@ -129,6 +129,9 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import os, signal, sys, shardpack
+        # Python installs its KeyboardInterrupt handler only when it starts with SIGINT at its
+        # default; a shell's background job starts with SIGINT ignored. Install it either way.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sent = []
         def progress(p):
             if not sent:
