@@ -963,22 +963,135 @@ pub fn new_dctx() -> DCtx<'static> {
 /// of one-byte files), and a dictionary trained on a few dozen bytes is worth nothing anyway.
 pub const MIN_TRAINING_BYTES: usize = 64;
 
-/// Trains a zstd dictionary of at most `max_size` bytes on `samples`. `None` when zstd cannot
-/// train one (too few or too small samples: under [`MIN_TRAINING_BYTES`] in all).
+/// What trains a field's zstd dictionary at pack time. The choice decides the dictionary's
+/// bytes, so a dataset records it (manifest `writer.dict_trainer`, [`DictTrainer::id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum DictTrainer {
+    /// zstd's FASTCOVER with fixed parameters (segment k = 1024 bytes, d = 8, a 2^16-entry
+    /// frequency table, accel = 4): one pass over the samples. On the Python standard
+    /// library's text fields it trains 10 to 20 times faster than [`DictTrainer::Zdict`] and
+    /// compresses as well (within 1%, often better). The default.
+    #[default]
+    FastCover,
+    /// zstd's `ZDICT_trainFromBuffer` (FASTCOVER trying four segment sizes, each judged by
+    /// compressing a quarter of the samples, with a 2^20-entry table), what shardpack used
+    /// before `fastcover`: it reproduces datasets whose `writer.dict_trainer` says `zdict`
+    /// byte for byte.
+    Zdict,
+}
+
+/// The FASTCOVER parameters of [`DictTrainer::FastCover`].
+const FASTCOVER_K: u32 = 1024;
+const FASTCOVER_D: u32 = 8;
+const FASTCOVER_F: u32 = 16;
+const FASTCOVER_ACCEL: u32 = 4;
+
+impl DictTrainer {
+    /// Every trainer, the default first.
+    pub const ALL: [DictTrainer; 2] = [DictTrainer::FastCover, DictTrainer::Zdict];
+
+    /// The name the CLI takes (`--dict-trainer`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DictTrainer::FastCover => "fastcover",
+            DictTrainer::Zdict => "zdict",
+        }
+    }
+
+    /// What the manifest records in `writer.dict_trainer` for this trainer in zstd version
+    /// `zstd` (`"1.5.7"`): `"zdict 1.5.7"` or `"fastcover:k=1024,d=8,f=16,accel=4 1.5.7"`.
+    pub fn id(self, zstd: &str) -> String {
+        match self {
+            DictTrainer::Zdict => format!("zdict {zstd}"),
+            DictTrainer::FastCover => format!(
+                "fastcover:k={FASTCOVER_K},d={FASTCOVER_D},f={FASTCOVER_F},\
+                 accel={FASTCOVER_ACCEL} {zstd}"
+            ),
+        }
+    }
+
+    /// Trains a dictionary of at most `max_size` bytes on `samples`. `None` when zstd cannot
+    /// train one (too few or too small samples: under [`MIN_TRAINING_BYTES`] in all).
+    /// Deterministic: the same samples and size give the same bytes.
+    pub fn train(self, samples: &[&[u8]], max_size: usize) -> Option<Vec<u8>> {
+        let total: usize = samples.iter().map(|s| s.len()).sum();
+        if total < MIN_TRAINING_BYTES {
+            return None;
+        }
+        let mut data = Vec::with_capacity(total);
+        let mut sizes = Vec::with_capacity(samples.len());
+        for s in samples {
+            data.extend_from_slice(s);
+            sizes.push(s.len());
+        }
+        let mut dict = Vec::with_capacity(max_size);
+        match self {
+            DictTrainer::Zdict => {
+                zstd_safe::train_from_buffer(&mut dict, &data, &sizes).ok()?;
+            }
+            DictTrainer::FastCover => {
+                let nb = u32::try_from(sizes.len()).ok()?;
+                // SAFETY: zstd's parameter struct is plain data (integers and a float), for
+                // which all zeroes means "the default" field by field.
+                let mut params: zstd_sys::ZDICT_fastCover_params_t = unsafe { std::mem::zeroed() };
+                // k may not exceed the dictionary's size (zstd refuses the parameters then).
+                params.k = FASTCOVER_K.min(u32::try_from(max_size).unwrap_or(u32::MAX));
+                params.d = FASTCOVER_D;
+                params.f = FASTCOVER_F;
+                params.accel = FASTCOVER_ACCEL;
+                params.zParams.compressionLevel = DEFAULT_LEVEL;
+                // SAFETY: `dict` has `max_size` bytes of capacity, which zstd writes at most
+                // (it returns the length written, or an error code checked below); `data`
+                // holds exactly the sum of `sizes`, and `sizes` holds `nb` entries. zstd keeps
+                // none of the pointers after the call.
+                let n = unsafe {
+                    zstd_sys::ZDICT_trainFromBuffer_fastCover(
+                        dict.as_mut_ptr().cast(),
+                        max_size,
+                        data.as_ptr().cast(),
+                        sizes.as_ptr(),
+                        nb,
+                        params,
+                    )
+                };
+                // SAFETY: a pure function of the returned code.
+                if unsafe { zstd_sys::ZDICT_isError(n) } != 0 || n > max_size {
+                    return None;
+                }
+                // SAFETY: zstd initialised the first `n` bytes (checked: `n <= max_size`).
+                unsafe { dict.set_len(n) };
+            }
+        }
+        Some(dict)
+    }
+}
+
+impl fmt::Display for DictTrainer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DictTrainer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DictTrainer, String> {
+        DictTrainer::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown dictionary trainer {s:?}: use fastcover (the default) or zdict \
+                     (to reproduce a dataset whose manifest names it)"
+                )
+            })
+    }
+}
+
+/// Trains a dictionary of at most `max_size` bytes on `samples` with the default trainer
+/// ([`DictTrainer::FastCover`]). `None` when zstd cannot train one (too few or too small
+/// samples: under [`MIN_TRAINING_BYTES`] in all).
 pub fn train_dictionary(samples: &[&[u8]], max_size: usize) -> Option<Vec<u8>> {
-    let total: usize = samples.iter().map(|s| s.len()).sum();
-    if total < MIN_TRAINING_BYTES {
-        return None;
-    }
-    let mut data = Vec::with_capacity(total);
-    let mut sizes = Vec::with_capacity(samples.len());
-    for s in samples {
-        data.extend_from_slice(s);
-        sizes.push(s.len());
-    }
-    let mut dict = Vec::with_capacity(max_size);
-    zstd_safe::train_from_buffer(&mut dict, &data, &sizes).ok()?;
-    Some(dict)
+    DictTrainer::default().train(samples, max_size)
 }
 
 #[cfg(test)]
@@ -998,11 +1111,75 @@ mod tests {
     #[test]
     fn training_on_a_few_bytes_gives_no_dictionary_and_no_crash() {
         // 8 to 14 bytes in all crashed zstd's trainer (one-byte files of a real tree).
-        for n in 1..=MIN_TRAINING_BYTES + 2 {
-            let samples: Vec<&[u8]> = (0..n).map(|_| &b"x"[..]).collect();
-            let d = train_dictionary(&samples, 1024);
-            assert_eq!(d.is_none(), n < MIN_TRAINING_BYTES, "{n} one-byte samples");
+        for trainer in DictTrainer::ALL {
+            for n in 1..MIN_TRAINING_BYTES {
+                let samples: Vec<&[u8]> = (0..n).map(|_| &b"x"[..]).collect();
+                assert_eq!(
+                    trainer.train(&samples, 1024),
+                    None,
+                    "{trainer}: {n} samples"
+                );
+            }
         }
+        // Just above the floor, a dictionary or none (zstd's choice), and no crash.
+        let samples: Vec<&[u8]> = (0..MIN_TRAINING_BYTES + 2).map(|_| &b"x"[..]).collect();
+        assert!(DictTrainer::Zdict.train(&samples, 1024).is_some());
+        let _ = DictTrainer::FastCover.train(&samples, 1024);
+    }
+
+    /// Small and odd inputs (few samples, tiny ones, one large one, a size below k) never
+    /// crash FASTCOVER, and what it trains is a dictionary zstd loads.
+    #[test]
+    fn fastcover_takes_odd_inputs_and_is_deterministic() {
+        let mut rng = crate::rng::SplitMix64::new(7);
+        let text: Vec<u8> = (0..200_000u32)
+            .map(|i| {
+                b"the quick brown fox jumps over a lazy dog\n"[(i % 42) as usize]
+                    ^ ((rng.next_u64() % 13 == 0) as u8)
+            })
+            .collect();
+        let cases: Vec<Vec<&[u8]>> = vec![
+            text.chunks(7).take(20).collect(),
+            text.chunks(100).take(3).collect(),
+            text.chunks(100).take(5).collect(),
+            vec![&text[..]],
+            text.chunks(1000).collect(),
+            text.chunks(3).take(1000).collect(),
+        ];
+        for (i, samples) in cases.iter().enumerate() {
+            for max in [256, 1000, 1024, 4096, 112 * 1024] {
+                let a = DictTrainer::FastCover.train(samples, max);
+                assert_eq!(a, DictTrainer::FastCover.train(samples, max), "case {i}");
+                if let Some(d) = a {
+                    assert!(d.len() <= max, "case {i}: {} > {max}", d.len());
+                    let enc = FieldEncoder::new(Codec::ZstdDict, DEFAULT_LEVEL, Some(&d))
+                        .expect("zstd loads the dictionary");
+                    let mut out = Vec::new();
+                    let mut cctx = new_cctx();
+                    enc.encode(&mut cctx, samples[0], &mut out);
+                }
+            }
+        }
+        // A real dictionary where there is enough text, and it helps.
+        let samples: Vec<&[u8]> = text.chunks(1000).collect();
+        let d = DictTrainer::FastCover.train(&samples, 16 << 10).unwrap();
+        assert!(d.len() > 1024 && d.len() <= 16 << 10, "{}", d.len());
+    }
+
+    #[test]
+    fn trainers_parse_their_names_and_identify_themselves() {
+        for t in DictTrainer::ALL {
+            assert_eq!(t.name().parse::<DictTrainer>(), Ok(t));
+        }
+        assert!("cover"
+            .parse::<DictTrainer>()
+            .unwrap_err()
+            .contains("fastcover"));
+        assert_eq!(DictTrainer::Zdict.id("1.5.7"), "zdict 1.5.7");
+        assert_eq!(
+            DictTrainer::FastCover.id("1.5.7"),
+            "fastcover:k=1024,d=8,f=16,accel=4 1.5.7"
+        );
     }
 
     #[test]

@@ -63,9 +63,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use zstd::zstd_safe::CCtx;
 
-use crate::codec::{
-    new_cctx, train_dictionary, FieldEncoder, Policy, DEFAULT_LEVEL, STREAM_THRESHOLD,
-};
+use crate::codec::{new_cctx, DictTrainer, FieldEncoder, Policy, DEFAULT_LEVEL, STREAM_THRESHOLD};
 use crate::error::{Error, Result};
 use crate::format::Codec;
 use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
@@ -239,6 +237,9 @@ pub struct PackOptions {
     /// What decides where shards are cut: raw sizes (the default, and the only rule a planned
     /// pack can follow) or stored sizes (the rule before planned packs).
     pub shard_cut: ShardCut,
+    /// What trains the dictionaries of fields that get one (recorded in the manifest's
+    /// `writer.dict_trainer`).
+    pub dict_trainer: DictTrainer,
 }
 
 impl PackOptions {
@@ -273,6 +274,7 @@ impl Default for PackOptions {
             window_bytes: 32 << 20,
             source: SourceOptions::default(),
             shard_cut: ShardCut::Raw,
+            dict_trainer: DictTrainer::default(),
         }
     }
 }
@@ -442,13 +444,14 @@ fn choose(
     inputs: &[Vec<u8>],
     field_bytes: u64,
     shard_size: u64,
+    trainer: DictTrainer,
     notes: &mut Vec<String>,
 ) -> FieldSpec {
     let mut spec = FieldSpec::raw(name);
     let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     let train = |samples: &[&[u8]]| {
         let total: usize = samples.iter().map(|s| s.len()).sum();
-        train_dictionary(samples, DICT_MAX.min((total / 8).max(1024)))
+        trainer.train(samples, DICT_MAX.min((total / 8).max(1024)))
     };
     match policy {
         Policy::None => {}
@@ -843,6 +846,7 @@ pub(crate) fn prepare(
             &inputs,
             field_bytes[fi],
             opts.writer.shard_size,
+            opts.dict_trainer,
             &mut notes,
         ));
     }
@@ -1188,6 +1192,7 @@ fn pack_catalog(
         classes: cat.classes.iter().map(|c| Name(c.clone())).collect(),
         options,
         skipped,
+        dict_trainer: opts.dict_trainer,
     };
     // The last chance to stop: after this the dataset is committed.
     cancel.stop()?;

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::codec::DictTrainer;
 use crate::error::{Error, Result};
 
 /// File name of the manifest inside a dataset directory.
@@ -199,19 +200,25 @@ pub struct WriterId {
     pub version: String,
     /// The zstd library version that compressed the records, `"1.5.7"`.
     pub zstd: String,
-    /// What trained the dictionaries: `"zdict "` + the zstd version (`ZDICT_trainFromBuffer`).
+    /// What trained the dictionaries ([`DictTrainer::id`]): `"fastcover:k=1024,d=8,f=16,accel=4
+    /// 1.5.7"`, or `"zdict 1.5.7"` for zstd's `ZDICT_trainFromBuffer`.
     pub dict_trainer: String,
 }
 
 impl WriterId {
-    /// This build's identification.
+    /// This build's identification, with the default dictionary trainer.
     pub fn current() -> WriterId {
+        WriterId::with_trainer(DictTrainer::default())
+    }
+
+    /// This build's identification, with dictionaries trained by `trainer`.
+    pub fn with_trainer(trainer: DictTrainer) -> WriterId {
         let v = zstd::zstd_safe::version_number();
         let zstd = format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100);
         WriterId {
             name: "shardpack".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            dict_trainer: format!("zdict {zstd}"),
+            dict_trainer: trainer.id(&zstd),
             zstd,
         }
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::hash::{xxh3_64, Xxh3};
 
-use crate::codec::{new_cctx, FieldEncoder, DEFAULT_LEVEL, STREAM_PIECE};
+use crate::codec::{new_cctx, DictTrainer, FieldEncoder, DEFAULT_LEVEL, STREAM_PIECE};
 use crate::error::{Error, Result};
 use crate::format::{
     align_up, is_safe_field_name, key_hash, record_checksum, Codec, FieldEntry, Footer, Header,
@@ -358,6 +358,8 @@ pub struct DatasetInfo {
     pub options: serde_json::Map<String, serde_json::Value>,
     /// Inputs left out.
     pub skipped: Vec<Skipped>,
+    /// What trained the fields' dictionaries (the manifest's `writer.dict_trainer`).
+    pub dict_trainer: DictTrainer,
 }
 
 struct FieldState {
@@ -1045,7 +1047,7 @@ pub(crate) fn build_manifest(
     Manifest {
         format: FORMAT_NAME.to_string(),
         format_version: FORMAT_VERSION,
-        writer: Some(WriterId::current()),
+        writer: Some(WriterId::with_trainer(info.dict_trainer)),
         features: Some(Features::default()),
         samples,
         records,

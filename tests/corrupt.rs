@@ -946,7 +946,10 @@ fn the_writer_identifies_itself() {
         id.zstd,
         format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
     );
-    assert_eq!(id.dict_trainer, format!("zdict {}", id.zstd));
+    assert_eq!(
+        id.dict_trainer,
+        format!("fastcover:k=1024,d=8,f=16,accel=4 {}", id.zstd)
+    );
     assert_eq!(m.features, Some(Default::default()));
     let text = fs::read_to_string(tmp.path().join("manifest.json")).unwrap();
     let at = |k: &str| text.find(&format!("\"{k}\"")).unwrap();

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use common::{assert_same_tree, dataset_tree, repo_root, snapshot, Tree};
-use shardpack::codec::Policy;
+use shardpack::codec::{DictTrainer, Policy};
 use shardpack::compile::{pack, NoProgress, PackOptions, ShardCut, SymlinkPolicy};
 use shardpack::format::Codec;
 use shardpack::manifest::{Manifest, WriterId, MANIFEST_FILE};
@@ -59,6 +59,8 @@ fn golden_options() -> PackOptions {
         symlinks: SymlinkPolicy::Skip,
         // The goldens were cut by stored sizes, the rule before planned packs.
         shard_cut: ShardCut::Stored,
+        // And their json dictionary came from zstd's ZDICT_trainFromBuffer.
+        dict_trainer: DictTrainer::Zdict,
         ..PackOptions::default()
     }
 }
@@ -76,7 +78,9 @@ fn manifest_of(dir: &Path) -> Manifest {
 fn reproduction_problem(out: &Path, golden: &Path, made_by: &WriterId) -> Option<String> {
     let fresh = snapshot(out);
     let frozen = snapshot(golden);
-    let now = WriterId::current();
+    let now = manifest_of(out)
+        .writer
+        .expect("a fresh pack names its writer");
     let shards_differ = frozen
         .iter()
         .filter(|(k, _)| k.as_slice() != MANIFEST_FILE.as_bytes())
@@ -188,6 +192,25 @@ fn todays_pack_reproduces_golden_v1_shards_byte_for_byte() {
         m.to_json() == gm,
         "the v2 manifest less its v2 keys is not golden-v1's manifest"
     );
+}
+
+/// The default trainer is not the goldens' zdict: its pack records its own identification, and
+/// a golden comparison says the compressor changed rather than that the writer drifted.
+#[test]
+fn the_default_trainer_is_named_in_the_manifest() {
+    let tmp = common::tempdir();
+    let out = tmp.path().join("golden");
+    let opts = PackOptions {
+        dict_trainer: DictTrainer::default(),
+        ..golden_options()
+    };
+    pack(&golden_tree(), &out, &opts, &NoProgress).unwrap();
+    let w = manifest_of(&out).writer.unwrap();
+    assert_eq!(w, WriterId::current());
+    assert!(w.dict_trainer.starts_with("fastcover:"), "{w:?}");
+    let made_by = manifest_of(&golden_v2()).writer.unwrap();
+    let p = reproduction_problem(&out, &golden_v2(), &made_by).unwrap();
+    assert!(p.starts_with("the compressor changed"), "{p}");
 }
 
 /// The explanation of a drift names the compressor when the zstd version differs.

@@ -63,7 +63,7 @@ use serde_json::{Map, Value};
 
 use super::{policy_options, SymlinkPolicy, UnlabeledPolicy};
 use super::{pools, prepare, Cancel, KeyMode, LabelMode, PackOptions, Progress, ShardCut};
-use crate::codec::Policy;
+use crate::codec::{DictTrainer, Policy};
 use crate::error::{Error, Result};
 use crate::format::{Codec, Footer, NO_LABEL};
 use crate::manifest::{shard_file_name, Hash64, Name, ShardMeta, Skipped, MANIFEST_FILE};
@@ -133,6 +133,14 @@ struct PlanOpts {
     compress: String,
     field_compress: Vec<(Name, String)>,
     shuffle_seed: Option<u64>,
+    /// The dictionary trainer's name; absent in plans made before `fastcover`, which trained
+    /// with `zdict`.
+    #[serde(default = "zdict_name")]
+    dict_trainer: String,
+}
+
+fn zdict_name() -> String {
+    DictTrainer::Zdict.name().into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -533,6 +541,7 @@ fn write_plan(
                 .map(|(k, v)| (Name(k.clone()), policy_name(v)))
                 .collect(),
             shuffle_seed: opts.shuffle_seed,
+            dict_trainer: opts.dict_trainer.name().into(),
         },
         fields: prepared
             .specs
@@ -697,6 +706,10 @@ fn options_of(doc: &PlanDoc, local: &PackOptions) -> Result<PackOptions> {
             field_columns: Vec::new(),
         },
         shard_cut: ShardCut::Raw,
+        dict_trainer: o
+            .dict_trainer
+            .parse()
+            .map_err(|_| bad("dictionary trainer", &o.dict_trainer))?,
         threads: local.threads,
         io_threads: local.io_threads,
         window_bytes: local.window_bytes,
@@ -1258,6 +1271,11 @@ pub fn merge(out: &Path, opts: &MergeOptions) -> Result<MergeSummary> {
         classes: doc.classes.clone(),
         options: doc.manifest_options.clone(),
         skipped: doc.skipped.clone(),
+        dict_trainer: doc
+            .options
+            .dict_trainer
+            .parse()
+            .map_err(|e: String| Error::Options(format!("the plan's {e}")))?,
     };
     let manifest = build_manifest(samples, records, shards, fields, info);
     commit_manifest(out, &manifest)?;

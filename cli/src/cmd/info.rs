@@ -101,6 +101,9 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<ExitCode> {
             "written by:     {} {} (zstd {})",
             w.name, w.version, w.zstd
         )?;
+        if m.fields.iter().any(|f| f.dict_bytes > 0) {
+            writeln!(out, "dictionaries:   trained by {}", w.dict_trainer)?;
+        }
     }
     let optional = m.unknown_optional_features();
     if !optional.is_empty() {

@@ -81,6 +81,12 @@ pub struct Args {
     /// Per-field compression, e.g. --field-compress json=zstd-dict --field-compress jpg=none.
     #[arg(long, value_name = "EXT=POLICY", value_parser = parse_field_policy)]
     pub field_compress: Vec<(String, Policy)>,
+    /// What trains the zstd dictionary of a field that gets one: fastcover (zstd's FASTCOVER
+    /// with fixed parameters, one pass: the default) or zdict (zstd's ZDICT_trainFromBuffer,
+    /// which tries four parameter sets: several times slower; what shardpack used before
+    /// fastcover, so it reproduces a dataset whose manifest names it in writer.dict_trainer).
+    #[arg(long, value_name = "TRAINER", default_value = "fastcover", value_parser = ["fastcover", "zdict"])]
+    pub dict_trainer: String,
     /// Record alignment in bytes: a power of two from 8 to 1048576 (e.g. 4096 for O_DIRECT
     /// reads of single records).
     #[arg(long, default_value_t = 8, value_parser = parse_align)]
@@ -376,6 +382,7 @@ pub(crate) fn options(a: &Args) -> Result<PackOptions> {
             field_columns: a.field_column.clone(),
         },
         shard_cut: a.shard_cut.parse().map_err(anyhow::Error::msg)?,
+        dict_trainer: a.dict_trainer.parse().map_err(anyhow::Error::msg)?,
         ..PackOptions::default()
     };
     Ok(opts)
