@@ -30,6 +30,10 @@
 //! - `textsize`: the Python standard library's `.py` files (without site-packages) copied into
 //!   a tree; the size of `tar -cf - . | zstd -3`, of per-file `zstd -3` frames, and of the
 //!   dataset (shards + manifest) for each `--policies` entry.
+//!
+//! `throughput --tree PATH` times an existing tree instead (a real one: the Python standard
+//! library, a Rust toolchain, a folder of photos); `--tools tar,tarzstd,auto` adds
+//! `tar -cf - | zstd -3` and prints the dataset's size over its archive's.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -75,6 +79,8 @@ struct Args {
     candidates: Vec<PathBuf>,
     /// Which runs the throughput rounds include.
     tools: Vec<String>,
+    /// An existing tree for the throughput rounds instead of the generated one.
+    tree: Option<PathBuf>,
     /// Extra arguments for every `shardpack pack` run.
     pack_args: Vec<String>,
     /// `--shard-size` values for the rss runs (`default`: the binary's default).
@@ -84,7 +90,8 @@ struct Args {
 const USAGE: &str = "usage: cargo bench --bench pack -- MODE [flags]
 modes:
   throughput  cold-cache pack rate vs tar     [--files 100000] [--rounds 3] [--evict both|fadvise|drop]
-                                              [--tools tar,none,auto] [--candidate PATH[,PATH..]]
+                                              [--tools tar,tarzstd,none,auto] [--candidate PATH[,PATH..]]
+                                              [--tree PATH (a real tree instead of the generated one)]
   rss         peak RSS of pack on tiny files  [--counts 100000,300000,1000000] [--compress auto]
                                               [--shard-sizes default,8MiB] [--keep]
   textsize    Python stdlib sizes vs tar|zstd [--policies auto,zstd:3,zstd:19,zstd-dict:3,zstd-dict:19]
@@ -106,6 +113,7 @@ fn parse_args() -> Args {
         compress: "auto".into(),
         candidates: Vec::new(),
         tools: vec!["tar".into(), "none".into(), "auto".into()],
+        tree: None,
         pack_args: Vec::new(),
         shard_sizes: vec!["default".into(), "8MiB".into()],
         policies: ["auto", "zstd:3", "zstd:19", "zstd-dict:3", "zstd-dict:19"]
@@ -131,6 +139,7 @@ fn parse_args() -> Args {
             "--files" => a.files = num(need(&mut it, "--files"), "--files"),
             "--rounds" => a.rounds = num(need(&mut it, "--rounds"), "--rounds") as usize,
             "--dir" => a.dir = PathBuf::from(need(&mut it, "--dir")),
+            "--tree" => a.tree = Some(PathBuf::from(need(&mut it, "--tree"))),
             "--bin" => a.bin = Some(PathBuf::from(need(&mut it, "--bin"))),
             "--json" => a.json = true,
             "--keep" => a.keep = true,
@@ -160,9 +169,11 @@ fn parse_args() -> Args {
                 if let Some(t) = a
                     .tools
                     .iter()
-                    .find(|t| !["tar", "none", "auto"].contains(&t.as_str()))
+                    .find(|t| !["tar", "tarzstd", "none", "auto"].contains(&t.as_str()))
                 {
-                    fail(&format!("--tools: unknown {t:?}; use tar, none, auto"));
+                    fail(&format!(
+                        "--tools: unknown {t:?}; use tar, tarzstd, none, auto"
+                    ));
                 }
             }
             "--pack-args" => {
@@ -638,6 +649,8 @@ fn gen_tiny_tree(root: &Path, n: u64) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tool {
     Tar,
+    /// `tar -cf - -C TREE . | zstd -3 -q -o OUT.tar.zst` (zstd's CLI, one thread).
+    TarZstd,
     /// `shardpack pack --compress C` with `--bin` (`candidate` 0) or `--candidate` number
     /// `candidate` (1-based).
     Pack {
@@ -650,6 +663,7 @@ impl Tool {
     fn name(&self) -> String {
         match self {
             Tool::Tar => "tar -cf".into(),
+            Tool::TarZstd => "tar -cf - | zstd -3".into(),
             Tool::Pack {
                 compress,
                 candidate: 0,
@@ -693,12 +707,21 @@ fn evict(files: &[PathBuf], how: Evict) -> Eviction {
 }
 
 fn throughput(a: &Args, bin: &Path) -> Value {
-    let n = a.files;
-    let stamp = format!("v{TREE_VERSION} throughput files={n} seed={SEED:#x}");
-    let tree = cached_tree(&a.dir, &format!("tree-{n}"), &stamp, |t| {
-        gen_throughput_tree(t, n)
-    });
+    let tree = match &a.tree {
+        Some(t) => t.clone(),
+        None => {
+            let n = a.files;
+            let stamp = format!("v{TREE_VERSION} throughput files={n} seed={SEED:#x}");
+            cached_tree(&a.dir, &format!("tree-{n}"), &stamp, |t| {
+                gen_throughput_tree(t, n)
+            })
+        }
+    };
     let files = list_files(&tree);
+    let n = match &a.tree {
+        Some(_) => files.len() as u64,
+        None => a.files,
+    };
     let total: u64 = files
         .iter()
         .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
@@ -716,7 +739,9 @@ fn throughput(a: &Args, bin: &Path) -> Value {
         total as f64 / 1e6,
         total as f64 / files.len() as f64 / 1024.0
     );
+    fs::create_dir_all(&a.dir).unwrap_or_else(|e| fail(&format!("{}: {e}", a.dir.display())));
     let out_tar = a.dir.join("out.tar");
+    let out_tzst = a.dir.join("out.tar.zst");
     let out_none = a.dir.join("out-none");
     let out_auto = a.dir.join("out-auto");
     let log = a.dir.join("child.log");
@@ -771,6 +796,7 @@ fn throughput(a: &Args, bin: &Path) -> Value {
     for t in &a.tools {
         match t.as_str() {
             "tar" => tools.push(Tool::Tar),
+            "tarzstd" => tools.push(Tool::TarZstd),
             c => {
                 tools.push(Tool::Pack {
                     compress: c.into(),
@@ -798,7 +824,7 @@ fn throughput(a: &Args, bin: &Path) -> Value {
         for k in 0..n_tools {
             let ti = (k + r) % n_tools;
             let tool = &tools[ti];
-            for p in [&out_tar, &out_none, &out_auto] {
+            for p in [&out_tar, &out_tzst, &out_none, &out_auto] {
                 remove_path(p);
             }
             let ev = evict(&files, method);
@@ -823,6 +849,19 @@ fn throughput(a: &Args, bin: &Path) -> Value {
                     tar_sync.push(synced);
                     out_bytes[ti] = fs::metadata(&out_tar).map_or(0, |m| m.len());
                     (run, Some(synced))
+                }
+                Tool::TarZstd => {
+                    let run = run_child(
+                        Command::new("sh")
+                            .arg("-c")
+                            .arg("set -e; tar -cf - -C \"$1\" . | zstd -3 -q -o \"$2\"")
+                            .arg("sh")
+                            .arg(&tree)
+                            .arg(&out_tzst),
+                        &log,
+                    );
+                    out_bytes[ti] = fs::metadata(&out_tzst).map_or(0, |m| m.len());
+                    (run, None)
                 }
                 Tool::Pack {
                     compress,
@@ -880,7 +919,7 @@ fn throughput(a: &Args, bin: &Path) -> Value {
         }
         rounds_json.push(Value::Object(round));
     }
-    for p in [&out_tar, &out_none, &out_auto] {
+    for p in [&out_tar, &out_tzst, &out_none, &out_auto] {
         remove_path(p);
     }
     remove_path(&log);
@@ -948,6 +987,11 @@ fn throughput(a: &Args, bin: &Path) -> Value {
             ratios.insert(format!("{c}_over_tar"), json!(r));
             ratio_lines.push(format!("shardpack-{c}/tar = {r:.2}"));
         }
+        if let (Some(z), Some(i)) = (tools.iter().position(|t| *t == Tool::TarZstd), find(c, 0)) {
+            let r = out_bytes[i] as f64 / out_bytes[z].max(1) as f64;
+            ratios.insert(format!("{c}_size_over_tarzstd"), json!(r));
+            ratio_lines.push(format!("size shardpack-{c}/(tar | zstd -3) = {r:.3}"));
+        }
         for k in 1..=a.candidates.len() {
             if let (Some(b), Some(i)) = (find(c, 0), find(c, k)) {
                 let r = paired(&walls[b], &walls[i]);
@@ -960,7 +1004,10 @@ fn throughput(a: &Args, bin: &Path) -> Value {
     if !a.json {
         println!();
         println!(
-            "== throughput: {} files, {:.1} MB, cold cache, {} rounds (medians) ==",
+            "== throughput: {}{} files, {:.1} MB, cold cache, {} rounds (medians) ==",
+            a.tree
+                .as_ref()
+                .map_or(String::new(), |t| format!("{}: ", t.display())),
             n,
             total as f64 / 1e6,
             a.rounds

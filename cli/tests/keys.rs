@@ -77,6 +77,31 @@ fn auto_uses_the_last_dot_for_a_documentation_tree() {
     );
 }
 
+/// A documentation tree whose first-dot fields recur (the same type name in several modules,
+/// as in a Rust toolchain's docs): each field is in more than one sample, but there are far
+/// more fields than a dataset has kinds of file.
+#[test]
+fn auto_uses_the_last_dot_when_recurring_fields_are_too_many() {
+    let d = tmp();
+    let (src, out) = (d.path().join("src"), d.path().join("out"));
+    for m in ["a", "b"] {
+        for i in 0..1100 {
+            put(
+                &src,
+                format!("{m}/struct.Type{i}.html").as_bytes(),
+                &text(i as u64, 16),
+            );
+        }
+    }
+    let r = pack(&src, &out, &[]).ok();
+    r.stderr_has(&[
+        "key: splitting names at the first dot made 2 samples with 1100 distinct fields, 0 of \
+         them in a single sample",
+        "using the last dot instead (2200 samples, 1 fields",
+    ]);
+    assert_eq!(manifest(&out)["options"]["key"], "last-dot");
+}
+
 #[test]
 fn auto_uses_whole_names_for_numbered_frames() {
     let d = tmp();

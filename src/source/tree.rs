@@ -194,12 +194,18 @@ impl Tree {
     }
 }
 
-/// Whether a split groups the tree sensibly: few distinct fields, or fields that recur. Many
-/// fields that mostly occur once (`struct.Foo.html`, `frame.00001`) mean the rule cuts names
-/// in the wrong place.
+/// Whether a split groups the tree sensibly: few distinct fields, or fields that recur and
+/// are not more than [`AUTO_MAX_FIELDS`]. Many fields that mostly occur once
+/// (`struct.Foo.html`, `frame.00001`) mean the rule cuts names in the wrong place, and so do
+/// thousands of fields even when each recurs (a Rust toolchain's documentation: 16,043 fields
+/// such as `Iter.html`, each in several modules' `struct` samples).
 fn fits(s: &Split) -> bool {
-    s.fields <= 64 || 2 * s.single <= s.fields
+    s.fields <= 64 || (2 * s.single <= s.fields && s.fields <= AUTO_MAX_FIELDS)
 }
+
+/// The most fields [`KeyMode::Auto`] accepts from a split (an explicit `--key` allows up to
+/// [`MAX_FIELDS`]): a field is a kind of file, and datasets have a few, not thousands.
+const AUTO_MAX_FIELDS: usize = 1024;
 
 /// Resolves [`KeyMode::Auto`] on the walked tree (split at the first dot): keeps the first dot
 /// when it fits, else the last dot, else whole names; returns the mode used and, when it is
