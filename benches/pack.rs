@@ -852,10 +852,12 @@ fn throughput(a: &Args, bin: &Path) -> Value {
                 }
                 Tool::TarZstd => {
                     let run = run_child(
-                        Command::new("sh")
+                        // pipefail: a tar that fails midway (an unreadable file) fails the
+                        // run instead of giving a short archive and a flattering size.
+                        Command::new("bash")
                             .arg("-c")
-                            .arg("set -e; tar -cf - -C \"$1\" . | zstd -3 -q -o \"$2\"")
-                            .arg("sh")
+                            .arg("set -euo pipefail; tar -cf - -C \"$1\" . | zstd -3 -q -o \"$2\"")
+                            .arg("bash")
                             .arg(&tree)
                             .arg(&out_tzst),
                         &log,

@@ -104,7 +104,7 @@ pub enum LabelMode {
 pub enum KeyMode {
     /// The first dot, unless that does not fit the tree: when the first-dot split makes many
     /// distinct fields that mostly occur in a single sample (`struct.Foo.html`,
-    /// `frame.00001`), the last dot, and when that does not fit either, whole names (each
+    /// `frame.00001`), or more than 1024 distinct fields, the last dot, and when that does not fit either, whole names (each
     /// file its own sample). The walk says which it chose in one note, and the manifest
     /// records the mode used (never `auto`). The default.
     Auto,

@@ -12,8 +12,9 @@
 //!   made (every release keeps reading every version).
 //!
 //! Identical bytes are promised for the same writer identification (shardpack version, zstd
-//! version, dictionary trainer) and options. When the bytes differ and the zstd library is not
-//! the one that made the fixture, the test says so instead of printing a bare byte diff. If
+//! version, dictionary trainer) and options. When the bytes differ and the zstd library or the
+//! trainer is not the one that made the fixture, the test says so instead of printing a bare
+//! byte diff. The goldens' dictionary came from `DictTrainer::Zdict`, which `golden_options` names. If
 //! they differ after an intended change to what the writer produces, that change is a format
 //! change: bump the format version and add a `golden-v3`; do not edit the existing fixtures.
 

@@ -91,6 +91,65 @@ fn parts_as_processes_from_slurm_and_kubernetes_give_the_bytes_of_pack() {
     }
 }
 
+/// A plan made with `--dict-trainer zdict` trains its dictionaries with zdict and its merged
+/// manifest names it: the bytes of `pack --dict-trainer zdict`, not those of the default.
+#[test]
+fn a_plans_trainer_reaches_the_merged_manifest() {
+    let t = tmp();
+    let src = t.path().join("src");
+    text_tree(&src, 40, 600);
+    let (zdict, default) = (t.path().join("zdict"), t.path().join("default"));
+    for (out, extra) in [
+        (&zdict, &["--dict-trainer", "zdict"][..]),
+        (&default, &[][..]),
+    ] {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"pack", &src, out, &"-q"];
+        for o in OPTS.iter().chain(extra) {
+            args.push(o);
+        }
+        sp(&args).ok();
+    }
+    let trainer = |d: &Path| {
+        manifest(d)["writer"]["dict_trainer"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(trainer(&zdict).starts_with("zdict "), "{}", trainer(&zdict));
+    assert!(
+        trainer(&default).starts_with("fastcover:"),
+        "{}",
+        trainer(&default)
+    );
+    sp(&[&"info", &zdict])
+        .ok()
+        .stdout_has("dictionaries:   trained by zdict ");
+    let out = t.path().join("planned");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"plan",
+        &src,
+        &out,
+        &"--parts",
+        &"2",
+        &"-q",
+        &"--dict-trainer",
+        &"zdict",
+    ];
+    for o in &OPTS {
+        args.push(o);
+    }
+    sp(&args).ok();
+    for i in ["0", "1"] {
+        sp(&[&"pack", &"--plan", &out, &"--part", &i, &"-q"]).ok();
+    }
+    sp(&[&"merge", &out]).ok();
+    assert_same_tree(
+        &read_tree(&out),
+        &read_tree(&zdict),
+        "merged zdict plan vs pack",
+    );
+}
+
 #[test]
 fn a_part_killed_mid_way_and_run_again_gives_the_same_dataset() {
     let t = tmp();
@@ -321,6 +380,7 @@ fn a_part_refuses_the_options_the_plan_fixes() {
         &["--align", "8"],
         &["--labels", "imagefolder"],
         &["--force"],
+        &["--dict-trainer", "zdict"],
     ] {
         let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
             &"pack",

@@ -143,6 +143,18 @@ fn zdict_name() -> String {
     DictTrainer::Zdict.name().into()
 }
 
+impl PlanOpts {
+    /// The trainer the plan's dictionaries came from.
+    fn trainer(&self) -> Result<DictTrainer> {
+        self.dict_trainer.parse().map_err(|_| {
+            Error::Options(format!(
+                "the plan's dictionary trainer {:?} is unknown to this shardpack",
+                self.dict_trainer
+            ))
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PlanDoc {
     format: String,
@@ -706,10 +718,7 @@ fn options_of(doc: &PlanDoc, local: &PackOptions) -> Result<PackOptions> {
             field_columns: Vec::new(),
         },
         shard_cut: ShardCut::Raw,
-        dict_trainer: o
-            .dict_trainer
-            .parse()
-            .map_err(|_| bad("dictionary trainer", &o.dict_trainer))?,
+        dict_trainer: o.trainer()?,
         threads: local.threads,
         io_threads: local.io_threads,
         window_bytes: local.window_bytes,
@@ -1271,11 +1280,7 @@ pub fn merge(out: &Path, opts: &MergeOptions) -> Result<MergeSummary> {
         classes: doc.classes.clone(),
         options: doc.manifest_options.clone(),
         skipped: doc.skipped.clone(),
-        dict_trainer: doc
-            .options
-            .dict_trainer
-            .parse()
-            .map_err(|e: String| Error::Options(format!("the plan's {e}")))?,
+        dict_trainer: doc.options.trainer()?,
     };
     let manifest = build_manifest(samples, records, shards, fields, info);
     commit_manifest(out, &manifest)?;

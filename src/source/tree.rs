@@ -215,11 +215,16 @@ fn choose_key(tree: &mut Tree) -> (KeyMode, Option<String>) {
     if fits(&first) {
         return (KeyMode::FirstDot, None);
     }
-    let why = format!(
+    let mut why = format!(
         "splitting names at the first dot made {} samples with {} distinct fields, {} of them in \
          a single sample",
         first.samples, first.fields, first.single
     );
+    if 2 * first.single <= first.fields {
+        why.push_str(&format!(
+            " (more fields than the {AUTO_MAX_FIELDS} auto accepts)"
+        ));
+    }
     tree.resplit(KeyMode::LastDot);
     let last = tree.split_stats();
     if fits(&last) {

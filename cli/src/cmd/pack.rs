@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use shardpack::codec::Policy;
+use shardpack::codec::{DictTrainer, Policy};
 use shardpack::compile::{
     pack_inputs, KeyMode, LabelMode, PackOptions, PackSummary, Progress, SourceOptions,
 };
@@ -85,7 +85,8 @@ pub struct Args {
     /// with fixed parameters, one pass: the default) or zdict (zstd's ZDICT_trainFromBuffer,
     /// which tries four parameter sets: several times slower; what shardpack used before
     /// fastcover, so it reproduces a dataset whose manifest names it in writer.dict_trainer).
-    #[arg(long, value_name = "TRAINER", default_value = "fastcover", value_parser = ["fastcover", "zdict"])]
+    #[arg(long, value_name = "TRAINER", default_value = "fastcover",
+          value_parser = clap::builder::PossibleValuesParser::new(DictTrainer::ALL.map(DictTrainer::name)))]
     pub dict_trainer: String,
     /// Record alignment in bytes: a power of two from 8 to 1048576 (e.g. 4096 for O_DIRECT
     /// reads of single records).
@@ -130,8 +131,8 @@ pub struct Args {
     /// Where a file name splits into key and field: first-dot (`a.seg.png` -> key `a`, field
     /// `seg.png`, WebDataset's rule), last-dot (key `a.seg`, field `png`), whole (each file its
     /// own sample), or auto: first-dot unless that makes many fields that occur in one sample
-    /// only (`struct.Foo.html`, `frame.00001`), then last-dot, then whole; pack says which in
-    /// one note. A tree may split into at most 4096 distinct fields.
+    /// only (`struct.Foo.html`, `frame.00001`) or over 1024 fields, then last-dot, then whole;
+    /// pack says which in one note. A tree may split into at most 4096 distinct fields.
     #[arg(long, default_value = "auto", value_parser = ["auto", "first-dot", "last-dot", "whole"])]
     pub key: String,
     /// Symbolic links: follow (the default: pack what they point to, as torchvision's
