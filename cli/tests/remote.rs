@@ -391,6 +391,41 @@ fn an_interrupted_upload_to_s3_is_not_a_dataset_and_a_rerun_replaces_it() {
     staging_is_empty(&stage);
 }
 
+/// Ctrl-C during the upload (SIGINT raised by a test hook once the first shard's bytes are
+/// sent): exit 130, no manifest.json at the prefix, the staging folder removed.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_an_upload_to_s3_leaves_no_manifest() {
+    support::s3();
+    let t = tmp();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    let stage = t.path().join("stage");
+    let url = "s3://test/cli-sigint/ds";
+    let env: [(&str, &dyn AsRef<std::ffi::OsStr>); 1] =
+        [("SHARDPACK_TEST_SIGINT_UPLOAD_AFTER", &"1")];
+    sp_env(
+        &[
+            &"pack",
+            &"--max-samples-per-shard",
+            &"1",
+            &"--staging",
+            &stage,
+            &src,
+            &url,
+        ],
+        &env,
+    )
+    .code(130)
+    .stderr_has(&[
+        "interrupted by SIGINT",
+        "stopped before its manifest.json",
+        url,
+    ]);
+    assert!(!exists(url, "manifest.json"));
+    staging_is_empty(&stage);
+}
+
 #[test]
 fn pack_refuses_an_http_destination() {
     let t = tmp();

@@ -39,6 +39,8 @@
 //! range writes the same bytes; this is the documented hazard of [`crate::sys`]'s map (a file
 //! changed under its map), confined to holes, and every record is checksummed when read.
 //!
+//! Writing a dataset to a store (`shardpack pack SRC s3://...`) is [`super::upload`].
+//!
 //! Fork safety: the tokio runtime and the HTTP clients are created lazily per process (a
 //! child after `fork` builds its own; it never uses the parent's connections).
 

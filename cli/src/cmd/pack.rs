@@ -177,14 +177,18 @@ pub struct Args {
     pub skip_errors: bool,
     /// Replace a dataset already in OUT. The new dataset is built beside it (in
     /// .OUT.shardpack-new.PID in OUT's parent) and swapped in only when complete, so a failure
-    /// or an interrupt keeps the old one.
+    /// or an interrupt keeps the old one. With an s3:// OUT, the old manifest.json is deleted
+    /// once the new dataset is packed, before its upload starts (a failed upload leaves no
+    /// dataset there), and the old shards the new manifest does not name after it.
     #[arg(long)]
     pub force: bool,
     /// Print the summary as one JSON object (for CI), with the keys: out, samples, shards,
     /// files, input_bytes, output_bytes, ratio (output/input), seconds, files_per_s, mb_per_s
     /// (10^6 bytes/s), classes, fields (name, records, raw_bytes, stored_bytes, compression,
     /// level, ... as in manifest.json), skipped (path, reason), skipped_share, unlabeled,
-    /// unlabeled_examples, warnings. On failure: {"error": {"message", "causes", "exit_code"}}.
+    /// unlabeled_examples, warnings; with an s3:// OUT (out is the URL) also upload (url,
+    /// shards, bytes, multipart, replaced, deleted, warnings, seconds). On failure:
+    /// {"error": {"message", "causes", "exit_code"}}.
     #[arg(long)]
     pub json: bool,
     /// Quiet: no progress bar, no summary and no per-field compression notes. The other
@@ -489,11 +493,30 @@ impl Drop for Staging {
 }
 
 /// The upload's progress: the bar counts bytes; Ctrl-C stops it (before the manifest).
-struct UploadBar<'a>(&'a ProgressBar);
+struct UploadBar<'a> {
+    bar: &'a ProgressBar,
+    sent: std::sync::atomic::AtomicU64,
+    /// Testing only ($SHARDPACK_TEST_SIGINT_UPLOAD_AFTER): raise SIGINT once this many bytes
+    /// were uploaded.
+    sigint_after: Option<u64>,
+}
 
 impl UploadProgress for UploadBar<'_> {
     fn uploaded(&self, bytes: u64) {
-        self.0.inc(bytes);
+        self.bar.inc(bytes);
+        let before = self
+            .sent
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(unix)]
+        if self
+            .sigint_after
+            .is_some_and(|n| before < n && before + bytes >= n)
+        {
+            // SAFETY: raising a signal in this process; the handler only stores a flag.
+            unsafe {
+                libc::raise(libc::SIGINT);
+            }
+        }
     }
     fn cancelled(&self) -> bool {
         crate::signal::received().is_some()
@@ -565,20 +588,23 @@ fn run_remote_pack(
         summary.shards,
         dest.url()
     ));
-    let up = upload_dataset(&local, &dest, &ropts, &uopts, &UploadBar(&progress.bar)).with_context(
-        || {
-            format!(
-                "uploading the dataset to {} failed; no manifest.json was uploaded, so what was \
+    let up_bar = UploadBar {
+        bar: &progress.bar,
+        sent: 0.into(),
+        sigint_after: var("SHARDPACK_TEST_SIGINT_UPLOAD_AFTER").map(|n| n as u64),
+    };
+    let up = upload_dataset(&local, &dest, &ropts, &uopts, &up_bar).with_context(|| {
+        format!(
+            "uploading the dataset to {} failed; no manifest.json was uploaded, so what was \
                  uploaded is not a dataset{} (packing again replaces it)",
-                dest.url(),
-                if replacing {
-                    " (the manifest of the dataset that was there was deleted first)"
-                } else {
-                    ""
-                }
-            )
-        },
-    );
+            dest.url(),
+            if replacing {
+                " (the manifest of the dataset that was there was deleted first)"
+            } else {
+                ""
+            }
+        )
+    });
     progress.bar.finish_and_clear();
     if let Some(line) = progress.notes.summary(&format!(
         "`shardpack info --all-fields {}` lists every field's codec",
