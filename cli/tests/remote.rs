@@ -441,4 +441,11 @@ fn pack_refuses_an_http_destination() {
     sp(&[&"pack", &"--staging", &stage, &src, &t.path().join("out")])
         .code(1)
         .stderr_has(&["--staging is for an s3:// OUT only"]);
+    // A bucket that does not exist: refused before packing, naming the URL.
+    support::s3();
+    let url = "s3://no-such-bucket/ds";
+    sp(&[&"pack", &"--staging", &stage, &src, &url])
+        .code(1)
+        .stderr_has(&[url]);
+    staging_is_empty(&stage);
 }

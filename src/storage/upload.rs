@@ -285,7 +285,7 @@ fn is_ours(name: &str) -> bool {
 }
 
 /// Checks that a dataset can be uploaded to `dest`: an object store URL (not `http(s)://`),
-/// reachable, without a `manifest.json` unless `force`. Returns whether a dataset is there.
+/// without a `manifest.json` unless `force`, whose bucket exists and can be listed. Returns whether a dataset is there.
 /// What `pack` calls before packing, so a refusal costs nothing.
 pub fn check_destination(dest: &Location, ropts: &RemoteOptions, force: bool) -> Result<bool> {
     let d = Dest::new(dest, ropts)?;
@@ -293,6 +293,9 @@ pub fn check_destination(dest: &Location, ropts: &RemoteOptions, force: bool) ->
     if there && !force {
         return Err(refusal(&d));
     }
+    // A missing bucket answers the HEAD above with 404 too: a listing tells (and the upload
+    // lists the prefix at its end, to remove stale shards).
+    d.list()?;
     Ok(there)
 }
 
