@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 #[cfg(feature = "remote")]
 pub mod remote;
+#[cfg(feature = "remote")]
+pub mod upload;
 
 /// The URL in `dir` when it names a dataset by URL (`s3://`, `http://`, `https://`,
 /// `file://`), `None` for a plain path.

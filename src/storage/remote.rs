@@ -39,6 +39,8 @@
 //! range writes the same bytes; this is the documented hazard of [`crate::sys`]'s map (a file
 //! changed under its map), confined to holes, and every record is checksummed when read.
 //!
+//! Writing a dataset to a store (`shardpack pack SRC s3://...`) is [`super::upload`].
+//!
 //! Fork safety: the tokio runtime and the HTTP clients are created lazily per process (a
 //! child after `fork` builds its own; it never uses the parent's connections).
 
@@ -242,7 +244,7 @@ impl Location {
 }
 
 /// The tokio runtime of this process (rebuilt in a child after `fork`).
-fn runtime() -> io::Result<Arc<tokio::runtime::Runtime>> {
+pub(super) fn runtime() -> io::Result<Arc<tokio::runtime::Runtime>> {
     static RT: Mutex<Option<(u32, Arc<tokio::runtime::Runtime>)>> = Mutex::new(None);
     let pid = std::process::id();
     let mut g = RT.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,6 +267,71 @@ fn runtime() -> io::Result<Arc<tokio::runtime::Runtime>> {
     );
     *g = Some((pid, rt.clone()));
     Ok(rt)
+}
+
+/// An object_store client for `loc` (S3 or HTTP) with `retries` retries inside object_store
+/// (0 for the reader, whose retries are its own; the uploader lets object_store retry each
+/// request, a multipart part included).
+pub(super) fn make_client(
+    loc: &Location,
+    opts: &RemoteOptions,
+    retries: usize,
+) -> io::Result<Arc<dyn ObjectStore>> {
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: opts.backoff,
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: retries,
+        retry_timeout: if retries == 0 {
+            Duration::from_secs(1)
+        } else {
+            opts.timeout.saturating_mul(retries as u32 + 1)
+        },
+    };
+    let copts = ClientOptions::new()
+        .with_timeout(opts.timeout)
+        .with_connect_timeout(opts.timeout.min(Duration::from_secs(10)));
+    let bad = |e: object_store::Error| io::Error::other(format!("{}: {e}", loc.url()));
+    let c: Arc<dyn ObjectStore> = match loc {
+        Location::S3 { bucket, .. } => {
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry);
+            let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+            let mut copts = copts;
+            if let Some(e) = endpoint {
+                if e.starts_with("http://") {
+                    copts = copts.with_allow_http(true);
+                }
+                b = b.with_endpoint(e);
+            }
+            if std::env::var_os("AWS_REGION").is_none()
+                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+            {
+                b = b.with_region("us-east-1");
+            }
+            Arc::new(b.with_client_options(copts).build().map_err(bad)?)
+        }
+        Location::Http(u) => Arc::new(
+            HttpBuilder::new()
+                .with_url(u.clone())
+                .with_retry(retry)
+                .with_client_options(copts.with_allow_http(u.starts_with("http://")))
+                .build()
+                .map_err(bad)?,
+        ),
+        Location::Local(p) => {
+            return Err(io::Error::other(format!(
+                "{}: a local path is not a remote store",
+                p.display()
+            )))
+        }
+    };
+    Ok(c)
 }
 
 /// One remote location's client, with a request counter. The object_store client is built
@@ -332,47 +399,7 @@ impl Store {
             }
         }
         // Retries are ours (they count requests and resume cut bodies): none inside.
-        let retry = RetryConfig {
-            backoff: BackoffConfig::default(),
-            max_retries: 0,
-            retry_timeout: Duration::from_secs(1),
-        };
-        let copts = ClientOptions::new()
-            .with_timeout(self.opts.timeout)
-            .with_connect_timeout(self.opts.timeout.min(Duration::from_secs(10)));
-        let bad = |e: object_store::Error| io::Error::other(format!("{}: {e}", self.loc.url()));
-        let c: Arc<dyn ObjectStore> = match &self.loc {
-            Location::S3 { bucket, .. } => {
-                let mut b = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(retry);
-                let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
-                    .iter()
-                    .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
-                let mut copts = copts;
-                if let Some(e) = endpoint {
-                    if e.starts_with("http://") {
-                        copts = copts.with_allow_http(true);
-                    }
-                    b = b.with_endpoint(e);
-                }
-                if std::env::var_os("AWS_REGION").is_none()
-                    && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-                {
-                    b = b.with_region("us-east-1");
-                }
-                Arc::new(b.with_client_options(copts).build().map_err(bad)?)
-            }
-            Location::Http(u) => Arc::new(
-                HttpBuilder::new()
-                    .with_url(u.clone())
-                    .with_retry(retry)
-                    .with_client_options(copts.with_allow_http(u.starts_with("http://")))
-                    .build()
-                    .map_err(bad)?,
-            ),
-            Location::Local(_) => unreachable!("refused in Store::new"),
-        };
+        let c = make_client(&self.loc, &self.opts, 0)?;
         *g = Some((pid, c.clone()));
         Ok(c)
     }

@@ -4,15 +4,19 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use shardpack::codec::{DictTrainer, Policy};
 use shardpack::compile::{
     pack_inputs, KeyMode, LabelMode, PackOptions, PackSummary, Progress, SourceOptions,
+};
+use shardpack::storage::remote::{Location, RemoteOptions};
+use shardpack::storage::upload::{
+    check_destination, upload_dataset, UploadOptions, UploadProgress,
 };
 use shardpack::writer::WriterOptions;
 
@@ -41,6 +45,14 @@ use crate::util::{human_bytes, parse_size};
 ///
 /// Ctrl-C (SIGINT) or SIGTERM stops the pack and removes what it wrote (exit 130 or 143); a
 /// later pack into the same OUT removes what a killed one left.
+///
+/// OUT may be an object store URL, s3://bucket/prefix (credentials and endpoint from the AWS_*
+/// environment): the dataset is packed into a local staging directory (a new folder under
+/// $TMPDIR, or under --staging: it needs the dataset's size of free disk), then uploaded:
+/// with --force the old manifest.json is deleted first, then the shards (multipart uploads,
+/// several at a time), manifest.json last, and then the shards of the old dataset that the new
+/// manifest does not name. An interrupted or failed upload leaves no manifest.json, so it never
+/// looks like a dataset; a rerun replaces what it left. http(s):// URLs are read-only.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -48,9 +60,16 @@ pub struct Args {
     /// folders of them, brace patterns; several may be given) or an MDS dataset folder.
     #[arg(required = true, num_args = 1.., value_name = "SRC")]
     pub src: Vec<PathBuf>,
-    /// The dataset directory to create (must be new or empty, or hold a dataset with --force).
+    /// The dataset directory to create (must be new or empty, or hold a dataset with --force),
+    /// or an object store URL to upload the dataset to: s3://bucket/prefix (no manifest.json
+    /// there, or --force to replace the dataset there).
     #[arg(required = true)]
     pub out: Option<PathBuf>,
+    /// With an s3:// OUT: the folder in which the dataset is packed before it is uploaded (a
+    /// new folder is made inside it and removed at the end; it needs the dataset's size of
+    /// free space). Default: $TMPDIR (or /tmp).
+    #[arg(long, value_name = "DIR")]
+    pub staging: Option<PathBuf>,
     /// Write one part of the plan in this directory (made by `shardpack plan`) instead of
     /// packing SRC: the part's shards under their final names, then its receipt. Safe to run
     /// again after a crash, or at the same time as other parts; the other options come from
@@ -159,14 +178,18 @@ pub struct Args {
     pub skip_errors: bool,
     /// Replace a dataset already in OUT. The new dataset is built beside it (in
     /// .OUT.shardpack-new.PID in OUT's parent) and swapped in only when complete, so a failure
-    /// or an interrupt keeps the old one.
+    /// or an interrupt keeps the old one. With an s3:// OUT, the old manifest.json is deleted
+    /// once the new dataset is packed, before its upload starts (a failed upload leaves no
+    /// dataset there), and the old shards the new manifest does not name after it.
     #[arg(long)]
     pub force: bool,
     /// Print the summary as one JSON object (for CI), with the keys: out, samples, shards,
     /// files, input_bytes, output_bytes, ratio (output/input), seconds, files_per_s, mb_per_s
     /// (10^6 bytes/s), classes, fields (name, records, raw_bytes, stored_bytes, compression,
     /// level, ... as in manifest.json), skipped (path, reason), skipped_share, unlabeled,
-    /// unlabeled_examples, warnings. On failure: {"error": {"message", "causes", "exit_code"}}.
+    /// unlabeled_examples, warnings; with an s3:// OUT (out is the URL) also upload (url,
+    /// shards, bytes, multipart, replaced, deleted, warnings, seconds). On failure:
+    /// {"error": {"message", "causes", "exit_code"}}.
     #[arg(long)]
     pub json: bool,
     /// Quiet: no progress bar, no summary and no per-field compression notes. The other
@@ -391,6 +414,16 @@ pub(crate) fn options(a: &Args) -> Result<PackOptions> {
 
 fn run_pack(a: Args, opts: PackOptions, out: &mut impl Write) -> Result<ExitCode> {
     let dst = a.out.clone().context("OUT is required")?;
+    if let Some(url) = shardpack::storage::url_of(&dst) {
+        if let Location::S3 { .. } | Location::Http(_) =
+            Location::parse(url).map_err(anyhow::Error::msg)?
+        {
+            return run_remote_pack(&a, opts, url, out);
+        }
+    }
+    if a.staging.is_some() {
+        bail!("--staging is for an s3:// OUT only (a local pack writes into OUT directly)");
+    }
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = ProgressBar::with_draw_target(
         Some(0),
@@ -425,6 +458,204 @@ fn run_pack(a: Args, opts: PackOptions, out: &mut impl Write) -> Result<ExitCode
         // The warnings were notes on stderr already.
     } else {
         print_summary(&summary, out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new, empty staging folder inside `parent`, removed when dropped.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn new(parent: &Path) -> Result<Staging> {
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = parent.join(format!(
+            ".shardpack-upload.{}.{stamp:x}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::create_dir(&dir))
+            .with_context(|| {
+                format!(
+                    "cannot create the staging folder {} (the dataset is packed there before \
+                     it is uploaded; --staging DIR chooses another place)",
+                    dir.display()
+                )
+            })?;
+        Ok(Staging(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The upload's progress: the bar counts bytes; Ctrl-C stops it (before the manifest).
+struct UploadBar<'a> {
+    bar: &'a ProgressBar,
+    sent: std::sync::atomic::AtomicU64,
+    /// Testing only ($SHARDPACK_TEST_SIGINT_UPLOAD_AFTER): raise SIGINT once this many bytes
+    /// were uploaded.
+    sigint_after: Option<u64>,
+}
+
+impl UploadProgress for UploadBar<'_> {
+    fn uploaded(&self, bytes: u64) {
+        self.bar.inc(bytes);
+        let before = self
+            .sent
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(unix)]
+        if self
+            .sigint_after
+            .is_some_and(|n| before < n && before + bytes >= n)
+        {
+            // SAFETY: raising a signal in this process; the handler only stores a flag.
+            unsafe {
+                libc::raise(libc::SIGINT);
+            }
+        }
+    }
+    fn cancelled(&self) -> bool {
+        crate::signal::received().is_some()
+    }
+}
+
+/// `pack SRC s3://bucket/prefix`: checks the destination, packs into a staging folder, uploads.
+fn run_remote_pack(
+    a: &Args,
+    mut opts: PackOptions,
+    url: &str,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
+    let dest = Location::parse(url).map_err(anyhow::Error::msg)?;
+    let ropts = RemoteOptions::from_env();
+    // Refused before packing: an http(s) URL, an unreachable store, a dataset there without
+    // --force.
+    let replacing = check_destination(&dest, &ropts, a.force)?;
+    let parent = a.staging.clone().unwrap_or_else(std::env::temp_dir);
+    let stage = Staging::new(&parent)?;
+    let local = stage.0.join("dataset");
+    opts.force = false; // the staging folder is new
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if show {
+            ProgressDrawTarget::stderr_with_hz(10)
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let progress = Bar {
+        bar,
+        notes: Notes::new(a.quiet),
+    };
+    let summary = pack_inputs(&a.src, &local, &opts, &progress).with_context(|| {
+        let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "packing {} into {} (staged in {}) failed",
+            srcs.join(" "),
+            dest.url(),
+            local.display()
+        )
+    });
+    let mut summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            progress.bar.finish_and_clear();
+            return Err(e);
+        }
+    };
+    let mut uopts = UploadOptions {
+        force: a.force,
+        ..UploadOptions::default()
+    };
+    // Test hooks: a smaller part size (multipart uploads of small shards), a failed upload.
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(p) = var("SHARDPACK_UPLOAD_PART_SIZE") {
+        uopts.part_size = p;
+    }
+    uopts.fail_after = var("SHARDPACK_TEST_FAIL_UPLOAD_AFTER");
+    progress.bar.set_length(summary.output_bytes);
+    progress.bar.set_position(0);
+    progress.bar.set_style(packing_style(Instant::now()));
+    progress.bar.set_message(format!(
+        "uploading {} shards to {}",
+        summary.shards,
+        dest.url()
+    ));
+    let up_bar = UploadBar {
+        bar: &progress.bar,
+        sent: 0.into(),
+        sigint_after: var("SHARDPACK_TEST_SIGINT_UPLOAD_AFTER").map(|n| n as u64),
+    };
+    let up = upload_dataset(&local, &dest, &ropts, &uopts, &up_bar).with_context(|| {
+        format!(
+            "uploading the dataset to {} failed; no manifest.json was uploaded, so what was \
+                 uploaded is not a dataset{} (packing again replaces it)",
+            dest.url(),
+            if replacing {
+                " (the manifest of the dataset that was there was deleted first)"
+            } else {
+                ""
+            }
+        )
+    });
+    progress.bar.finish_and_clear();
+    if let Some(line) = progress.notes.summary(&format!(
+        "`shardpack info --all-fields {}` lists every field's codec",
+        dest.url()
+    )) {
+        eprintln!("shardpack: {line}");
+    }
+    if up.as_ref().is_err_and(|e| {
+        e.chain().any(|c| {
+            c.downcast_ref::<shardpack::Error>()
+                .is_some_and(|x| matches!(x, shardpack::Error::Cancelled))
+        })
+    }) {
+        eprintln!(
+            "shardpack: the upload to {} stopped before its manifest.json: what it uploaded is \
+             not a dataset (packing again replaces it)",
+            dest.url()
+        );
+    }
+    let up = up?;
+    drop(stage);
+    for w in &up.warnings {
+        eprintln!("shardpack: warning: {w}");
+    }
+    summary.out = PathBuf::from(dest.url());
+    if a.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["upload"] = serde_json::to_value(&up)?;
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    } else if !a.quiet {
+        print_summary(&summary, out)?;
+        writeln!(
+            out,
+            "uploaded {} shard{} ({}) to {} in {:.2} s{}{}",
+            up.shards,
+            if up.shards == 1 { "" } else { "s" },
+            human_bytes(up.bytes),
+            up.url,
+            up.seconds,
+            if up.replaced {
+                " (replacing the dataset there)"
+            } else {
+                ""
+            },
+            match up.deleted.len() {
+                0 => String::new(),
+                n => format!("; deleted {n} stale shard{}", if n == 1 { "" } else { "s" }),
+            }
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
