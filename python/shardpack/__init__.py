@@ -187,9 +187,17 @@ def pack(
     Hugging Face image columns that become fields (default: all of them); other scalar columns
     are kept as per-sample metadata (``format-spec/metadata.md``).
 
+    ``out`` is a folder, or an object store URL ``s3://bucket/prefix`` (credentials and endpoint
+    from the ``AWS_*`` environment), as for ``shardpack pack``: the dataset is packed in a
+    staging folder under the temporary directory (it needs the dataset's size of free disk),
+    then uploaded, the shards first (multipart uploads) and ``manifest.json`` last, so an
+    interrupted upload never looks like a dataset; a ``manifest.json`` already there is refused
+    before packing unless ``force`` (then it is deleted first, and after the upload the old
+    shards the new manifest does not name). ``http(s)://`` URLs are read-only.
+
     The summary has the keys of ``shardpack pack --json``: ``out``, ``samples``, ``shards``,
     ``files``, ``input_bytes``, ``output_bytes``, ``ratio``, ``seconds``, ``files_per_s``,
-    ``mb_per_s``, ``classes``, ``fields``, ``skipped``.
+    ``mb_per_s``, ``classes``, ``fields``, ``skipped`` (and ``upload`` for a URL).
 
     The keyword options mirror the CLI's flags (``shardpack pack --help``): ``shard_size``
     (bytes or ``"512MiB"``), ``max_samples_per_shard``, ``compress`` (``auto``, ``none``,

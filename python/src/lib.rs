@@ -35,6 +35,10 @@ use shardpack::format::Codec;
 use shardpack::loader::{
     DirectIo, ErrorPolicy, LoadedField, LoadedSample, SampleBytes, Shuffle, SkippedSample,
 };
+use shardpack::storage::remote::{Location, RemoteOptions};
+use shardpack::storage::upload::{
+    check_destination, upload_dataset, Staging, UploadOptions, UploadProgress,
+};
 use shardpack::writer::WriterOptions;
 use shardpack::{Error, Loader, LoaderOptions, LoaderState};
 
@@ -1425,6 +1429,12 @@ struct Counters {
     notes: Mutex<Vec<String>>,
 }
 
+impl UploadProgress for Counters {
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
 impl Progress for Counters {
     fn walking(&self, files: u64) {
         self.walked.store(files, Ordering::Relaxed);
@@ -1645,6 +1655,21 @@ fn _pack(
     opts.source.key_column = key_column;
     opts.source.label_column = label_column;
     opts.source.field_columns = field_columns;
+    // An s3:// OUT, as `shardpack pack SRC s3://...` takes it: the destination is checked
+    // before packing, the dataset packed in a staging folder (removed at the end), then
+    // uploaded with the manifest last (`shardpack::storage::upload`).
+    let remote = match shardpack::storage::url_of(&out).map(Location::parse) {
+        Some(Ok(dest @ (Location::S3 { .. } | Location::Http(_)))) => {
+            let ropts = RemoteOptions::from_env();
+            py.detach(|| check_destination(&dest, &ropts, force))
+                .map_err(to_py)?;
+            let stage = Staging::new(&std::env::temp_dir()).map_err(to_py)?;
+            opts.force = false; // the staging folder is new
+            Some((dest, ropts, stage))
+        }
+        Some(Err(e)) => return Err(value_error(py, e)),
+        _ => None,
+    };
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel();
     let rx = Mutex::new(rx); // `detach` needs Sync captures
@@ -1652,9 +1677,26 @@ fn _pack(
     let worker = std::thread::Builder::new()
         .name("shardpack-pack".into())
         .spawn(move || {
-            let r = compile::pack(&src, &out, &opts, &*c2)
-                .map(|s| serde_json::to_string(&s).expect("a summary serializes"));
-            let _ = tx.send(r);
+            let json = |s: &compile::PackSummary| serde_json::to_value(s).expect("serializes");
+            let r = match remote {
+                None => compile::pack(&src, &out, &opts, &*c2).map(|s| json(&s)),
+                Some((dest, ropts, stage)) => {
+                    let local = stage.path().join("dataset");
+                    compile::pack(&src, &local, &opts, &*c2).and_then(|mut s| {
+                        let uopts = UploadOptions {
+                            force,
+                            ..UploadOptions::default()
+                        };
+                        let up = upload_dataset(&local, &dest, &ropts, &uopts, &*c2)?;
+                        s.out = PathBuf::from(dest.url());
+                        let mut v = json(&s);
+                        v["upload"] = serde_json::to_value(&up).expect("serializes");
+                        Ok(v)
+                    })
+                    // `stage` is dropped here: the staging folder goes.
+                }
+            };
+            let _ = tx.send(r.map(|v| v.to_string()));
         })
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start the pack thread: {e}")))?;
     let finish = |py: Python<'_>| {

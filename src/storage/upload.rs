@@ -21,7 +21,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -94,6 +94,39 @@ pub trait UploadProgress: Sync {
     /// [`Error::Cancelled`].
     fn cancelled(&self) -> bool {
         false
+    }
+}
+
+/// A new, empty folder inside `parent` where a dataset is packed before it is uploaded;
+/// removed, with what is in it, when dropped (on success, failure or interrupt).
+#[derive(Debug)]
+pub struct Staging(PathBuf);
+
+impl Staging {
+    /// Makes the folder (`parent/.shardpack-upload.PID.TIME`), and `parent` if need be.
+    pub fn new(parent: &Path) -> Result<Staging> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = parent.join(format!(
+            ".shardpack-upload.{}.{stamp:x}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::create_dir(&dir))
+            .map_err(|e| Error::io(&dir, "create the staging folder", e))?;
+        Ok(Staging(dir))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
@@ -16,7 +16,7 @@ use shardpack::compile::{
 };
 use shardpack::storage::remote::{Location, RemoteOptions};
 use shardpack::storage::upload::{
-    check_destination, upload_dataset, UploadOptions, UploadProgress,
+    check_destination, upload_dataset, Staging, UploadOptions, UploadProgress,
 };
 use shardpack::writer::WriterOptions;
 
@@ -462,37 +462,6 @@ fn run_pack(a: Args, opts: PackOptions, out: &mut impl Write) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// A new, empty staging folder inside `parent`, removed when dropped.
-struct Staging(PathBuf);
-
-impl Staging {
-    fn new(parent: &Path) -> Result<Staging> {
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = parent.join(format!(
-            ".shardpack-upload.{}.{stamp:x}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(parent)
-            .and_then(|()| std::fs::create_dir(&dir))
-            .with_context(|| {
-                format!(
-                    "cannot create the staging folder {} (the dataset is packed there before \
-                     it is uploaded; --staging DIR chooses another place)",
-                    dir.display()
-                )
-            })?;
-        Ok(Staging(dir))
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The upload's progress: the bar counts bytes; Ctrl-C stops it (before the manifest).
 struct UploadBar<'a> {
     bar: &'a ProgressBar,
@@ -537,8 +506,11 @@ fn run_remote_pack(
     // --force.
     let replacing = check_destination(&dest, &ropts, a.force)?;
     let parent = a.staging.clone().unwrap_or_else(std::env::temp_dir);
-    let stage = Staging::new(&parent)?;
-    let local = stage.0.join("dataset");
+    let stage = Staging::new(&parent).context(
+        "the dataset is packed in a staging folder before it is uploaded; --staging DIR \
+         chooses another place for it",
+    )?;
+    let local = stage.path().join("dataset");
     opts.force = false; // the staging folder is new
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = ProgressBar::with_draw_target(
