@@ -236,6 +236,27 @@ struct Bar {
     notes: Notes,
 }
 
+impl Bar {
+    /// A spinner until the pack knows its size (on a terminal, unless `quiet`), and the notes.
+    fn new(quiet: bool) -> Bar {
+        let show = !quiet && std::io::stderr().is_terminal();
+        let bar = ProgressBar::with_draw_target(
+            Some(0),
+            if show {
+                ProgressDrawTarget::stderr_with_hz(10)
+            } else {
+                ProgressDrawTarget::hidden()
+            },
+        );
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Bar {
+            bar,
+            notes: Notes::new(quiet),
+        }
+    }
+}
+
 impl Progress for Bar {
     fn walking(&self, files: u64) {
         self.bar.set_message(format!("scanning: {files} files"));
@@ -424,21 +445,7 @@ fn run_pack(a: Args, opts: PackOptions, out: &mut impl Write) -> Result<ExitCode
     if a.staging.is_some() {
         bail!("--staging is for an s3:// OUT only (a local pack writes into OUT directly)");
     }
-    let show = !a.quiet && std::io::stderr().is_terminal();
-    let bar = ProgressBar::with_draw_target(
-        Some(0),
-        if show {
-            ProgressDrawTarget::stderr_with_hz(10)
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
-    bar.enable_steady_tick(Duration::from_millis(200));
-    let progress = Bar {
-        bar,
-        notes: Notes::new(a.quiet),
-    };
+    let progress = Bar::new(a.quiet);
     let summary = pack_inputs(&a.src, &dst, &opts, &progress).with_context(|| {
         let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
         format!("packing {} into {} failed", srcs.join(" "), dst.display())
@@ -512,21 +519,7 @@ fn run_remote_pack(
     )?;
     let local = stage.path().join("dataset");
     opts.force = false; // the staging folder is new
-    let show = !a.quiet && std::io::stderr().is_terminal();
-    let bar = ProgressBar::with_draw_target(
-        Some(0),
-        if show {
-            ProgressDrawTarget::stderr_with_hz(10)
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
-    bar.enable_steady_tick(Duration::from_millis(200));
-    let progress = Bar {
-        bar,
-        notes: Notes::new(a.quiet),
-    };
+    let progress = Bar::new(a.quiet);
     let summary = pack_inputs(&a.src, &local, &opts, &progress).with_context(|| {
         let srcs: Vec<String> = a.src.iter().map(|p| p.display().to_string()).collect();
         format!(
