@@ -176,6 +176,7 @@ def pack(
     key_column: str | None = None,
     label_column: str | None = None,
     field_columns: Sequence[str] | None = None,
+    dict_trainer: str = "fastcover",
 ) -> dict[str, Any]:
     """Packs ``src`` into a new dataset ``out``; returns the summary dict.
 
@@ -209,7 +210,9 @@ def pack(
     ``max_skipped_share`` (a share from 0 to 1 or a string such as ``"1%"``: more skipped
     inputs than that fail the pack unless ``skip_errors``), ``unlabeled`` (``allow`` or
     ``error`` for files outside any class folder under ``imagefolder`` labels),
-    ``skip_errors``, ``force``.
+    ``skip_errors``, ``force``, ``dict_trainer`` (``fastcover``, the default, or ``zdict``:
+    zstd's ``ZDICT_trainFromBuffer``, slower, which reproduces a dataset whose manifest names
+    it in ``writer.dict_trainer``).
     The output is byte-identical to the CLI's for the same options.
 
     ``progress``, when given, is called about every 100 ms from the calling thread with a dict
@@ -267,6 +270,7 @@ def pack(
         key_column=None if key_column is None else str(key_column),
         label_column=None if label_column is None else str(label_column),
         field_columns=_columns(field_columns),
+        dict_trainer=str(dict_trainer),
     )
     summary: dict[str, Any] = json.loads(result)
     return summary

@@ -117,6 +117,7 @@ def _pack(
     key_column: str | None = ...,
     label_column: str | None = ...,
     field_columns: list[str] = ...,
+    dict_trainer: str = ...,
 ) -> str: ...
 def _sample_from_parts(
     ds: Dataset,
@@ -145,6 +146,7 @@ def _plan(
     max_skipped_share: float,
     unlabeled: str,
     skip_errors: bool,
+    dict_trainer: str = ...,
 ) -> str: ...
 def _pack_part(out: str, part: int, *, threads: int = 0, io_threads: int = 0) -> str: ...
 def _merge(out: str, *, verify: bool = False) -> str: ...

@@ -48,6 +48,7 @@ def plan(
     max_skipped_share: float | str = 0.01,
     unlabeled: str = "allow",
     skip_errors: bool = False,
+    dict_trainer: str = "fastcover",
 ) -> dict[str, Any]:
     """Plans a pack of ``src`` into ``out`` over ``parts`` parts (``shardpack plan``); the
     options are those of :func:`shardpack.pack`. Returns the plan's summary (``samples``,
@@ -89,6 +90,7 @@ def plan(
         max_skipped_share=_share("max_skipped_share", max_skipped_share),
         unlabeled=str(unlabeled),
         skip_errors=bool(skip_errors),
+        dict_trainer=str(dict_trainer),
     )
     summary: dict[str, Any] = json.loads(result)
     return summary

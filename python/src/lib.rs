@@ -27,7 +27,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use shardpack::codec::Policy;
+use shardpack::codec::{DictTrainer, Policy};
 use shardpack::compile::{
     self, KeyMode, LabelMode, PackOptions, Progress, SymlinkPolicy, UnlabeledPolicy,
 };
@@ -1596,6 +1596,12 @@ pub(crate) fn pack_options(
     })
 }
 
+/// `dict_trainer` as `pack --dict-trainer` takes it (`fastcover` or `zdict`).
+pub(crate) fn parse_trainer(py: Python<'_>, name: &str) -> PyResult<DictTrainer> {
+    name.parse::<DictTrainer>()
+        .map_err(|e| value_error(py, format!("invalid option: dict_trainer: {e}")))
+}
+
 /// Packs `src` (a folder tree, or any source `shardpack pack` takes: WebDataset tars, an MDS
 /// dataset, Parquet files) into a dataset at `out` and returns the summary as JSON text
 /// (the keys of `shardpack pack --json`). Runs on a Rust thread with the GIL released; every
@@ -1605,7 +1611,8 @@ pub(crate) fn pack_options(
 #[pyo3(signature = (src, out, *, shard_size, max_samples_per_shard, compress, field_compress,
                     align, shuffle_seed, threads, io_threads, labels, key, symlinks,
                     max_skipped_share, unlabeled, skip_errors, force, progress,
-                    key_column = None, label_column = None, field_columns = Vec::new()))]
+                    key_column = None, label_column = None, field_columns = Vec::new(),
+                    dict_trainer = "fastcover"))]
 #[allow(clippy::too_many_arguments)]
 fn _pack(
     py: Python<'_>,
@@ -1630,6 +1637,7 @@ fn _pack(
     key_column: Option<String>,
     label_column: Option<String>,
     field_columns: Vec<String>,
+    dict_trainer: &str,
 ) -> PyResult<String> {
     let mut opts = PackOptions {
         force,
@@ -1655,6 +1663,7 @@ fn _pack(
     opts.source.key_column = key_column;
     opts.source.label_column = label_column;
     opts.source.field_columns = field_columns;
+    opts.dict_trainer = parse_trainer(py, dict_trainer)?;
     // An s3:// OUT, as `shardpack pack SRC s3://...` takes it: the destination is checked
     // before packing, the dataset packed in a staging folder (removed at the end), then
     // uploaded with the manifest last (`shardpack::storage::upload`).

@@ -14,7 +14,8 @@ use crate::to_py;
 #[pyfunction]
 #[pyo3(signature = (src, out, parts, *, shard_size, max_samples_per_shard, compress,
                     field_compress, align, shuffle_seed, threads, io_threads, labels, key,
-                    symlinks, max_skipped_share, unlabeled, skip_errors))]
+                    symlinks, max_skipped_share, unlabeled, skip_errors,
+                    dict_trainer = "fastcover"))]
 #[allow(clippy::too_many_arguments)]
 fn _plan(
     py: Python<'_>,
@@ -35,8 +36,9 @@ fn _plan(
     max_skipped_share: f64,
     unlabeled: &str,
     skip_errors: bool,
+    dict_trainer: &str,
 ) -> PyResult<String> {
-    let opts = crate::pack_options(
+    let mut opts = crate::pack_options(
         py,
         shard_size,
         max_samples_per_shard,
@@ -53,6 +55,7 @@ fn _plan(
         unlabeled,
         skip_errors,
     )?;
+    opts.dict_trainer = crate::parse_trainer(py, dict_trainer)?;
     py.detach(|| compile::plan(&src, &out, parts, &opts, &NoProgress))
         .map(|s| serde_json::to_string(&s).expect("a summary serializes"))
         .map_err(to_py)

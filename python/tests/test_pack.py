@@ -39,6 +39,21 @@ def test_same_bytes_and_keys_as_the_cli(tree: Path, tmp_path: Path) -> None:
     assert calls and set(calls[-1]) >= {"files_done", "files_total", "bytes_done", "notes"}
 
 
+def test_dict_trainer_as_the_cli_takes_it(tree: Path, tmp_path: Path) -> None:
+    """``dict_trainer="zdict"`` packs the bytes of ``--dict-trainer zdict`` and the manifest
+    names the trainer; the default names FASTCOVER; an unknown name is refused."""
+    run_cli("pack", tree, tmp_path / "cli", "--quiet", "--field-compress", "json=zstd-dict",
+            "--dict-trainer", "zdict")
+    shardpack.pack(tree, tmp_path / "py", field_compress={"json": "zstd-dict"}, dict_trainer="zdict")
+    assert files_of(tmp_path / "py") == files_of(tmp_path / "cli")
+    trainer = lambda d: json.loads((d / "manifest.json").read_text())["writer"]["dict_trainer"]
+    assert trainer(tmp_path / "py").startswith("zdict ")
+    shardpack.pack(tree, tmp_path / "default", field_compress={"json": "zstd-dict"})
+    assert trainer(tmp_path / "default").startswith("fastcover:")
+    with pytest.raises(shardpack.ShardpackValueError, match="dict_trainer"):
+        shardpack.pack(tree, tmp_path / "bad", dict_trainer="cover")
+
+
 def test_option_spellings(tree: Path, tmp_path: Path) -> None:
     s = shardpack.pack(tree, tmp_path / "o", shard_size="64KiB", no_shuffle=True, labels="none",
                        compress="zstd:3", key="last-dot", io_threads=2)
