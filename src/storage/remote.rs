@@ -232,6 +232,17 @@ impl Location {
         }
     }
 
+    /// The object store path of object `name` inside this location (S3: under the prefix;
+    /// HTTP: relative to the base URL).
+    pub(super) fn object_path(&self, name: &str) -> ObjPath {
+        match self {
+            Location::S3 { prefix, .. } if !prefix.is_empty() => {
+                ObjPath::from(format!("{prefix}/{name}"))
+            }
+            _ => ObjPath::from(name),
+        }
+    }
+
     /// The location's URL.
     pub fn url(&self) -> String {
         match self {
@@ -405,12 +416,7 @@ impl Store {
     }
 
     fn obj_path(&self, name: &str) -> ObjPath {
-        match &self.loc {
-            Location::S3 { prefix, .. } if !prefix.is_empty() => {
-                ObjPath::from(format!("{prefix}/{name}"))
-            }
-            _ => ObjPath::from(name),
-        }
+        self.loc.object_path(name)
     }
 
     /// Runs `f` on this process's runtime.

@@ -185,10 +185,12 @@ impl Dest {
     }
 
     fn path(&self, name: &str) -> ObjPath {
-        match self.prefix() {
-            "" => ObjPath::from(name),
-            p => ObjPath::from(format!("{p}/{name}")),
-        }
+        self.loc.object_path(name)
+    }
+
+    /// This process's runtime for the requests.
+    fn rt(&self) -> Result<Arc<tokio::runtime::Runtime>> {
+        runtime().map_err(|e| Error::io(Path::new(&self.loc.url()), "start", e))
     }
 
     fn url_of(&self, name: &str) -> String {
@@ -218,7 +220,7 @@ impl Dest {
 
     /// Whether object `name` exists.
     fn exists(&self, name: &str) -> Result<bool> {
-        let rt = runtime().map_err(|e| Error::io(Path::new(&self.loc.url()), "start", e))?;
+        let rt = self.rt()?;
         match rt.block_on(self.client.head(&self.path(name))) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -227,7 +229,7 @@ impl Dest {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        let rt = runtime().map_err(|e| Error::io(Path::new(&self.loc.url()), "start", e))?;
+        let rt = self.rt()?;
         match rt.block_on(self.client.delete(&self.path(name))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(name, "delete", e)),
@@ -236,7 +238,7 @@ impl Dest {
 
     /// The names of the objects directly under the prefix.
     fn list(&self) -> Result<Vec<String>> {
-        let rt = runtime().map_err(|e| Error::io(Path::new(&self.loc.url()), "start", e))?;
+        let rt = self.rt()?;
         let prefix = (!self.prefix().is_empty()).then(|| ObjPath::from(self.prefix()));
         let r = rt
             .block_on(self.client.list_with_delimiter(prefix.as_ref()))
@@ -375,7 +377,7 @@ pub fn upload_dataset(
     }
 
     // 2. The shards, `parallel` at a time; the first failure stops the others.
-    let rt = runtime().map_err(|e| Error::io(Path::new(&d.loc.url()), "start", e))?;
+    let rt = d.rt()?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
