@@ -47,6 +47,15 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let mut rounds = 5;
+    let mut dict_max = DICT_MAX;
+    if let Some(i) = args.iter().position(|a| a == "--dict-max") {
+        dict_max = args
+            .get(i + 1)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(DICT_MAX)
+            .max(1024);
+        args.drain(i..(i + 2).min(args.len()));
+    }
     if let Some(i) = args.iter().position(|a| a == "--rounds") {
         rounds = args
             .get(i + 1)
@@ -92,7 +101,7 @@ fn main() {
             .collect();
         let train_bytes: usize = train.iter().map(|s| s.len()).sum();
         let test_bytes: usize = test.iter().map(|s| s.len()).sum();
-        let cap = DICT_MAX.min((train_bytes / 8).max(1024));
+        let cap = dict_max.min((train_bytes / 8).max(1024));
         for trainer in DictTrainer::ALL {
             let mut times = Vec::new();
             let mut dict = None;

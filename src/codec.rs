@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
 
-use crate::format::Codec;
+use crate::format::{Codec, REF_HEADER_LEN, REF_MAX_LEN};
 
 /// The zstd level used when a policy names none.
 pub const DEFAULT_LEVEL: i32 = 3;
@@ -176,6 +176,36 @@ impl FieldEncoder {
             _ => {
                 out.clear();
                 Codec::Raw
+            }
+        }
+    }
+}
+
+impl FieldEncoder {
+    /// Encodes `raw` against `base` for a [`Codec::ZstdRef`] record: one zstd frame at the
+    /// field's level with `base` as a raw-content prefix (`format-spec/shard.md` 6.1), written
+    /// to `out` (cleared first) without the base's record index, which the writer puts in
+    /// front. `false` (with `out` empty) when the field is raw, when either is empty or above
+    /// [`REF_MAX_LEN`], when `base` starts with the dictionary magic (a decoder would take it
+    /// for a dictionary), or when the record would not be smaller than `raw`.
+    pub fn encode_ref(
+        &self,
+        cctx: &mut CCtx<'_>,
+        raw: &[u8],
+        base: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
+        let fits = |b: &[u8]| !b.is_empty() && b.len() as u64 <= REF_MAX_LEN;
+        if self.codec == Codec::Raw || !fits(raw) || !fits(base) || has_dict_magic(base) {
+            return false;
+        }
+        out.reserve(zstd_safe::compress_bound(raw.len()));
+        match cctx.compress_using_dict(out, raw, base, self.level) {
+            Ok(n) if n + REF_HEADER_LEN < raw.len() => true,
+            _ => {
+                out.clear();
+                false
             }
         }
     }
@@ -469,6 +499,9 @@ pub enum DecodeError {
     },
     /// zstd-dict record without a dictionary.
     DictionaryMissing,
+    /// A zstd-ref record's base breaks a rule of `format-spec/shard.md` 6.1 (the detail says
+    /// which), or was not given.
+    Base(String),
     /// zstd refused the frame.
     Zstd(&'static str),
     /// A buffer could not be allocated.
@@ -512,6 +545,7 @@ impl fmt::Display for DecodeError {
                  one zstd frame (a second frame or other bytes follow)"
             ),
             DecodeError::DictionaryMissing => f.write_str("dictionary missing"),
+            DecodeError::Base(detail) => write!(f, "zstd-ref: {detail}"),
             DecodeError::Zstd(name) => write!(f, "zstd: {name}"),
             DecodeError::Alloc(n) => write!(f, "cannot allocate {n} bytes to decode the record"),
             DecodeError::LengthMismatch { decoded, expected } => {
@@ -663,7 +697,8 @@ pub fn decode_into(
 
 /// Decodes a record into `out` (cleared first): checks the `raw_len` bound, that a compressed
 /// record is exactly one zstd frame with a window of at most [`MAX_WINDOW`], and that it
-/// yields exactly `raw_len` bytes.
+/// yields exactly `raw_len` bytes. A [`Codec::ZstdRef`] record needs its base's data:
+/// [`decode_record_with_base`].
 pub fn decode_record(
     dctx: &mut DCtx<'_>,
     codec: Codec,
@@ -672,8 +707,27 @@ pub fn decode_record(
     dict: Option<&DecodeDict>,
     out: &mut Vec<u8>,
 ) -> Result<(), DecodeError> {
+    decode_record_with_base(dctx, codec, stored, raw_len, dict, None, out)
+}
+
+/// [`decode_record`] for any codec: `base` is the decoded data of a [`Codec::ZstdRef`]
+/// record's base (checked by the caller with [`check_ref_base`]), used as the frame's
+/// raw-content prefix (`format-spec/shard.md` section 6.1).
+pub fn decode_record_with_base(
+    dctx: &mut DCtx<'_>,
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u64,
+    dict: Option<&DecodeDict>,
+    base: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
     out.clear();
-    if raw_len > max_decoded_len(stored.len() as u64) {
+    let frame = match codec {
+        Codec::ZstdRef => ref_parts(stored)?.1,
+        _ => stored,
+    };
+    if raw_len > max_decoded_len(frame.len() as u64) {
         return Err(DecodeError::TooLarge {
             raw_len,
             stored_len: stored.len() as u64,
@@ -686,13 +740,16 @@ pub fn decode_record(
                 .map_err(|_| DecodeError::Alloc(stored.len() as u64))?;
             out.extend_from_slice(stored);
         }
-        Codec::Zstd | Codec::ZstdDict => {
+        Codec::Zstd | Codec::ZstdDict | Codec::ZstdRef => {
             if codec == Codec::ZstdDict && dict.is_none() {
                 return Err(DecodeError::DictionaryMissing);
             }
+            if codec == Codec::ZstdRef && base.is_none() {
+                return Err(DecodeError::Base("the record's base was not given".into()));
+            }
             // zstd's one-shot decoder accepts concatenated and skippable frames and ignores
             // its window limit (that limit is for streaming); the format allows neither.
-            let header = check_frame(stored)?;
+            let header = check_frame(frame)?;
             // Memory follows the real output, not the claimed length. When the frame header
             // states the same size as the index (as every frame shardpack writes does), and it
             // is not huge, decode in one pass into raw_len + 1 bytes (the extra byte lets a
@@ -706,17 +763,18 @@ pub fn decode_record(
                 n + 1
             } else {
                 n.saturating_add(1)
-                    .min(stored.len().saturating_mul(8).saturating_add(64 << 10))
+                    .min(frame.len().saturating_mul(8).saturating_add(64 << 10))
             };
             loop {
                 out.clear();
                 out.try_reserve_exact(cap)
                     .map_err(|_| DecodeError::Alloc(cap as u64))?;
-                let res = match dict {
-                    Some(d) if codec == Codec::ZstdDict => {
-                        dctx.decompress_using_ddict(out, stored, &d.0)
-                    }
-                    _ => dctx.decompress(out, stored),
+                let res = match (codec, dict, base) {
+                    (Codec::ZstdDict, Some(d), _) => dctx.decompress_using_ddict(out, frame, &d.0),
+                    // A base never starts with the dictionary magic (`check_ref_base`), so zstd
+                    // takes it as raw content, the prefix the format names.
+                    (Codec::ZstdRef, _, Some(b)) => dctx.decompress_using_dict(out, frame, b),
+                    _ => dctx.decompress(out, frame),
                 };
                 match res {
                     Ok(_) => break,
@@ -733,6 +791,63 @@ pub fn decode_record(
             decoded: out.len() as u64,
             expected: raw_len,
         });
+    }
+    Ok(())
+}
+
+/// A [`Codec::ZstdRef`] record's stored bytes split into the record index of its base (the
+/// first [`REF_HEADER_LEN`] bytes, little-endian) and its zstd frame.
+pub fn ref_parts(stored: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
+    if stored.len() < REF_HEADER_LEN {
+        return Err(DecodeError::Base(format!(
+            "a zstd-ref record starts with its base's 8-byte record index; it has {} bytes",
+            stored.len()
+        )));
+    }
+    let (head, frame) = stored.split_at(REF_HEADER_LEN);
+    let mut b = [0u8; REF_HEADER_LEN];
+    b.copy_from_slice(head);
+    Ok((u64::from_le_bytes(b), frame))
+}
+
+/// The rules a zstd-ref record `record` of field `field` and the entry of its base (record
+/// `base` of the same shard) must meet before the base is read (`format-spec/shard.md` 6.1):
+/// the base comes earlier, is of the same field, is not itself zstd-ref and has at most
+/// [`REF_MAX_LEN`] bytes of data. Once decoded, its data must not start with the dictionary
+/// magic ([`check_ref_base_data`]).
+pub fn check_ref_base(
+    record: u64,
+    field: u32,
+    base: u64,
+    entry: &crate::format::RecordEntry,
+) -> Result<(), DecodeError> {
+    let problem = if base >= record {
+        format!("names record {base} as its base, which is not an earlier record")
+    } else if entry.field != field {
+        format!(
+            "names record {base} of field {} as its base, not one of its own field {field}",
+            entry.field
+        )
+    } else if entry.codec == Codec::ZstdRef.as_u32() {
+        format!("names record {base} as its base, which is itself zstd-ref")
+    } else if entry.raw_len > REF_MAX_LEN {
+        format!(
+            "names record {base} of {} bytes as its base, above the {REF_MAX_LEN}-byte limit",
+            entry.raw_len
+        )
+    } else {
+        return Ok(());
+    };
+    Err(DecodeError::Base(problem))
+}
+
+/// The rule on a base's decoded data (`format-spec/shard.md` 6.1): it does not start with the
+/// dictionary magic, so that every zstd API takes it as raw content.
+pub fn check_ref_base_data(base: u64, data: &[u8]) -> Result<(), DecodeError> {
+    if has_dict_magic(data) {
+        return Err(DecodeError::Base(format!(
+            "names record {base} as its base, whose data starts with the zstd dictionary magic"
+        )));
     }
     Ok(())
 }

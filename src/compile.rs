@@ -56,6 +56,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -63,7 +64,9 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use zstd::zstd_safe::CCtx;
 
-use crate::codec::{new_cctx, DictTrainer, FieldEncoder, Policy, DEFAULT_LEVEL, STREAM_THRESHOLD};
+use crate::codec::{
+    new_cctx, DecodeDict, DictTrainer, FieldEncoder, Policy, DEFAULT_LEVEL, STREAM_THRESHOLD,
+};
 use crate::error::{Error, Result};
 use crate::format::Codec;
 use crate::manifest::{FieldMeta, Name, Skipped, MANIFEST_FILE};
@@ -72,13 +75,14 @@ use crate::source::{lossy, Access, Catalog, Input, Source};
 pub use crate::source::{SourceFormat, SourceOptions};
 pub use crate::writer::ShardCut;
 use crate::writer::{
-    DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, RecordInput, StreamedRecord,
-    WriterOptions,
+    DatasetInfo, DatasetWriter, EncodedRecord, FieldSpec, RawCutter, RecordInput, RefRecord,
+    StreamedRecord, WriterOptions,
 };
 
 mod large;
 mod out;
 mod plan;
+mod refs;
 
 pub use plan::{
     merge, pack_part, plan, plan_inputs, plan_parts, MergeOptions, MergeSummary, PartSummary,
@@ -240,6 +244,11 @@ pub struct PackOptions {
     /// What trains the dictionaries of fields that get one (recorded in the manifest's
     /// `writer.dict_trainer`).
     pub dict_trainer: DictTrainer,
+    /// Store a record of a compressed field that resembles an earlier one of the same field
+    /// in its shard (an identical file, a variant of it) as zstd-ref: compressed against
+    /// that record (`format-spec/shard.md` 6.1; the manifest then requires feature
+    /// `zstd-ref`). Default on; needs [`ShardCut::Raw`] (ignored with stored-size cuts).
+    pub refs: bool,
 }
 
 impl PackOptions {
@@ -275,6 +284,7 @@ impl Default for PackOptions {
             source: SourceOptions::default(),
             shard_cut: ShardCut::Raw,
             dict_trainer: DictTrainer::default(),
+            refs: true,
         }
     }
 }
@@ -569,6 +579,94 @@ struct Window {
     files: Vec<ReadFile>,
 }
 
+/// For each member of `window`: the base it is to be encoded against, and the base id it
+/// becomes (see [`refs`]). Sketches are computed on the CPU pool; the decisions go through
+/// the samples in order, following the shard cut the writer will make.
+fn decide_refs(
+    window: &Window,
+    cat: &Catalog,
+    field_codecs: &[Codec],
+    cutter: &mut RawCutter,
+    bases: &mut refs::BaseIndex,
+    cpu: &rayon::ThreadPool,
+) -> (Vec<Option<u64>>, Vec<Option<u64>>) {
+    let sketches: Vec<Option<refs::Sketch>> = cpu.install(|| {
+        window
+            .files
+            .par_iter()
+            .map(|rf| match &rf.data {
+                Ok(d)
+                    if !rf.large
+                        && (refs::MIN_REF_LEN..=refs::MAX_REF_LEN).contains(&d.len())
+                        && field_codecs[cat.member_field(rf.member as usize) as usize]
+                            != Codec::Raw =>
+                {
+                    Some(refs::sketch(d))
+                }
+                _ => None,
+            })
+            .collect()
+    });
+    let n = window.files.len();
+    let (mut ref_of, mut base_of) = (vec![None; n], vec![None; n]);
+    let mut at = 0usize;
+    for &s in &window.samples {
+        let s = s as usize;
+        let range = cat.member_range(s);
+        let raws: Vec<u64> = range
+            .clone()
+            .map(|m| cat.member(s, m).member.size)
+            .collect();
+        if cutter.push(cat.key(s).len(), &raws) {
+            bases.new_shard();
+        }
+        for _ in range {
+            if let (Some(sk), Ok(d)) = (&sketches[at], &window.files[at].data) {
+                let field = cat.member_field(window.files[at].member as usize);
+                match bases.find(field, sk) {
+                    Some(id) => ref_of[at] = Some(id),
+                    // A base's data must not start with the dictionary magic (shard.md 6.1).
+                    None if !crate::codec::has_dict_magic(d) => {
+                        base_of[at] = Some(bases.add(field, *sk, at, d.len() as u64))
+                    }
+                    None => {}
+                }
+            }
+            at += 1;
+        }
+    }
+    (ref_of, base_of)
+}
+
+/// The data of base `id` for a member of `window`: from the window, or decoded from the
+/// stored bytes kept from an earlier one. `None` if it is gone or does not decode.
+fn base_bytes<'w>(
+    bases: &refs::BaseIndex,
+    id: u64,
+    window: &'w Window,
+    decoders: &[Option<DecodeDict>],
+    field: u32,
+) -> Option<std::borrow::Cow<'w, [u8]>> {
+    let b = bases.base(id);
+    match &b.data {
+        refs::BaseData::Window(i) => window.files[*i]
+            .data
+            .as_deref()
+            .ok()
+            .map(std::borrow::Cow::Borrowed),
+        refs::BaseData::Kept(stored, Codec::Raw) => Some(std::borrow::Cow::Owned(stored.to_vec())),
+        refs::BaseData::Kept(stored, codec) => {
+            let mut out = Vec::new();
+            let mut dctx = crate::codec::new_dctx();
+            let dict = decoders[field as usize].as_ref();
+            crate::codec::decode_record(&mut dctx, *codec, stored, b.raw_len, dict, &mut out)
+                .ok()?;
+            Some(std::borrow::Cow::Owned(out))
+        }
+        refs::BaseData::Dropped => None,
+    }
+}
+
 fn pool(threads: usize, name: &'static str) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -608,7 +706,17 @@ fn policy_options(opts: &PackOptions) -> Map<String, Value> {
         json!(opts.symlink_policy() == SymlinkPolicy::Follow),
     );
     m.insert("skip_errors".into(), json!(opts.skip_errors));
+    // Only when on: a pack without them has the options (and bytes) of one made before them.
+    if refs_on(opts) {
+        m.insert("refs".into(), json!(true));
+    }
     m
+}
+
+/// Whether the pack looks for zstd-ref records: asked for, and shards cut by raw sizes (a
+/// record's base must be in its shard, known before encoding only under that rule).
+fn refs_on(opts: &PackOptions) -> bool {
+    opts.refs && opts.shard_cut == ShardCut::Raw
 }
 
 /// Packs the source at `src` into a dataset at `out`: a folder tree, or (see
@@ -900,6 +1008,18 @@ fn pack_catalog(
     let scratch = part.as_ref().map_or(out, |run| run.scratch.as_path());
     let planned = part.is_some();
 
+    // zstd-ref records: the shard cut predicted as the writer will make it (a base must be in
+    // its record's shard), the bases found so far, and decoders for kept bases.
+    let refs_wanted = refs_on(opts);
+    let mut cutter = RawCutter::new(&specs, &opts.writer);
+    let mut bases = refs::BaseIndex::new(specs.len());
+    let decoders: Vec<Option<DecodeDict>> = specs
+        .iter()
+        .map(|s| s.dict.as_deref().and_then(DecodeDict::new))
+        .collect();
+    let field_codecs: Vec<Codec> = specs.iter().map(|s| s.codec).collect();
+    let mut commit_cctx = new_cctx();
+
     // Encoders for the worker threads (the writer keeps its own for `append`).
     let encoders = specs
         .iter()
@@ -993,21 +1113,36 @@ fn pack_catalog(
 
         for window in rx {
             cancel.stop()?;
+            // Which members are stored against a base (`refs`), and which become bases.
+            let (ref_of, base_of) = match refs_wanted {
+                true => decide_refs(&window, cat, &field_codecs, &mut cutter, &mut bases, cpu),
+                false => (Vec::new(), Vec::new()),
+            };
+            let bases_now = &bases;
             // Compress every member of the window on the CPU pool.
-            let encoded: Vec<(Codec, Vec<u8>)> = cpu.install(|| {
+            let mut encoded: Vec<(Codec, Vec<u8>, Option<u64>)> = cpu.install(|| {
                 window
                     .files
                     .par_iter()
-                    .map_init(new_cctx, |cctx, rf| match &rf.data {
-                        Ok(_) if rf.large || cancel.check() => (Codec::Raw, Vec::new()),
+                    .enumerate()
+                    .map_init(new_cctx, |cctx, (at, rf)| match &rf.data {
+                        Ok(_) if rf.large || cancel.check() => (Codec::Raw, Vec::new(), None),
                         Ok(raw) => {
                             let field = cat.member_field(rf.member as usize);
                             let enc = &encoders[field as usize];
                             let mut out = Vec::new();
+                            if let Some(id) = ref_of.get(at).copied().flatten() {
+                                let base = base_bytes(bases_now, id, &window, &decoders, field);
+                                if let Some(b) = base {
+                                    if enc.encode_ref(cctx, raw, &b, &mut out) {
+                                        return (Codec::ZstdRef, out, Some(id));
+                                    }
+                                }
+                            }
                             let codec = enc.encode(cctx, raw, &mut out);
-                            (codec, out)
+                            (codec, out, None)
                         }
-                        Err(_) => (Codec::Raw, Vec::new()),
+                        Err(_) => (Codec::Raw, Vec::new(), None),
                     })
                     .collect()
             });
@@ -1018,14 +1153,51 @@ fn pack_catalog(
                 cancel.stop()?;
                 let s = s as usize;
                 let range = cat.member_range(s);
+                let first_at = at;
+                // A ref whose base is not in the shard the writer puts this sample in (the
+                // cut went otherwise than predicted: a member left out, a file that changed
+                // size) is encoded on its own instead.
+                if encoded[at..at + range.len()].iter().any(|e| e.2.is_some()) {
+                    let raws: Vec<u64> = (at..at + range.len())
+                        .filter_map(|i| {
+                            let rf = &window.files[i];
+                            match &rf.data {
+                                Ok(_) if rf.large => {
+                                    Some(cat.member(s, rf.member as usize).member.size)
+                                }
+                                Ok(d) => Some(d.len() as u64),
+                                Err(_) => None,
+                            }
+                        })
+                        .collect();
+                    let start = writer.shard_start_for(cat.key(s).len(), &raws);
+                    let members = window.files[at..].iter();
+                    for (e, rf) in encoded[at..at + range.len()].iter_mut().zip(members) {
+                        let Some(id) = e.2 else { continue };
+                        let in_shard = bases
+                            .base(id)
+                            .sample
+                            .zip(start)
+                            .is_some_and(|(b, st)| b >= st);
+                        if !in_shard {
+                            let raw = rf.data.as_ref().expect("a ref's member was read");
+                            let field = cat.member_field(rf.member as usize);
+                            let mut out = Vec::new();
+                            let codec =
+                                encoders[field as usize].encode(&mut commit_cctx, raw, &mut out);
+                            *e = (codec, out, None);
+                        }
+                    }
+                }
                 // In memory, or streamed (large members, kept in `larges` in record order).
                 let mut recs: Vec<std::result::Result<EncodedRecord<'_>, (u32, u64)>> =
                     Vec::with_capacity(range.len());
                 let mut larges: Vec<Large<'_>> = Vec::new();
                 let (mut nfiles, mut nbytes) = (0u64, 0u64);
+                let mut ref_bases: Vec<Option<(u64, u64)>> = Vec::with_capacity(range.len());
                 for _ in range.clone() {
                     let rf = &window.files[at];
-                    let (codec, buf) = &encoded[at];
+                    let (codec, buf, ref_base) = &encoded[at];
                     at += 1;
                     let mr = cat.member(s, rf.member as usize);
                     let field = mr.member.field;
@@ -1064,6 +1236,10 @@ fn pack_catalog(
                                 stored: if *codec == Codec::Raw { raw } else { buf },
                                 raw_len: raw.len() as u64,
                             }));
+                            ref_bases.push(ref_base.map(|id| {
+                                let b = bases.base(id);
+                                (b.sample.expect("checked above"), b.raw_len)
+                            }));
                             nfiles += 1;
                             nbytes += raw.len() as u64;
                         }
@@ -1099,10 +1275,20 @@ fn pack_catalog(
                             })
                             .collect();
                     let mut streams = readers.iter_mut();
+                    let mut ref_bases = ref_bases.iter();
                     let mut inputs: Vec<RecordInput<'_>> = recs
                         .iter()
                         .map(|r| match r {
-                            Ok(b) => RecordInput::Bytes(*b),
+                            Ok(b) => match ref_bases.next().copied().flatten() {
+                                Some((base_sample, base_raw_len)) => RecordInput::Ref(RefRecord {
+                                    field: b.field,
+                                    frame: b.stored,
+                                    raw_len: b.raw_len,
+                                    base_sample,
+                                    base_raw_len,
+                                }),
+                                None => RecordInput::Bytes(*b),
+                            },
                             Err((field, raw_len)) => {
                                 let (reader, codec, stored_len, path) =
                                     streams.next().expect("one per streamed record");
@@ -1130,10 +1316,27 @@ fn pack_catalog(
                         }
                     }
                 }
+                // The sample's new bases are kept (their stored bytes) for later samples.
+                if !base_of.is_empty() {
+                    let sample_no = writer.samples().saturating_sub(1);
+                    for i in first_at..at {
+                        let (Some(id), Ok(raw)) = (base_of[i], &window.files[i].data) else {
+                            continue;
+                        };
+                        let (codec, buf, _) = &mut encoded[i];
+                        let stored = match codec {
+                            Codec::Raw => raw.clone(),
+                            _ => std::mem::take(buf),
+                        };
+                        bases.committed(id, sample_no, Arc::new(stored), *codec);
+                    }
+                }
                 packed_files += nfiles;
                 packed_bytes += nbytes;
                 progress.advance(range.len() as u64, nbytes);
             }
+            // Nothing decided or committed refers to the bases of a shard the window has left.
+            bases.retire();
         }
         cancel.stop()
     });

@@ -88,7 +88,21 @@ pub enum Codec {
     Zstd,
     /// One zstd frame compressed with the field's dictionary.
     ZstdDict,
+    /// An 8-byte reference to an earlier record of the same field in the shard (its *base*),
+    /// then one zstd frame compressed with the base's data as a raw-content prefix
+    /// (`format-spec/shard.md` section 6.1; manifest feature [`ZSTD_REF_FEATURE`]). Only a
+    /// record's codec, never a field's.
+    ZstdRef,
 }
+
+/// The manifest feature (`features.required`) of a dataset with [`Codec::ZstdRef`] records.
+pub const ZSTD_REF_FEATURE: &str = "zstd-ref";
+
+/// The largest data a [`Codec::ZstdRef`] record and its base may each have: 16 MiB.
+pub const REF_MAX_LEN: u64 = 16 << 20;
+
+/// Bytes before the frame in a [`Codec::ZstdRef`] record: the base's record index (u64).
+pub const REF_HEADER_LEN: usize = 8;
 
 impl Codec {
     /// Decodes a codec number.
@@ -97,6 +111,7 @@ impl Codec {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
             2 => Some(Codec::ZstdDict),
+            3 => Some(Codec::ZstdRef),
             _ => None,
         }
     }
@@ -107,6 +122,7 @@ impl Codec {
             Codec::Raw => 0,
             Codec::Zstd => 1,
             Codec::ZstdDict => 2,
+            Codec::ZstdRef => 3,
         }
     }
 
@@ -116,6 +132,7 @@ impl Codec {
             Codec::Raw => "none",
             Codec::Zstd => "zstd",
             Codec::ZstdDict => "zstd-dict",
+            Codec::ZstdRef => "zstd-ref",
         }
     }
 }
@@ -259,8 +276,8 @@ impl fmt::Display for FormatError {
                 field_codec,
             } => write!(
                 f,
-                "record {record} is stored as {} but its field's codec is {}; a record is raw or \
-                 its field's codec",
+                "record {record} is stored as {} but its field's codec is {}; a record is raw, \
+                 its field's codec, or zstd-ref in a compressed field",
                 record_codec.name(),
                 field_codec.name()
             ),
@@ -803,13 +820,16 @@ impl FieldEntry {
     /// Decodes one entry (bounds are the caller's; `b` is exactly [`FieldEntry::SIZE`] bytes).
     pub fn decode(b: &[u8], at: u64) -> Result<FieldEntry, FormatError> {
         let c = get_u32(b, Self::CODEC_AT);
-        let codec = Codec::from_u32(c).ok_or_else(|| {
-            invalid(
-                "index/fields",
-                at + Self::CODEC_AT as u64,
-                format!("unknown codec {c}"),
-            )
-        })?;
+        // zstd-ref is a record's codec only: a field's codec is 0, 1 or 2.
+        let codec = Codec::from_u32(c)
+            .filter(|c| *c != Codec::ZstdRef)
+            .ok_or_else(|| {
+                invalid(
+                    "index/fields",
+                    at + Self::CODEC_AT as u64,
+                    format!("unknown codec {c}"),
+                )
+            })?;
         let mut l = [0u8; 4];
         l.copy_from_slice(&b[Self::LEVEL_AT..Self::LEVEL_AT + 4]);
         Ok(FieldEntry {
@@ -1347,6 +1367,32 @@ impl<B: AsRef<[u8]>> ShardBytes<B> {
                     "index/records",
                     at as u64,
                     format!("record {r} uses a dictionary its field does not have"),
+                ))
+            }
+            Some(Codec::ZstdRef)
+                if self.fields[e.field as usize].codec != Codec::Raw
+                    && e.stored_len >= REF_HEADER_LEN as u64
+                    && e.raw_len <= REF_MAX_LEN => {}
+            Some(Codec::ZstdRef) if self.fields[e.field as usize].codec == Codec::Raw => {
+                return Err(err(
+                    "index/records",
+                    at as u64,
+                    FormatErrorKind::RecordCodecMismatch {
+                        record: r,
+                        record_codec: Codec::ZstdRef,
+                        field_codec: Codec::Raw,
+                    },
+                ))
+            }
+            Some(Codec::ZstdRef) => {
+                return Err(invalid(
+                    "index/records",
+                    at as u64,
+                    format!(
+                        "zstd-ref record {r} has {} stored bytes for {} of data (at least {} \
+                         stored, at most {} of data)",
+                        e.stored_len, e.raw_len, REF_HEADER_LEN, REF_MAX_LEN
+                    ),
                 ))
             }
             Some(c) if c != Codec::Raw && c != self.fields[e.field as usize].codec => {

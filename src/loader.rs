@@ -154,7 +154,7 @@ use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode_into, max_decoded_len, new_dctx};
+use crate::codec::{decode_into, decode_record_with_base, max_decoded_len, new_dctx};
 use crate::error::{Error, Result};
 use crate::format::{record_checksum, Codec, FormatError, FormatErrorKind};
 pub use crate::pool::SampleBytes;
@@ -859,6 +859,31 @@ fn decode_fields(
             SampleBytes::from(Vec::new()) // pins no buffer
         } else if f.codec() == Codec::Raw {
             SampleBytes::view(buf.clone(), at, len)
+        } else if f.codec() == Codec::ZstdRef {
+            // The base, usually a sample or two earlier, is taken from the bytes read when
+            // it is among them, else from the shard.
+            let mut out = Vec::new();
+            shard
+                .ref_base(
+                    dctx,
+                    f.record_index(),
+                    f.field_index(),
+                    stored,
+                    Some((base, data)),
+                )
+                .and_then(|b| {
+                    decode_record_with_base(
+                        dctx,
+                        Codec::ZstdRef,
+                        stored,
+                        f.raw_len(),
+                        None,
+                        Some(&b),
+                        &mut out,
+                    )
+                })
+                .map_err(|e| bad(e.to_string()))?;
+            out.into()
         } else {
             let mut out = Vec::new();
             decode_into(

@@ -23,9 +23,9 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Lowest and highest dataset format version (`format_version`) this build reads.
 pub const SUPPORTED_FORMAT_VERSIONS: (u32, u32) = (1, 2);
 
-/// Feature names this build understands when a manifest lists them as required. None are
-/// defined yet; `format-spec/manifest.md` section 2.2.2 keeps the registry.
-pub const KNOWN_FEATURES: &[&str] = &[];
+/// Feature names this build understands when a manifest lists them as required;
+/// `format-spec/manifest.md` section 2.2.2 keeps the registry.
+pub const KNOWN_FEATURES: &[&str] = &[crate::format::ZSTD_REF_FEATURE];
 
 /// File name of shard `i`.
 pub fn shard_file_name(i: u64) -> String {

@@ -12,8 +12,8 @@ use memmap2::Mmap;
 use zstd::zstd_safe::DCtx;
 
 use crate::codec::{
-    decode_into, decode_record, new_dctx, walk_frame, DecodeDict, DecodeError, FrameDecoder,
-    StreamCheck,
+    check_ref_base, check_ref_base_data, decode_record, decode_record_with_base, new_dctx,
+    ref_parts, walk_frame, DecodeDict, DecodeError, FrameDecoder, StreamCheck,
 };
 use crate::error::{Error, Result};
 use crate::format::{
@@ -137,7 +137,50 @@ impl Shard {
         Ok(s)
     }
 
-    /// For a shard streamed from a remote store, fetches all of it into the local copy.
+    /// The data of the base of zstd-ref record `record` (of field `field`, with stored bytes
+    /// `stored`), checked as `format-spec/shard.md` 6.1 requires: the base's entry (section
+    /// 9.2 and the base rules), its checksum, its decoding, and its first bytes. For a
+    /// streamed remote shard, the base's bytes are fetched first. `read` is bytes the caller
+    /// has read from the file (from offset `.0`): a base inside them is taken from there, not
+    /// from the map. Raw bases are borrowed.
+    pub(crate) fn ref_base<'s>(
+        &'s self,
+        dctx: &mut DCtx<'_>,
+        record: u64,
+        field: u32,
+        stored: &[u8],
+        read: Option<(u64, &'s [u8])>,
+    ) -> std::result::Result<Cow<'s, [u8]>, DecodeError> {
+        let (base, _) = ref_parts(stored)?;
+        let entry = self
+            .bytes
+            .record(base)
+            .map_err(|e| DecodeError::Base(format!("its base, record {base}: {e}")))?;
+        check_ref_base(record, field, base, &entry)?;
+        let in_read = read.and_then(|(start, b)| {
+            let at = usize::try_from(entry.offset.checked_sub(start)?).ok()?;
+            b.get(at..at.checked_add(entry.stored_len as usize)?)
+        });
+        let bytes = match in_read {
+            Some(b) => b,
+            None => {
+                if let Some(fill) = &self.fill {
+                    fill.fill(entry.offset, entry.offset + entry.stored_len)
+                        .map_err(|e| {
+                            DecodeError::Base(format!("reading its base, record {base}: {e}"))
+                        })?;
+                }
+                self.bytes.stored(&entry)
+            }
+        };
+        let data = base_data(dctx, base, &entry, bytes, self.dict(field))?;
+        Ok(match data {
+            Some(v) => Cow::Owned(v),
+            None => Cow::Borrowed(bytes),
+        })
+    }
+
+    /// For a shard streamed from a remote store, fetches all of it into the local copy.    /// For a shard streamed from a remote store, fetches all of it into the local copy.
     fn fill_all(&self) -> Result<()> {
         match &self.fill {
             Some(fill) => fill
@@ -1156,6 +1199,7 @@ impl<'a> Sample<'a> {
             .map_err(|e| shard.corrupt(e))?;
         Ok(Field {
             sample: *self,
+            record: self.first_record + r,
             name: shard.bytes.field_name(rec.field as usize),
             codec: Codec::from_u32(rec.codec).expect("checked by record()"),
             stored: shard.bytes.stored(&rec),
@@ -1179,6 +1223,8 @@ impl<'a> Sample<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Field<'a> {
     sample: Sample<'a>,
+    /// Index in the shard's record table.
+    record: u64,
     name: &'a [u8],
     codec: Codec,
     stored: &'a [u8],
@@ -1194,6 +1240,11 @@ impl<'a> Field<'a> {
     /// Field index in the dataset's field table.
     pub fn field_index(&self) -> u32 {
         self.rec.field
+    }
+
+    /// Index of the record in its shard's record table.
+    pub fn record_index(&self) -> u64 {
+        self.record
     }
 
     /// How the record is stored.
@@ -1274,9 +1325,32 @@ impl<'a> Field<'a> {
         if self.codec == Codec::Raw {
             return Ok(());
         }
-        let dict = self.sample.shard.dict(self.rec.field);
-        decode_record(dctx, self.codec, self.stored, self.rec.raw_len, dict, buf)
+        self.decode_with(dctx, buf)
             .map_err(|e| (ProblemKind::of_decode(&e), self.bad(e.to_string())))
+    }
+
+    /// Decodes the (checked) record into `out` with `dctx`; a zstd-ref record's base is
+    /// checked and decoded first.
+    fn decode_with(
+        &self,
+        dctx: &mut DCtx<'_>,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), DecodeError> {
+        let shard = self.sample.shard;
+        if self.codec == Codec::ZstdRef {
+            let base = shard.ref_base(dctx, self.record, self.rec.field, self.stored, None)?;
+            return decode_record_with_base(
+                dctx,
+                self.codec,
+                self.stored,
+                self.rec.raw_len,
+                None,
+                Some(&base),
+                out,
+            );
+        }
+        let dict = shard.dict(self.rec.field);
+        decode_record(dctx, self.codec, self.stored, self.rec.raw_len, dict, out)
     }
 
     /// A reader of the data that holds a bounded amount of memory whatever the record's size,
@@ -1294,7 +1368,9 @@ impl<'a> Field<'a> {
     /// [`Error::BadRecord`] (or, for a failed read of the shard file, its [`Error::Io`]).
     pub fn reader(&self) -> Result<FieldReader<'a>> {
         let stored_len = self.stored.len() as u64;
-        if stored_len <= STREAM_ABOVE && self.rec.raw_len <= STREAM_ABOVE {
+        // A zstd-ref record (at most 16 MiB of data) is decoded in memory with its base.
+        let small = stored_len <= STREAM_ABOVE && self.rec.raw_len <= STREAM_ABOVE;
+        if small || self.codec == Codec::ZstdRef {
             return Ok(FieldReader {
                 kind: ReaderKind::Mem {
                     data: self.data()?,
@@ -1328,7 +1404,7 @@ impl<'a> Field<'a> {
                 pos: start,
                 end,
             },
-            Codec::Zstd | Codec::ZstdDict => {
+            Codec::Zstd | Codec::ZstdDict | Codec::ZstdRef => {
                 // The frame rules of `format-spec/shard.md` section 6, as in `decode_record`
                 // and `verify`, before any byte is handed out: the header (skippable frame,
                 // window) and, by walking the block headers, that the frame is the whole
@@ -1366,18 +1442,8 @@ impl<'a> Field<'a> {
     }
 
     fn decode_unchecked(&self, out: &mut Vec<u8>) -> Result<()> {
-        let dict = self.sample.shard.dict(self.rec.field);
-        DCTX.with(|d| {
-            decode_into(
-                &mut d.borrow_mut(),
-                self.codec,
-                self.stored,
-                self.rec.raw_len,
-                dict,
-                out,
-            )
-        })
-        .map_err(|e| self.bad(e))
+        DCTX.with(|d| self.decode_with(&mut d.borrow_mut(), out))
+            .map_err(|e| self.bad(e.to_string()))
     }
 }
 
@@ -1423,6 +1489,9 @@ pub enum ProblemKind {
     /// The manifest's per-field statistics (`records`, `raw_bytes`, `stored_bytes`,
     /// `dict_bytes`) differ from the shards.
     FieldStats,
+    /// A zstd-ref record's base breaks a rule (an earlier record of the same field, not
+    /// zstd-ref, intact, at most 16 MiB, not starting with the dictionary magic).
+    RefBase,
 }
 
 impl ProblemKind {
@@ -1446,6 +1515,7 @@ impl ProblemKind {
             ProblemKind::WindowTooLarge => "window-too-large",
             ProblemKind::Decode => "decode",
             ProblemKind::FieldStats => "field-stats",
+            ProblemKind::RefBase => "ref-base",
         }
     }
 
@@ -1477,6 +1547,7 @@ impl ProblemKind {
             DecodeError::TrailingBytes { .. } => ProblemKind::TrailingFrame,
             DecodeError::SkippableFrame => ProblemKind::SkippableFrame,
             DecodeError::WindowTooLarge { .. } => ProblemKind::WindowTooLarge,
+            DecodeError::Base(_) => ProblemKind::RefBase,
             _ => ProblemKind::Decode,
         }
     }
@@ -1486,6 +1557,36 @@ impl std::fmt::Display for ProblemKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// A zstd-ref record's base `base` (entry `entry`, stored bytes `bytes`, already checked with
+/// [`check_ref_base`]): its checksum, then its data, decoded (`Some`) or, for a raw base, the
+/// stored bytes themselves (`None`), and the rule on its first bytes. Shared by the reader and
+/// the Loader, which has the bytes from its own read.
+pub(crate) fn base_data(
+    dctx: &mut DCtx<'_>,
+    base: u64,
+    entry: &RecordEntry,
+    bytes: &[u8],
+    dict: Option<&DecodeDict>,
+) -> std::result::Result<Option<Vec<u8>>, DecodeError> {
+    let actual = record_checksum(bytes);
+    if actual != entry.checksum {
+        return Err(DecodeError::Base(format!(
+            "its base, record {base}, fails its checksum (stored {:016x}, computed {actual:016x})",
+            entry.checksum
+        )));
+    }
+    let codec = Codec::from_u32(entry.codec).expect("checked by record()");
+    if codec == Codec::Raw {
+        check_ref_base_data(base, bytes)?;
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    decode_record(dctx, codec, bytes, entry.raw_len, dict, &mut out)
+        .map_err(|e| DecodeError::Base(format!("its base, record {base}, does not decode: {e}")))?;
+    check_ref_base_data(base, &out)?;
+    Ok(Some(out))
 }
 
 /// Records larger than this (stored or decoded) are streamed by [`Field::reader`] instead of
@@ -1966,6 +2067,11 @@ impl<'m> Verifier<'m> {
                             st.2 = st.2.saturating_add(f.stored().len() as u64);
                         }
                         let res = match file.as_ref() {
+                            // A zstd-ref record (at most 16 MiB) is decoded in memory with its
+                            // base.
+                            _ if f.codec == Codec::ZstdRef => {
+                                f.verify_record(&mut dctx, &mut self.buf)
+                            }
                             Some(file) if f.rec.stored_len >= self.large => {
                                 Self::large_record(&mut self.piece, file, &f)
                             }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     align_up, is_safe_field_name, key_hash, record_checksum, Codec, FieldEntry, Footer, Header,
     IndexHeader, KeyHashEntry, RecordEntry, SampleEntry, Version, MAX_RECORD_ALIGN,
-    MIN_RECORD_ALIGN, NO_LABEL, REGION_ALIGN,
+    MIN_RECORD_ALIGN, NO_LABEL, REF_HEADER_LEN, REGION_ALIGN, ZSTD_REF_FEATURE,
 };
 use crate::manifest::{
     shard_file_name, Features, FieldMeta, Hash64, Manifest, Name, ShardMeta, Skipped, WriterId,
@@ -311,6 +311,27 @@ impl std::fmt::Debug for StreamedRecord<'_> {
     }
 }
 
+/// A [`Codec::ZstdRef`] record: a frame compressed against an earlier record of the same
+/// field in the same shard (its base; `format-spec/shard.md` 6.1), from
+/// [`crate::codec::FieldEncoder::encode_ref`]. The writer puts the base's record index in
+/// front of the frame.
+#[derive(Debug, Clone, Copy)]
+pub struct RefRecord<'a> {
+    /// Field index (position in the writer's field list).
+    pub field: u32,
+    /// The zstd frame, compressed with the base's data as a raw-content prefix.
+    pub frame: &'a [u8],
+    /// Length after decoding.
+    pub raw_len: u64,
+    /// The sample holding the base, numbered as this writer appended them from 0 (see
+    /// [`DatasetWriter::samples`]); it must be in the shard this sample goes to
+    /// ([`DatasetWriter::shard_start_for`]) and have a record of `field` that is not
+    /// zstd-ref and decodes to `base_raw_len` bytes.
+    pub base_sample: u64,
+    /// The base's data length, checked against the base's record.
+    pub base_raw_len: u64,
+}
+
 /// One record of a sample for [`DatasetWriter::append_inputs`].
 #[derive(Debug)]
 pub enum RecordInput<'a> {
@@ -318,6 +339,8 @@ pub enum RecordInput<'a> {
     Bytes(EncodedRecord<'a>),
     /// Bytes read while written.
     Stream(StreamedRecord<'a>),
+    /// A frame that refers to an earlier record of the field.
+    Ref(RefRecord<'a>),
 }
 
 impl RecordInput<'_> {
@@ -325,24 +348,28 @@ impl RecordInput<'_> {
         match self {
             RecordInput::Bytes(b) => b.field,
             RecordInput::Stream(s) => s.field,
+            RecordInput::Ref(r) => r.field,
         }
     }
     fn codec(&self) -> Codec {
         match self {
             RecordInput::Bytes(b) => b.codec,
             RecordInput::Stream(s) => s.codec,
+            RecordInput::Ref(_) => Codec::ZstdRef,
         }
     }
     fn stored_len(&self) -> u64 {
         match self {
             RecordInput::Bytes(b) => b.stored.len() as u64,
             RecordInput::Stream(s) => s.stored_len,
+            RecordInput::Ref(r) => (REF_HEADER_LEN + r.frame.len()) as u64,
         }
     }
     fn raw_len(&self) -> u64 {
         match self {
             RecordInput::Bytes(b) => b.raw_len,
             RecordInput::Stream(s) => s.raw_len,
+            RecordInput::Ref(r) => r.raw_len,
         }
     }
 }
@@ -381,6 +408,8 @@ struct OpenShard {
     key_hashes: Vec<KeyHashEntry>,
     sample_count: u64,
     record_count: u64,
+    /// The writer's number of the shard's first sample (see [`DatasetWriter::samples`]).
+    first_sample: u64,
 }
 
 /// Writes a dataset directory. See the module docs.
@@ -413,6 +442,8 @@ pub struct DatasetWriter {
     /// Part of a planned pack: temporary names carry this tag, finished shards stay when the
     /// writer is dropped unfinished, and `finish_part` writes no manifest.
     part_tag: Option<String>,
+    /// zstd-ref records written (the manifest then requires [`ZSTD_REF_FEATURE`]).
+    ref_records: u64,
 }
 
 /// What [`DatasetWriter::finish_part`] wrote: the shards and the per-field totals the manifest
@@ -427,6 +458,8 @@ pub struct PartOutput {
     pub records: u64,
     /// Per field: records, raw bytes, stored bytes.
     pub fields: Vec<(u64, u64, u64)>,
+    /// zstd-ref records written.
+    pub ref_records: u64,
 }
 
 impl std::fmt::Debug for DatasetWriter {
@@ -511,6 +544,7 @@ impl DatasetWriter {
             raw_cut: None,
             base: (0, 0),
             part_tag: None,
+            ref_records: 0,
         })
     }
 
@@ -589,6 +623,19 @@ impl DatasetWriter {
             })
             .collect();
         self.append_encoded(key, label, &recs)
+    }
+
+    /// The number (as [`DatasetWriter::samples`] counts) of the first sample of the shard that
+    /// a next sample with this key length and these records' raw lengths would go to: the
+    /// earliest sample a [`RefRecord`] of it may name as its base. `None` when shards are cut
+    /// by stored sizes, which are not known before the records are encoded.
+    pub fn shard_start_for(&self, key_len: usize, raw_lens: &[u64]) -> Option<u64> {
+        let mut cutter = self.raw_cut.clone()?;
+        let new = cutter.push(key_len, raw_lens);
+        Some(match &self.shard {
+            Some(s) if !new => s.first_sample,
+            _ => self.samples,
+        })
     }
 
     /// Appends one sample whose records are already encoded, sorted by field without repeats.
@@ -720,6 +767,16 @@ impl DatasetWriter {
                         record_checksum(b.stored)
                     }
                     RecordInput::Stream(st) => copy_stream(s, st, &key_path)?,
+                    RecordInput::Ref(rr) => {
+                        let base = resolve_base(s, rr).map_err(|detail| {
+                            Error::input(key_path(), format!("zstd-ref record: {detail}"))
+                        })?;
+                        let mut stored = Vec::with_capacity(REF_HEADER_LEN + rr.frame.len());
+                        stored.extend_from_slice(&base.to_le_bytes());
+                        stored.extend_from_slice(rr.frame);
+                        write_bytes(s, &stored)?;
+                        record_checksum(&stored)
+                    }
                 };
                 Ok::<_, Error>(RecordEntry {
                     offset,
@@ -742,6 +799,9 @@ impl DatasetWriter {
             }
         }
         for e in &entries {
+            if e.codec == Codec::ZstdRef.as_u32() {
+                self.ref_records += 1;
+            }
             e.encode_into(&mut s.records);
             let f = &mut self.fields[e.field as usize];
             f.records += 1;
@@ -804,6 +864,7 @@ impl DatasetWriter {
             key_hashes: Vec::new(),
             sample_count: 0,
             record_count: 0,
+            first_sample: self.samples,
         };
         let header = Header {
             version: Version::CURRENT,
@@ -963,6 +1024,7 @@ impl DatasetWriter {
             self.shards.clone(),
             fields,
             info,
+            self.ref_records,
         );
         let tmp = self.dir.join(format!("{MANIFEST_FILE}.tmp"));
         let dst = self.dir.join(MANIFEST_FILE);
@@ -994,6 +1056,7 @@ impl DatasetWriter {
                 .iter()
                 .map(|f| (f.records, f.raw_bytes, f.stored_bytes))
                 .collect(),
+            ref_records: self.ref_records,
         })
     }
 
@@ -1043,12 +1106,17 @@ pub(crate) fn build_manifest(
     shards: Vec<ShardMeta>,
     fields: Vec<FieldMeta>,
     info: DatasetInfo,
+    ref_records: u64,
 ) -> Manifest {
+    let mut features = Features::default();
+    if ref_records > 0 {
+        features.required.push(ZSTD_REF_FEATURE.to_string());
+    }
     Manifest {
         format: FORMAT_NAME.to_string(),
         format_version: FORMAT_VERSION,
         writer: Some(WriterId::with_trainer(info.dict_trainer)),
-        features: Some(Features::default()),
+        features: Some(features),
         samples,
         records,
         shards,
@@ -1099,6 +1167,44 @@ fn write_zeros(s: &mut OpenShard, mut n: u64) -> Result<()> {
         n -= k as u64;
     }
     Ok(())
+}
+
+/// The record index, in the open shard, of `r`'s base: the record of `r.field` in sample
+/// `r.base_sample`, which must be in this shard, not be zstd-ref and have `r.base_raw_len`
+/// bytes of data.
+fn resolve_base(s: &OpenShard, r: &RefRecord<'_>) -> std::result::Result<u64, String> {
+    let local = r
+        .base_sample
+        .checked_sub(s.first_sample)
+        .filter(|&l| l < s.sample_count)
+        .ok_or_else(|| {
+            format!(
+                "its base, sample {}, is not in the shard being written (samples {}..{})",
+                r.base_sample,
+                s.first_sample,
+                s.first_sample + s.sample_count
+            )
+        })?;
+    let at = local as usize * SampleEntry::SIZE;
+    let e = SampleEntry::decode(&s.samples[at..at + SampleEntry::SIZE]);
+    for i in e.first_record..e.first_record + u64::from(e.record_count) {
+        let at = i as usize * RecordEntry::SIZE;
+        let rec = RecordEntry::decode(&s.records[at..at + RecordEntry::SIZE]);
+        if rec.field != r.field {
+            continue;
+        }
+        if rec.codec == Codec::ZstdRef.as_u32() || rec.raw_len != r.base_raw_len {
+            return Err(format!(
+                "its base in sample {} is zstd-ref or has {} bytes, not {}",
+                r.base_sample, rec.raw_len, r.base_raw_len
+            ));
+        }
+        return Ok(i);
+    }
+    Err(format!(
+        "its base, sample {}, has no record of field {}",
+        r.base_sample, r.field
+    ))
 }
 
 fn pad_to(s: &mut OpenShard, target: u64) -> Result<()> {

@@ -445,3 +445,65 @@ fn golden_v1_holds_exactly_the_golden_tree() {
         "golden-v1 vs fixtures/trees/golden",
     );
 }
+
+fn golden_zstd_ref() -> PathBuf {
+    repo_root().join("fixtures/golden-zstd-ref")
+}
+
+/// `fixtures/golden-zstd-ref/`, the fixture of feature `zstd-ref` (format version 2 with
+/// codec 3): packed once from `fixtures/trees/refs/` with the default options
+/// (`shardpack pack fixtures/trees/refs fixtures/golden-zstd-ref`). Today's reader reads and
+/// verifies it and finds the tree; it holds zstd-ref records (copies and variants).
+#[test]
+fn todays_reader_reads_golden_zstd_ref() {
+    let ds = Dataset::open(golden_zstd_ref()).unwrap();
+    let m = ds.manifest();
+    assert_eq!(
+        m.features.clone().unwrap().required,
+        vec!["zstd-ref".to_string()]
+    );
+    let report = ds.verify();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let refs = ds
+        .iter()
+        .flat_map(|s| {
+            s.unwrap()
+                .fields()
+                .map(|f| f.unwrap().codec())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| *c == Codec::ZstdRef)
+        .count();
+    assert!(refs >= 4, "{refs} zstd-ref records");
+    assert_same_tree(
+        &dataset_tree(&ds),
+        &snapshot(&repo_root().join("fixtures/trees/refs")),
+        "fixtures/golden-zstd-ref vs fixtures/trees/refs",
+    );
+}
+
+/// Today's default pack of `fixtures/trees/refs/` writes golden-zstd-ref's bytes (with the
+/// same zstd; otherwise the message says the compressor changed).
+#[test]
+fn todays_pack_reproduces_golden_zstd_ref() {
+    let made_by = manifest_of(&golden_zstd_ref()).writer.unwrap();
+    let tmp = common::tempdir();
+    let out = tmp.path().join("refs");
+    for threads in [1, 3] {
+        let _ = std::fs::remove_dir_all(&out);
+        let opts = PackOptions {
+            threads,
+            ..PackOptions::default()
+        };
+        pack(
+            &repo_root().join("fixtures/trees/refs"),
+            &out,
+            &opts,
+            &NoProgress,
+        )
+        .unwrap();
+        if let Some(p) = reproduction_problem(&out, &golden_zstd_ref(), &made_by) {
+            panic!("{threads} threads: {p}");
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use common::{flip_byte, shard_files, snapshot, text_bytes, write_tree, Tree};
+use common::{flip_byte, reseal, shard_files, snapshot, text_bytes, write_tree, Tree};
 use shardpack::compile::{pack, PackOptions, Progress};
 use shardpack::format::{Codec, Footer, MAX_RECORD_ALIGN, NO_LABEL};
 use shardpack::manifest::{Hash64, Manifest, MANIFEST_FILE};
@@ -721,26 +721,6 @@ fn every_flipped_byte_is_caught_without_panicking() {
     assert!(panics.is_empty(), "panics at byte offsets {panics:?}");
 }
 
-/// Re-seals a shard after its index was edited: new index checksum in the footer, new footer
-/// checksum, and the manifest's hashes updated to match. What remains is the per-entry
-/// validation of the reader.
-fn reseal(dir: &Path, shard_index: usize, mut bytes: Vec<u8>) {
-    let footer = Footer::decode(&bytes).expect("only the index was edited");
-    let idx =
-        &bytes[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
-    let mut f = footer;
-    f.index_checksum = xxhash_rust::xxh3::xxh3_64(idx);
-    let at = bytes.len() - Footer::SIZE;
-    bytes[at..].copy_from_slice(&f.encode());
-    let name = format!("shard-{shard_index:06}.spk");
-    fs::write(dir.join(&name), &bytes).unwrap();
-    let mpath = dir.join(MANIFEST_FILE);
-    let mut m: Manifest = serde_json::from_slice(&fs::read(&mpath).unwrap()).unwrap();
-    m.shards[shard_index].index_xxh3 = Hash64(f.index_checksum);
-    m.shards[shard_index].xxh3 = Hash64(xxhash_rust::xxh3::xxh3_64(&bytes));
-    fs::write(&mpath, m.to_json()).unwrap();
-}
-
 #[test]
 fn edited_index_with_valid_checksums_never_panics() {
     let tmp = common::tempdir();
@@ -807,6 +787,7 @@ fn manifest_options_keys_are_the_spec_keys_in_byte_order() {
             "follow_symlinks",
             "key",
             "max_samples_per_shard",
+            "refs",
             "shard_size",
             "shuffle_seed",
             "skip_errors",

@@ -177,6 +177,7 @@ def pack(
     label_column: str | None = None,
     field_columns: Sequence[str] | None = None,
     dict_trainer: str = "fastcover",
+    refs: bool = True,
 ) -> dict[str, Any]:
     """Packs ``src`` into a new dataset ``out``; returns the summary dict.
 
@@ -212,7 +213,9 @@ def pack(
     ``error`` for files outside any class folder under ``imagefolder`` labels),
     ``skip_errors``, ``force``, ``dict_trainer`` (``fastcover``, the default, or ``zdict``:
     zstd's ``ZDICT_trainFromBuffer``, slower, which reproduces a dataset whose manifest names
-    it in ``writer.dict_trainer``).
+    it in ``writer.dict_trainer``), ``refs`` (``pack --refs``: ``True``, the default, stores a
+    file that resembles an earlier one of its field in the shard, such as a copy, compressed
+    against it as codec zstd-ref; ``False`` writes what shardpack 0.2 wrote).
     The output is byte-identical to the CLI's for the same options.
 
     ``progress``, when given, is called about every 100 ms from the calling thread with a dict
@@ -271,6 +274,7 @@ def pack(
         label_column=None if label_column is None else str(label_column),
         field_columns=_columns(field_columns),
         dict_trainer=str(dict_trainer),
+        refs=bool(refs),
     )
     summary: dict[str, Any] = json.loads(result)
     return summary

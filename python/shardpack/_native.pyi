@@ -118,6 +118,7 @@ def _pack(
     label_column: str | None = ...,
     field_columns: list[str] = ...,
     dict_trainer: str = ...,
+    refs: bool = ...,
 ) -> str: ...
 def _sample_from_parts(
     ds: Dataset,

@@ -1612,7 +1612,7 @@ pub(crate) fn parse_trainer(py: Python<'_>, name: &str) -> PyResult<DictTrainer>
                     align, shuffle_seed, threads, io_threads, labels, key, symlinks,
                     max_skipped_share, unlabeled, skip_errors, force, progress,
                     key_column = None, label_column = None, field_columns = Vec::new(),
-                    dict_trainer = "fastcover"))]
+                    dict_trainer = "fastcover", refs = true))]
 #[allow(clippy::too_many_arguments)]
 fn _pack(
     py: Python<'_>,
@@ -1638,6 +1638,7 @@ fn _pack(
     label_column: Option<String>,
     field_columns: Vec<String>,
     dict_trainer: &str,
+    refs: bool,
 ) -> PyResult<String> {
     let mut opts = PackOptions {
         force,
@@ -1664,6 +1665,7 @@ fn _pack(
     opts.source.label_column = label_column;
     opts.source.field_columns = field_columns;
     opts.dict_trainer = parse_trainer(py, dict_trainer)?;
+    opts.refs = refs;
     // An s3:// OUT, as `shardpack pack SRC s3://...` takes it: the destination is checked
     // before packing, the dataset packed in a staging folder (removed at the end), then
     // uploaded with the manifest last (`shardpack::storage::upload`).

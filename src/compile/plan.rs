@@ -137,6 +137,9 @@ struct PlanOpts {
     /// with `zdict`.
     #[serde(default = "zdict_name")]
     dict_trainer: String,
+    /// zstd-ref records (`pack --refs`); absent in plans made before them: off.
+    #[serde(default)]
+    refs: bool,
 }
 
 fn zdict_name() -> String {
@@ -184,6 +187,9 @@ struct Receipt {
     /// Per field: records, raw bytes, stored bytes.
     fields: Vec<(u64, u64, u64)>,
     shards: Vec<ShardMeta>,
+    /// zstd-ref records (absent in receipts of shardpack before they existed: none).
+    #[serde(default)]
+    ref_records: u64,
 }
 
 /// The outcome of [`plan`].
@@ -554,6 +560,7 @@ fn write_plan(
                 .collect(),
             shuffle_seed: opts.shuffle_seed,
             dict_trainer: opts.dict_trainer.name().into(),
+            refs: opts.refs,
         },
         fields: prepared
             .specs
@@ -719,6 +726,7 @@ fn options_of(doc: &PlanDoc, local: &PackOptions) -> Result<PackOptions> {
         },
         shard_cut: ShardCut::Raw,
         dict_trainer: o.trainer()?,
+        refs: o.refs,
         threads: local.threads,
         io_threads: local.io_threads,
         window_bytes: local.window_bytes,
@@ -883,6 +891,7 @@ pub fn pack_part(
         records: output.records,
         fields: output.fields.clone(),
         shards: output.shards.clone(),
+        ref_records: output.ref_records,
     };
     let bytes = serde_json::to_vec_pretty(&receipt).expect("a receipt serializes");
     write_atomic(&receipt_path, &bytes)?;
@@ -1256,9 +1265,10 @@ pub fn merge(out: &Path, opts: &MergeOptions) -> Result<MergeSummary> {
         ));
     }
     let mut totals = vec![(0u64, 0u64, 0u64); specs.len()];
-    let (mut samples, mut records) = (0u64, 0u64);
+    let (mut samples, mut records, mut ref_records) = (0u64, 0u64, 0u64);
     let mut shards = Vec::with_capacity(doc.shards as usize);
     for r in receipts {
+        ref_records += r.ref_records;
         for (t, f) in totals.iter_mut().zip(&r.fields) {
             t.0 += f.0;
             t.1 += f.1;
@@ -1282,7 +1292,7 @@ pub fn merge(out: &Path, opts: &MergeOptions) -> Result<MergeSummary> {
         skipped: doc.skipped.clone(),
         dict_trainer: doc.options.trainer()?,
     };
-    let manifest = build_manifest(samples, records, shards, fields, info);
+    let manifest = build_manifest(samples, records, shards, fields, info, ref_records);
     commit_manifest(out, &manifest)?;
     // The dataset is committed; what is left of the plan goes, unless a run of a part is
     // still going (a stray file would only be ignored by readers, but OUT should hold what a

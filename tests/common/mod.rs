@@ -231,3 +231,24 @@ pub fn shard_files(dir: &Path) -> Vec<PathBuf> {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Re-seals a shard after its index was edited: new index checksum in the footer, new footer
+/// checksum, and the manifest's hashes updated to match. What remains is the per-entry
+/// validation of the reader.
+pub fn reseal(dir: &Path, shard_index: usize, mut bytes: Vec<u8>) {
+    let footer = shardpack::format::Footer::decode(&bytes).expect("only the index was edited");
+    let idx =
+        &bytes[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
+    let mut f = footer;
+    f.index_checksum = xxhash_rust::xxh3::xxh3_64(idx);
+    let at = bytes.len() - shardpack::format::Footer::SIZE;
+    bytes[at..].copy_from_slice(&f.encode());
+    let name = format!("shard-{shard_index:06}.spk");
+    fs::write(dir.join(&name), &bytes).unwrap();
+    let mpath = dir.join(shardpack::manifest::MANIFEST_FILE);
+    let mut m: shardpack::manifest::Manifest =
+        serde_json::from_slice(&fs::read(&mpath).unwrap()).unwrap();
+    m.shards[shard_index].index_xxh3 = shardpack::manifest::Hash64(f.index_checksum);
+    m.shards[shard_index].xxh3 = shardpack::manifest::Hash64(xxhash_rust::xxh3::xxh3_64(&bytes));
+    fs::write(&mpath, m.to_json()).unwrap();
+}

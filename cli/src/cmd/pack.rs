@@ -107,6 +107,13 @@ pub struct Args {
     #[arg(long, value_name = "TRAINER", default_value = "fastcover",
           value_parser = clap::builder::PossibleValuesParser::new(DictTrainer::ALL.map(DictTrainer::name)))]
     pub dict_trainer: String,
+    /// Store a file of a compressed field that resembles an earlier one of the same field in
+    /// its shard (an identical copy, a variant, a page of the same template) compressed
+    /// against that file: codec zstd-ref, which readers before shardpack 0.3 do not know
+    /// (the manifest then requires feature zstd-ref). on (the default) or off (the output of
+    /// earlier versions). Needs --shard-cut raw.
+    #[arg(long, value_name = "ON|OFF", default_value = "on", value_parser = ["on", "off"])]
+    pub refs: String,
     /// Record alignment in bytes: a power of two from 8 to 1048576 (e.g. 4096 for O_DIRECT
     /// reads of single records).
     #[arg(long, default_value_t = 8, value_parser = parse_align)]
@@ -428,6 +435,7 @@ pub(crate) fn options(a: &Args) -> Result<PackOptions> {
         },
         shard_cut: a.shard_cut.parse().map_err(anyhow::Error::msg)?,
         dict_trainer: a.dict_trainer.parse().map_err(anyhow::Error::msg)?,
+        refs: a.refs == "on",
         ..PackOptions::default()
     };
     Ok(opts)
