@@ -646,6 +646,7 @@ fn base_bytes<'w>(
     window: &'w Window,
     decoders: &[Option<DecodeDict>],
     field: u32,
+    dctx: &mut zstd::zstd_safe::DCtx<'static>,
 ) -> Option<std::borrow::Cow<'w, [u8]>> {
     let b = bases.base(id);
     match &b.data {
@@ -657,10 +658,8 @@ fn base_bytes<'w>(
         refs::BaseData::Kept(stored, Codec::Raw) => Some(std::borrow::Cow::Owned(stored.to_vec())),
         refs::BaseData::Kept(stored, codec) => {
             let mut out = Vec::new();
-            let mut dctx = crate::codec::new_dctx();
             let dict = decoders[field as usize].as_ref();
-            crate::codec::decode_record(&mut dctx, *codec, stored, b.raw_len, dict, &mut out)
-                .ok()?;
+            crate::codec::decode_record(dctx, *codec, stored, b.raw_len, dict, &mut out).ok()?;
             Some(std::borrow::Cow::Owned(out))
         }
         refs::BaseData::Dropped => None,
@@ -1125,25 +1124,29 @@ fn pack_catalog(
                     .files
                     .par_iter()
                     .enumerate()
-                    .map_init(new_cctx, |cctx, (at, rf)| match &rf.data {
-                        Ok(_) if rf.large || cancel.check() => (Codec::Raw, Vec::new(), None),
-                        Ok(raw) => {
-                            let field = cat.member_field(rf.member as usize);
-                            let enc = &encoders[field as usize];
-                            let mut out = Vec::new();
-                            if let Some(id) = ref_of.get(at).copied().flatten() {
-                                let base = base_bytes(bases_now, id, &window, &decoders, field);
-                                if let Some(b) = base {
-                                    if enc.encode_ref(cctx, raw, &b, &mut out) {
-                                        return (Codec::ZstdRef, out, Some(id));
+                    .map_init(
+                        || (new_cctx(), crate::codec::new_dctx()),
+                        |(cctx, dctx), (at, rf)| match &rf.data {
+                            Ok(_) if rf.large || cancel.check() => (Codec::Raw, Vec::new(), None),
+                            Ok(raw) => {
+                                let field = cat.member_field(rf.member as usize);
+                                let enc = &encoders[field as usize];
+                                let mut out = Vec::new();
+                                if let Some(id) = ref_of.get(at).copied().flatten() {
+                                    let base =
+                                        base_bytes(bases_now, id, &window, &decoders, field, dctx);
+                                    if let Some(b) = base {
+                                        if enc.encode_ref(cctx, raw, &b, &mut out) {
+                                            return (Codec::ZstdRef, out, Some(id));
+                                        }
                                     }
                                 }
+                                let codec = enc.encode(cctx, raw, &mut out);
+                                (codec, out, None)
                             }
-                            let codec = enc.encode(cctx, raw, &mut out);
-                            (codec, out, None)
-                        }
-                        Err(_) => (Codec::Raw, Vec::new(), None),
-                    })
+                            Err(_) => (Codec::Raw, Vec::new(), None),
+                        },
+                    )
                     .collect()
             });
             // Commit in order.
