@@ -585,7 +585,7 @@ struct Window {
 fn decide_refs(
     window: &Window,
     cat: &Catalog,
-    field_codecs: &[Codec],
+    encoders: &[FieldEncoder],
     cutter: &mut RawCutter,
     bases: &mut refs::BaseIndex,
     cpu: &rayon::ThreadPool,
@@ -598,7 +598,7 @@ fn decide_refs(
                 Ok(d)
                     if !rf.large
                         && (refs::MIN_REF_LEN..=refs::MAX_REF_LEN).contains(&d.len())
-                        && field_codecs[cat.member_field(rf.member as usize) as usize]
+                        && encoders[cat.member_field(rf.member as usize) as usize].codec()
                             != Codec::Raw =>
                 {
                     Some(refs::sketch(d))
@@ -610,13 +610,12 @@ fn decide_refs(
     let n = window.files.len();
     let (mut ref_of, mut base_of) = (vec![None; n], vec![None; n]);
     let mut at = 0usize;
+    let mut raws = Vec::new();
     for &s in &window.samples {
         let s = s as usize;
         let range = cat.member_range(s);
-        let raws: Vec<u64> = range
-            .clone()
-            .map(|m| cat.member(s, m).member.size)
-            .collect();
+        raws.clear();
+        raws.extend(range.clone().map(|m| cat.member(s, m).member.size));
         if cutter.push(cat.key(s).len(), &raws) {
             bases.new_shard();
         }
@@ -1016,7 +1015,6 @@ fn pack_catalog(
         .iter()
         .map(|s| s.dict.as_deref().and_then(DecodeDict::new))
         .collect();
-    let field_codecs: Vec<Codec> = specs.iter().map(|s| s.codec).collect();
     let mut commit_cctx = new_cctx();
 
     // Encoders for the worker threads (the writer keeps its own for `append`).
@@ -1114,7 +1112,7 @@ fn pack_catalog(
             cancel.stop()?;
             // Which members are stored against a base (`refs`), and which become bases.
             let (ref_of, base_of) = match refs_wanted {
-                true => decide_refs(&window, cat, &field_codecs, &mut cutter, &mut bases, cpu),
+                true => decide_refs(&window, cat, encoders, &mut cutter, &mut bases, cpu),
                 false => (Vec::new(), Vec::new()),
             };
             let bases_now = &bases;

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{dataset_tree, reseal, shard_files, snapshot, text_bytes, write_tree, Tree};
@@ -67,6 +67,17 @@ fn pack_tree(src: &Path, out: &Path, o: &PackOptions) -> Arc<Dataset> {
     Arc::new(Dataset::open(out).unwrap())
 }
 
+/// [`tree`] written to `src` and packed (refs on, 2 threads) to `out` in a new temporary
+/// directory.
+fn packed() -> (tempfile::TempDir, PathBuf, PathBuf, Arc<Dataset>) {
+    let tmp = common::tempdir();
+    let src = tmp.path().join("src");
+    write_tree(&src, &tree());
+    let out = tmp.path().join("out");
+    let ds = pack_tree(&src, &out, &opts(2, true));
+    (tmp, src, out, ds)
+}
+
 /// Records per codec over the whole dataset.
 fn codecs(ds: &Dataset) -> BTreeMap<&'static str, u64> {
     let mut n = BTreeMap::new();
@@ -80,11 +91,7 @@ fn codecs(ds: &Dataset) -> BTreeMap<&'static str, u64> {
 
 #[test]
 fn similar_and_identical_files_are_stored_as_zstd_ref_and_read_back_exactly() {
-    let tmp = common::tempdir();
-    let src = tmp.path().join("src");
-    write_tree(&src, &tree());
-    let out = tmp.path().join("out");
-    let ds = pack_tree(&src, &out, &opts(2, true));
+    let (tmp, src, out, ds) = packed();
     assert!(ds.shards().len() >= 2, "the test wants several shards");
     let n = codecs(&ds);
     let refs = n.get("zstd-ref").copied().unwrap_or(0);
@@ -179,11 +186,7 @@ fn first_ref(ds: &Dataset) -> (usize, u64) {
 
 #[test]
 fn a_base_that_breaks_a_rule_is_an_error_naming_it() {
-    let tmp = common::tempdir();
-    let src = tmp.path().join("src");
-    write_tree(&src, &tree());
-    let out = tmp.path().join("out");
-    let ds = pack_tree(&src, &out, &opts(2, true));
+    let (tmp, src, out, ds) = packed();
     let (shard, r) = first_ref(&ds);
     let path = shard_files(&out)[shard].clone();
     let full = fs::read(&path).unwrap();

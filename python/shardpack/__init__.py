@@ -215,7 +215,7 @@ def pack(
     zstd's ``ZDICT_trainFromBuffer``, slower, which reproduces a dataset whose manifest names
     it in ``writer.dict_trainer``), ``refs`` (``pack --refs``: ``True``, the default, stores a
     file that resembles an earlier one of its field in the shard, such as a copy, compressed
-    against it as codec zstd-ref; ``False`` writes what shardpack 0.2 wrote).
+    against it as codec zstd-ref; ``False`` writes what shardpack wrote before zstd-ref).
     The output is byte-identical to the CLI's for the same options.
 
     ``progress``, when given, is called about every 100 ms from the calling thread with a dict

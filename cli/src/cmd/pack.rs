@@ -109,7 +109,7 @@ pub struct Args {
     pub dict_trainer: String,
     /// Store a file of a compressed field that resembles an earlier one of the same field in
     /// its shard (an identical copy, a variant, a page of the same template) compressed
-    /// against that file: codec zstd-ref, which readers before shardpack 0.3 do not know
+    /// against that file: codec zstd-ref, which readers built before it do not know
     /// (the manifest then requires feature zstd-ref). on (the default) or off (the output of
     /// earlier versions). Needs --shard-cut raw.
     #[arg(long, value_name = "ON|OFF", default_value = "on", value_parser = ["on", "off"])]
