@@ -91,7 +91,7 @@ fn codecs(ds: &Dataset) -> BTreeMap<&'static str, u64> {
 
 #[test]
 fn similar_and_identical_files_are_stored_as_zstd_ref_and_read_back_exactly() {
-    let (tmp, src, out, ds) = packed();
+    let (tmp, src, _out, ds) = packed();
     assert!(ds.shards().len() >= 2, "the test wants several shards");
     let n = codecs(&ds);
     let refs = n.get("zstd-ref").copied().unwrap_or(0);
@@ -186,7 +186,7 @@ fn first_ref(ds: &Dataset) -> (usize, u64) {
 
 #[test]
 fn a_base_that_breaks_a_rule_is_an_error_naming_it() {
-    let (tmp, src, out, ds) = packed();
+    let (_tmp, _src, out, ds) = packed();
     let (shard, r) = first_ref(&ds);
     let path = shard_files(&out)[shard].clone();
     let full = fs::read(&path).unwrap();
