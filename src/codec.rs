@@ -927,15 +927,6 @@ impl<'d> FrameDecoder<'d> {
     pub fn decode(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), DecodeError> {
         if self.blocks.is_none() && !input.is_empty() {
             let header = frame_header(input)?;
-            // A frame that states another content size than the index cannot decode to
-            // `raw_len` bytes: the one-shot decoder refuses it (zstd checks the size it
-            // states), and so does this one, before decoding (fuzz: record_decode).
-            if let Some(c) = header.content_size.filter(|&c| c != self.raw_len) {
-                return Err(DecodeError::LengthMismatch {
-                    decoded: c,
-                    expected: self.raw_len,
-                });
-            }
             self.blocks = Some(BlockWalk::new(&header, input[4]));
         }
         if let Some(blocks) = &mut self.blocks {
